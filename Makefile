@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and make:
+#   make demo   - runs the main job on the embedded default and shows its results
+#   make test   - runs the tests
+# Both create .venv and install the project (and its test and MPI extras) into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test lint check clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,mpi]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check skyport gates policies benchmarks tests examples
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) build *.egg-info .demo-home

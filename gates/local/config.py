@@ -1,0 +1,57 @@
+"""Configuration of the local gate and the host facts its defaults come from."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from pydantic import Field
+
+from skyport.gate import GateConfig
+
+
+class LocalGateConfig(GateConfig):
+    """What the local gate hands out.
+
+    ``cpus`` may exceed the physical core count: the gate then hands out
+    *virtual* cores, and node ``v``'s core is physical core
+    ``allowed[v % len(allowed)]`` (``allowed`` = the gate process's CPU
+    affinity), so several nodes share a physical core.  That is the way to run
+    an 8-node job on a 2-core laptop; it is correct but not fast.  ``mem_mb``
+    is accounted (no cluster gets more than is free) but not enforced.
+    ``gpus`` are GPU ids (as ``CUDA_VISIBLE_DEVICES`` takes them); they may be
+    declared on a machine without GPUs, for tests.
+    """
+
+    cpus: int | None = Field(None, ge=1, description="cores handed out; default os.cpu_count()")
+    mem_mb: int | None = Field(None, ge=1, description="memory handed out; default: all")
+    gpus: list[str] | None = Field(None, description="GPU ids; default: nvidia-smi's list")
+    max_nodes: int = Field(8, ge=1, le=1024)
+    workdir_root: str | None = Field(None, description="default <gate dir>/nodes")
+    agent_command: list[str] | None = Field(
+        None, min_length=1, description="argv prefix that starts an agent; default "
+        "[sys.executable, '-m', 'skyport.agent']; '--bootstrap PATH' is appended")
+    kill_grace_s: float = Field(3.0, ge=0, le=60)
+    boot_s: float = Field(1.0, ge=0)
+
+
+def host_cpus() -> int:
+    return os.cpu_count() or 1
+
+
+def host_mem_mb() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
+
+
+def detect_gpus() -> list[str]:
+    """GPU ids from ``nvidia-smi``; none when it is missing or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]

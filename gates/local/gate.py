@@ -1,0 +1,283 @@
+"""``LocalGate``: a job's cluster is a set of node processes on this machine.
+
+Each node is one agent process in a session of its own (so it outlives the
+gate actor, the way a cloud VM outlives its control plane), with its own
+working directory, its own cores (virtual cores mapped onto the physical ones
+the gate may use) and its own GPU ids.  Everything the gate knows lives in
+one JSON record per cluster under ``<gate dir>/clusters/``: a new gate
+process on the same directory sees, describes and deletes the clusters of an
+earlier one, and its capacity is always computed from those records.
+
+Operations hold a thread lock and an ``flock`` on the gate directory, so two
+gate instances on the same directory never hand out the same core or GPU.
+
+Layout::
+
+    <gate dir>/clusters/<cluster id>.json      the record (never the token)
+    <workdir root>/<cluster id>/<node name>/   the node's working directory:
+        .skyport-bootstrap.json                0600, read and removed by the agent
+        agent.out                              the agent's stdout/stderr
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import skyport
+from gates.local.config import LocalGateConfig, detect_gpus, host_cpus, host_mem_mb
+from gates.local.records import ClusterRecord, NodeRecord, RecordStore
+from skyport.agent.bootstrap import Bootstrap
+from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
+from skyport.errors import CapacityError, ConfigError, GateError
+from skyport.gate import (
+    Capacity,
+    ClusterInfo,
+    ClusterRequest,
+    Flavor,
+    Gate,
+    GateCapabilities,
+    NodeInfo,
+)
+
+__all__ = ["BOOTSTRAP_NAME", "FLAVOR", "LocalGate"]
+
+FLAVOR = "local"
+BOOTSTRAP_NAME = ".skyport-bootstrap.json"
+_CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# environment variables never passed to an agent (and so never to a payload)
+_SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY",
+                   "ACCESS_KEY")
+
+
+class LocalGate(Gate):
+    type_name = "local"
+    config_model = LocalGateConfig
+    capabilities = GateCapabilities(gpus=True, multi_node=True, warm_reuse=False)
+
+    def __init__(self, name: str, config: LocalGateConfig, state_dir: Any) -> None:
+        super().__init__(name, config, state_dir)
+        self.cfg = config
+        self.total_cpus = config.cpus or host_cpus()
+        self.total_mem_mb = config.mem_mb or host_mem_mb()
+        self.gpu_ids = list(config.gpus) if config.gpus is not None else detect_gpus()
+        if len(set(self.gpu_ids)) != len(self.gpu_ids):
+            raise ConfigError(f"gate {name}: gpus {self.gpu_ids} lists an id twice")
+        self.dir = Path(state_dir.gate_dir(name) if hasattr(state_dir, "gate_dir")
+                        else Path(state_dir) / "gates" / name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.workdir_root = Path(config.workdir_root) if config.workdir_root \
+            else self.dir / "nodes"
+        self.agent_command = list(config.agent_command or
+                                  [sys.executable, "-m", "skyport.agent"])
+        self._records = RecordStore(self.dir / "clusters")
+        self._physical = sorted(os.sched_getaffinity(0))
+        self._lock = threading.Lock()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- offer ----------------------------------------------------------------
+
+    def flavors(self) -> list[Flavor]:
+        return [Flavor(name=FLAVOR, cpus=self.total_cpus, mem_mb=self.total_mem_mb,
+                       gpus=len(self.gpu_ids), price_per_hour=0.0, boot_s=self.cfg.boot_s,
+                       max_nodes=self.cfg.max_nodes)]
+
+    def capacity(self) -> Capacity:
+        with self._locked():
+            records = self._records.all()
+        used_cpus = len(set().union(*(r.vcores for r in records)))
+        used_gpus = len(set().union(*(r.gpus for r in records)))
+        return Capacity(total_cpus=self.total_cpus, free_cpus=self.total_cpus - used_cpus,
+                        total_gpus=len(self.gpu_ids), free_gpus=len(self.gpu_ids) - used_gpus)
+
+    # -- clusters -------------------------------------------------------------
+
+    def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
+        self._check_request(request)
+        with self._locked():
+            existing = self._records.get(request.cluster_id)
+            if existing is not None:
+                if existing.job_id != request.job_id:
+                    raise GateError(f"gate {self.name}: cluster {request.cluster_id} already "
+                                    f"exists for job {existing.job_id}")
+                return self._info(existing)  # a retried create gets the same cluster
+            record = self._reserve(request)
+            self._records.put(record)
+            try:
+                for node in record.nodes:
+                    record = record.with_node(self._start_node(request, node))
+                    self._records.put(record)
+            except Exception as exc:
+                self._destroy(record)
+                raise GateError(f"gate {self.name}: could not start cluster "
+                                f"{request.cluster_id}: {exc}") from exc
+            record = replace(record, state="running")
+            self._records.put(record)
+            return self._info(record)
+
+    def describe_cluster(self, cluster_id: str) -> ClusterInfo:
+        with self._locked():
+            record = self._records.get(cluster_id) if _CLUSTER_ID_RE.match(cluster_id) \
+                else None
+            if record is None:
+                return ClusterInfo(cluster_id=cluster_id, job_id="", gate=self.name,
+                                   flavor=FLAVOR, state="gone", reason="no such cluster")
+            return self._info(record)
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        with self._locked():
+            record = self._records.get(cluster_id) if _CLUSTER_ID_RE.match(cluster_id) \
+                else None
+            if record is not None:
+                self._destroy(record)
+
+    def list_clusters(self) -> list[ClusterInfo]:
+        with self._locked():
+            return [self._info(r) for r in self._records.all()]
+
+    # -- internals ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock, open(self.dir / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                self._reap()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _reap(self) -> None:
+        """Collect agents of this process that have exited (no zombies left behind)."""
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+    def _check_request(self, req: ClusterRequest) -> None:
+        """GateError for a request that could never fit (CapacityError is for 'not now')."""
+        if not _CLUSTER_ID_RE.match(req.cluster_id):
+            raise GateError(f"gate {self.name}: cluster id {req.cluster_id!r} must be 1-128 "
+                            "letters, digits, '_', '.', '-'")
+        if req.flavor not in (None, FLAVOR):
+            raise GateError(f"gate {self.name} has no flavor {req.flavor!r} (known: {FLAVOR})")
+        problems = []
+        if not 1 <= req.nodes <= self.cfg.max_nodes:
+            problems.append(f"nodes={req.nodes} (allowed 1..{self.cfg.max_nodes})")
+        if req.cpus_per_node < 1 or req.nodes * req.cpus_per_node > self.total_cpus:
+            problems.append(f"{req.nodes} x {req.cpus_per_node} cpus (the gate has "
+                            f"{self.total_cpus})")
+        if req.gpus_per_node < 0 or req.nodes * req.gpus_per_node > len(self.gpu_ids):
+            problems.append(f"{req.nodes} x {req.gpus_per_node} GPUs (the gate has "
+                            f"{len(self.gpu_ids)})")
+        if req.mem_mb is not None and req.nodes * req.mem_mb > self.total_mem_mb:
+            problems.append(f"{req.nodes} x {req.mem_mb} MB (the gate has "
+                            f"{self.total_mem_mb} MB)")
+        if problems:
+            raise GateError(f"gate {self.name} can never hold cluster {req.cluster_id}: "
+                            + "; ".join(problems))
+
+    def _reserve(self, req: ClusterRequest) -> ClusterRecord:
+        """Pick free cores and GPUs for every node; CapacityError if they are not free now."""
+        records = self._records.all()
+        used_cores = set().union(*(r.vcores for r in records))
+        used_gpus = set().union(*(r.gpus for r in records))
+        used_mem = sum(r.mem_mb * len(r.nodes) for r in records)
+        free_cores = [c for c in range(self.total_cpus) if c not in used_cores]
+        free_gpus = [g for g in self.gpu_ids if g not in used_gpus]
+        need_cores = req.nodes * req.cpus_per_node
+        need_gpus = req.nodes * req.gpus_per_node
+        need_mem = req.nodes * (req.mem_mb or 0)
+        short = []
+        if need_cores > len(free_cores):
+            short.append(f"{need_cores} cores ({len(free_cores)} of {self.total_cpus} free)")
+        if need_gpus > len(free_gpus):
+            short.append(f"{need_gpus} GPUs ({len(free_gpus)} of {len(self.gpu_ids)} free)")
+        if need_mem > self.total_mem_mb - used_mem:
+            short.append(f"{need_mem} MB ({self.total_mem_mb - used_mem} of "
+                         f"{self.total_mem_mb} MB free)")
+        if short:
+            raise CapacityError(f"gate {self.name}: cluster {req.cluster_id} does not fit now;"
+                                " it needs " + ", ".join(short))
+        nodes = []
+        for rank in range(req.nodes):
+            vcores = tuple(free_cores[rank * req.cpus_per_node:(rank + 1) * req.cpus_per_node])
+            name = f"{req.cluster_id}-n{rank}"
+            nodes.append(NodeRecord(
+                rank=rank, name=name,
+                workdir=str(self.workdir_root / req.cluster_id / name),
+                vcores=vcores,
+                cores=tuple(sorted({self._physical[v % len(self._physical)] for v in vcores})),
+                gpus=tuple(free_gpus[rank * req.gpus_per_node:(rank + 1) * req.gpus_per_node]),
+            ))
+        return ClusterRecord(cluster_id=req.cluster_id, job_id=req.job_id, owner=req.owner,
+                             flavor=FLAVOR, created_at=time.time(), mem_mb=req.mem_mb or 0,
+                             state="creating", nodes=tuple(nodes))
+
+    def _start_node(self, req: ClusterRequest, node: NodeRecord) -> NodeRecord:
+        workdir = Path(node.workdir)
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        bootstrap = workdir / BOOTSTRAP_NAME
+        Bootstrap(control_url=req.control_url, ca_pem=req.ca_pem, token=req.token,
+                  job_id=req.job_id, cluster_id=req.cluster_id, node_rank=node.rank,
+                  node_name=node.name, num_nodes=req.nodes, workdir=str(workdir),
+                  cpus_per_node=req.cpus_per_node, cores=node.cores,
+                  gpus=node.gpus).write(bootstrap)
+        with open(workdir / "agent.out", "ab") as out:
+            proc = subprocess.Popen(
+                [*self.agent_command, "--bootstrap", str(bootstrap)],
+                cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=_agent_env(), start_new_session=True, close_fds=True)
+        self._children[proc.pid] = proc
+        stat = proc_stat(proc.pid)
+        return replace(node, pid=proc.pid, start_time=stat.start_time if stat else None)
+
+    def _destroy(self, record: ClusterRecord) -> None:
+        """Kill every node's session, then forget the cluster and free what it held."""
+        leaders = [(n.pid, n.start_time) for n in record.nodes if n.pid is not None]
+        if not kill_sessions(leaders, grace_s=self.cfg.kill_grace_s, reap=self._reap):
+            raise GateError(f"gate {self.name}: processes of cluster {record.cluster_id} "
+                            "survived SIGKILL; try again")
+        self._records.remove(record.cluster_id)
+        shutil.rmtree(self.workdir_root / record.cluster_id, ignore_errors=True)
+
+    def _info(self, record: ClusterRecord) -> ClusterInfo:
+        nodes = tuple(
+            NodeInfo(rank=n.rank, name=n.name,
+                     alive=n.pid is not None and is_alive(n.pid, n.start_time),
+                     details={"pid": n.pid, "workdir": n.workdir, "cores": list(n.cores),
+                              "gpus": list(n.gpus)})
+            for n in record.nodes)
+        dead = [n.name for n in nodes if not n.alive]
+        if record.state == "creating":  # seen under the lock: its creator died midway
+            state, reason = "failed", "cluster creation was interrupted"
+        elif dead:
+            state, reason = "failed", "node(s) not running: " + ", ".join(dead)
+        else:
+            state, reason = "running", ""
+        return ClusterInfo(cluster_id=record.cluster_id, job_id=record.job_id, gate=self.name,
+                           flavor=record.flavor, state=state, nodes=nodes,
+                           created_at=record.created_at, price_per_hour=0.0, reason=reason)
+
+
+def _agent_env() -> dict[str, str]:
+    """The gate's environment minus anything secret-looking and Ray's own variables.
+
+    The repository root is put on ``PYTHONPATH`` so that the agent (and a
+    function job's payload) imports this same Sky Port.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_") and not any(m in k.upper() for m in _SECRET_MARKERS)}
+    root = str(Path(skyport.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

@@ -1,0 +1,104 @@
+"""Durable records of the local gate's clusters: one JSON file per cluster.
+
+A record holds what a later gate process needs to find, describe and kill a
+cluster (ids, pids with their start times, the cores and GPUs it holds); it
+never holds the job token.  Records are written atomically (temp file, fsync,
+rename), so a crash leaves the old record or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+RecordState = Literal["creating", "running"]
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    rank: int
+    name: str
+    workdir: str
+    vcores: tuple[int, ...]
+    cores: tuple[int, ...]
+    gpus: tuple[str, ...]
+    pid: int | None = None
+    start_time: int | None = None
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    cluster_id: str
+    job_id: str
+    owner: str
+    flavor: str
+    created_at: float
+    mem_mb: int
+    state: RecordState
+    nodes: tuple[NodeRecord, ...]
+
+    def with_node(self, node: NodeRecord) -> ClusterRecord:
+        nodes = tuple(node if n.rank == node.rank else n for n in self.nodes)
+        return replace(self, nodes=nodes)
+
+    @property
+    def vcores(self) -> set[int]:
+        return {c for n in self.nodes for c in n.vcores}
+
+    @property
+    def gpus(self) -> set[str]:
+        return {g for n in self.nodes for g in n.gpus}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterRecord:
+        raw: dict[str, Any] = json.loads(text)
+        nodes = tuple(
+            NodeRecord(**{**n, "vcores": tuple(n["vcores"]), "cores": tuple(n["cores"]),
+                          "gpus": tuple(n["gpus"])})
+            for n in raw.pop("nodes")
+        )
+        return cls(**raw, nodes=nodes)
+
+
+class RecordStore:
+    """The ``clusters/`` folder of one gate's directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, cluster_id: str) -> Path:
+        return self.root / f"{cluster_id}.json"
+
+    def get(self, cluster_id: str) -> ClusterRecord | None:
+        try:
+            return ClusterRecord.from_json(self.path(cluster_id).read_text())
+        except FileNotFoundError:
+            return None
+
+    def all(self) -> list[ClusterRecord]:
+        records = []
+        for p in sorted(self.root.glob("*.json")):
+            try:
+                records.append(ClusterRecord.from_json(p.read_text()))
+            except FileNotFoundError:
+                continue
+        return records
+
+    def put(self, record: ClusterRecord) -> None:
+        path = self.path(record.cluster_id)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(record.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def remove(self, cluster_id: str) -> None:
+        self.path(cluster_id).unlink(missing_ok=True)

@@ -1,0 +1,338 @@
+"""The Python client: a typed wrapper around the user REST API (``skyport/api/ROUTES.md``).
+
+``connect()`` finds the running control plane of a state directory and
+authenticates with a user certificate; every method mirrors one REST call.
+An error response becomes the same ``SkyportError`` subclass the server
+raised (``error_from_dict``), so a Python user and a CLI user see the same
+message.  Tests pass ``transport=httpx.MockTransport(...)`` instead of a
+server.
+
+Where things come from (first match wins):
+
+* the server URL: ``SKYPORT_URL``, else ``run/controlplane.json`` of the
+  state directory (``home`` argument, else ``SKYPORT_HOME``, else ``~/.skyport``);
+* the user: the ``user`` argument, else ``SKYPORT_USER``, else ``admin``;
+* the certificate, key and CA: ``SKYPORT_CERT``, ``SKYPORT_KEY``,
+  ``SKYPORT_CA``, else ``pki/users/<user>.crt|.key`` and ``pki/ca.crt``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import httpx
+
+from skyport.config import StateDir
+from skyport.errors import (
+    AuthenticationError,
+    ConflictError,
+    ControlPlaneError,
+    NotFoundError,
+    PermissionDeniedError,
+    PkiError,
+    SkyportError,
+    ValidationError,
+    error_from_dict,
+)
+from skyport.models import Job, JobSpec, JobState, SubmitRequest, check_relative_path
+
+__all__ = ["Client", "LogChunk", "StoredFile", "WaitTimeoutError", "connect"]
+
+DEFAULT_USER = "admin"
+DEFAULT_TIMEOUT_S = 30.0
+LOG_STREAMS = ("stdout", "stderr")
+
+# Used only when an error response carries no ``{"error", "message"}`` body.
+_STATUS_ERRORS: dict[int, type[SkyportError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    503: ControlPlaneError,
+}
+
+
+class WaitTimeoutError(SkyportError, TimeoutError):
+    """``wait`` gave up before the job reached a terminal state (the job goes on)."""
+
+
+class LogChunk(NamedTuple):
+    """Bytes of one log stream from an offset, the stream's full size, the job's state."""
+
+    data: bytes
+    size: int
+    state: JobState
+
+
+class StoredFile(NamedTuple):
+    """One file under a job's storage prefix."""
+
+    path: str
+    size: int
+
+
+class Client:
+    """One authenticated connection to a control plane's REST API."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        home: Path | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.home = home
+        self._http = httpx.Client(
+            base_url=self.url,
+            verify=ssl_context if ssl_context is not None else True,
+            transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            where = f"for {self.home}" if self.home is not None else f"at {self.url}"
+            raise ControlPlaneError(
+                f"no control plane running {where} (run 'skyport start'): "
+                f"cannot reach {self.url}: {exc or type(exc).__name__}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_from_response(response, method, path)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ControlPlaneError(
+                f"{method} {path}: the server answered {response.status_code} with a body "
+                f"that is not JSON: {response.text[:200]!r}"
+            ) from exc
+
+    # ------------------------------------------------------------------ calls
+
+    def whoami(self) -> dict[str, Any]:
+        """``{"username", "role"}`` of the certificate this client presents."""
+        return dict(self._json("GET", "/v1/whoami"))
+
+    def submit(self, spec: JobSpec, payload: bytes | None = None) -> Job:
+        """Submit a job; ``payload`` is a function job's cloudpickled call."""
+        body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
+        return Job.model_validate(self._json("POST", "/v1/jobs", json=body.model_dump(mode="json")))
+
+    def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
+        """Your jobs (``all=True``: everyone's, admins only), optionally in some states."""
+        params: list[tuple[str, str]] = []
+        if all:
+            params.append(("all", "true"))
+        for state in states or ():
+            params.append(("state", _state(state).value))
+        return [Job.model_validate(j) for j in self._json("GET", "/v1/jobs", params=params)]
+
+    def job(self, job_id: str) -> Job:
+        """One job, with its event history."""
+        return Job.model_validate(self._json("GET", f"/v1/jobs/{_seg(job_id)}"))
+
+    def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
+
+    def logs(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
+        """Log bytes from ``offset`` (at most 1 MiB), the stream's size and the job's state."""
+        if stream not in LOG_STREAMS:
+            raise ValidationError("stream", stream, "one of " + ", ".join(LOG_STREAMS))
+        if offset < 0:
+            raise ValidationError("offset", offset, "a byte offset >= 0")
+        response = self._request(
+            "GET", f"/v1/jobs/{_seg(job_id)}/logs/{stream}", params={"offset": offset}
+        )
+        try:
+            size = int(response.headers.get("X-Skyport-Log-Size", offset + len(response.content)))
+            state = JobState(response.headers["X-Skyport-Job-State"])
+        except (KeyError, ValueError) as exc:
+            raise ControlPlaneError(
+                f"log answer for job {job_id} lacks valid X-Skyport-Log-Size and "
+                f"X-Skyport-Job-State headers: {dict(response.headers)}"
+            ) from exc
+        return LogChunk(response.content, size, state)
+
+    def files(self, job_id: str) -> list[StoredFile]:
+        """Every file under the job's storage prefix (inputs, outputs, logs, ...)."""
+        data = self._json("GET", f"/v1/jobs/{_seg(job_id)}/files")
+        return [StoredFile(str(f["path"]), int(f["size"])) for f in data]
+
+    def download(self, job_id: str, path: str) -> bytes:
+        """The bytes of one stored file, e.g. ``outputs/result.txt``."""
+        _checked_path(path)
+        return self._request("GET", f"/v1/jobs/{_seg(job_id)}/files/{quote(path)}").content
+
+    def fetch(self, job_id: str, dest_dir: str | Path) -> list[Path]:
+        """Download every stored file into ``dest_dir``, keeping relative paths."""
+        dest = Path(dest_dir)
+        written: list[Path] = []
+        for stored in self.files(job_id):
+            _checked_path(stored.path)  # the server's list must not escape dest either
+            target = dest.joinpath(*stored.path.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.download(job_id, stored.path))
+            written.append(target)
+        return written
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/v1/status"))
+
+    def gates(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/v1/gates"))
+
+    def timetable(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/v1/timetable"))
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Job:
+        """Block until the job is terminal and return it.
+
+        Polls every ``poll_s`` seconds, backing off to at most 5 s between
+        polls for long waits.  Raises ``WaitTimeoutError`` after ``timeout``
+        seconds (the job itself is not touched).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_s
+        while True:
+            job = self.job(job_id)
+            if job.state.is_terminal():
+                return job
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError(
+                        f"job {job_id} is still {job.state.value} after waiting {timeout} s"
+                    )
+                time.sleep(min(interval, left))
+            else:
+                time.sleep(interval)
+            interval = min(interval * 1.5, max(poll_s, 5.0))
+
+
+def connect(
+    home: str | Path | None = None,
+    user: str | None = None,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Client:
+    """A client for the control plane of ``home`` (see the module docstring for lookups)."""
+    state = StateDir.find(home)
+    url = os.environ.get("SKYPORT_URL") or _read_url(state)
+    if transport is not None:  # tests: no TLS files needed
+        return Client(url, transport=transport, timeout_s=timeout_s, home=state.root)
+    username = user or os.environ.get("SKYPORT_USER") or DEFAULT_USER
+    default_cert, default_key = state.user_cert(username)
+    cert = Path(os.environ.get("SKYPORT_CERT") or default_cert)
+    key = Path(os.environ.get("SKYPORT_KEY") or default_key)
+    ca = Path(os.environ.get("SKYPORT_CA") or state.pki / "ca.crt")
+    for label, path in (("certificate", cert), ("key", key), ("CA certificate", ca)):
+        if not path.is_file():
+            raise PkiError(
+                f"no {label} for user {username!r} at {path} (run 'skyport user add "
+                f"{username}' on the control plane, or set SKYPORT_CERT, SKYPORT_KEY, SKYPORT_CA)"
+            )
+    return Client(url, ssl_context=_ssl_context(ca, cert, key), timeout_s=timeout_s,
+                  home=state.root)
+
+
+def _read_url(state: StateDir) -> str:
+    path = state.address_path
+    try:
+        url = json.loads(path.read_text())["url"]
+    except FileNotFoundError as exc:
+        raise ControlPlaneError(
+            f"no control plane running for {state.root} (run 'skyport start')"
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ControlPlaneError(
+            f"no control plane running for {state.root} (run 'skyport start'): "
+            f"{path} is unreadable: {exc}"
+        ) from exc
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ControlPlaneError(f"{path} holds no valid url: {url!r}")
+    return url
+
+
+def _ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    try:
+        # One place decides the client's TLS policy; imported here so that
+        # ``import skyport`` stays light.
+        from skyport.api.tls import client_ssl_context
+    except ImportError:  # pragma: no cover - server extras missing on a client-only host
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+            ctx.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise PkiError(f"cannot build TLS client context from {ca}, {cert}: {exc}") from exc
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+    return client_ssl_context(ca, cert, key)
+
+
+def _error_from_response(response: httpx.Response, method: str, path: str) -> SkyportError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error" in body and "message" in body:
+        return error_from_dict(body)
+    cls = _STATUS_ERRORS.get(response.status_code, SkyportError)
+    text = response.text.strip()[:300] or response.reason_phrase
+    return cls(f"{method} {path} failed with HTTP {response.status_code}: {text}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _state(value: JobState | str) -> JobState:
+    try:
+        return JobState(str(getattr(value, "value", value)).upper())
+    except ValueError as exc:
+        allowed = "one of " + ", ".join(s.value for s in JobState)
+        raise ValidationError("state", value, allowed) from exc
+
+
+def _seg(job_id: str) -> str:
+    """A job id as one URL path segment (it cannot smuggle in '/' or '..')."""
+    if not job_id or job_id in (".", "..") or "/" in job_id:
+        raise ValidationError("job id", job_id, "a job id such as the one 'skyport submit' printed")
+    return quote(job_id, safe="")
+
+
+def _checked_path(path: str) -> str:
+    try:
+        return check_relative_path(path, "path")
+    except ValueError as exc:
+        raise ValidationError("path", path, "a relative path inside the job's prefix") from exc

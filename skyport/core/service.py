@@ -1,0 +1,539 @@
+"""The Core's logic, as a plain async class; ``skyport.core.actor`` is its Ray shell.
+
+The Core is the only writer of the job store.  Everything that changes a job
+goes through one of its methods, which writes the transition (with its event)
+first and acts second.  A background loop re-plans when something changed
+(batched: a burst of submissions causes a handful of passes), starts the jobs
+the timetable says can start now, and watches running jobs for lost nodes,
+overrun time limits and stuck provisioning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import posixpath
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from skyport import tokens
+from skyport.errors import (
+    CapacityError,
+    ConflictError,
+    GateError,
+    NotFoundError,
+    PermissionDeniedError,
+    SkyportError,
+    StorageError,
+    ValidationError,
+)
+from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
+from skyport.models import Job, JobSpec, JobState
+from skyport.pki import Identity
+from skyport.scheduler import PlanEntry, PlanJob, PlanPool
+from skyport.storage import JobStorage, input_exists
+from skyport.store import JobStore, utcnow
+
+log = logging.getLogger("skyport.core")
+
+PAYLOAD_INPUT = "skyport-payload.pkl"
+S = JobState
+
+
+class GatePort(Protocol):
+    """What the Core needs of a gate (a Ray actor handle is wrapped into this)."""
+
+    async def flavors(self) -> list[Flavor]: ...
+    async def capacity(self) -> Capacity: ...
+    async def can_ever_fit(self, nodes: int, cpus_per_node: int, gpus_per_node: int,
+                           mem_mb: int | None, flavor: str | None) -> str | None: ...
+    async def create_cluster(self, request: ClusterRequest) -> ClusterInfo: ...
+    async def describe_cluster(self, cluster_id: str) -> ClusterInfo: ...
+    async def delete_cluster(self, cluster_id: str) -> None: ...
+    async def list_clusters(self) -> list[ClusterInfo]: ...
+
+
+Planner = Callable[[float, list[PlanJob], list[PlanJob], list[PlanPool]], Awaitable[list[PlanEntry]]]
+
+
+@dataclass
+class CoreSettings:
+    control_url: str
+    ca_pem: str
+    heartbeat_timeout_s: float = 60.0
+    provisioning_timeout_s: float = 180.0
+    time_limit_grace_s: float = 30.0
+    max_node_loss_restarts: int = 3
+    replan_interval_s: float = 0.2
+    reap_interval_s: float = 60.0
+
+
+@dataclass
+class _Live:
+    """In-memory facts about a job holding a cluster (rebuilt after a restart)."""
+
+    hellos: dict[int, str] = field(default_factory=dict)
+    last_seen: dict[int, float] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+
+
+class CoreService:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: JobStorage,
+        gates: dict[str, GatePort],
+        planner: Planner,
+        settings: CoreSettings,
+        policy_name: str = "fcfs",
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.gates = gates
+        self.planner = planner
+        self.settings = settings
+        self.policy_name = policy_name
+        self.started_at = utcnow()
+        self._live: dict[str, _Live] = {}
+        self._plan: dict[str, PlanEntry] = {}
+        self._plan_at = 0.0
+        self._dirty = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._passes = 0
+        self._releases = 0  # clusters dropped so far: capacity may have come free
+        self._capacity_wait: dict[str, int] = {}
+
+    # -- start-up ------------------------------------------------------------
+
+    async def start(self) -> dict[str, Any]:
+        """Recover from whatever the last control plane left, then run the loop."""
+        recovered = await self._recover()
+        await self.reap()
+        self._loop_task = asyncio.create_task(self._run())
+        self._dirty.set()
+        return recovered
+
+    async def _recover(self) -> dict[str, Any]:
+        requeued, adopted = [], []
+        for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
+            if job.state in (S.SCHEDULED, S.PROVISIONING):
+                await self._drop_cluster(job)
+                self.store.transition(job.id, S.QUEUED,
+                                      "control plane restarted before the cluster was ready")
+                requeued.append(job.id)
+            elif job.state.has_cluster():
+                alive = await self._cluster_alive(job)
+                if alive:
+                    live = self._live.setdefault(job.id, _Live())
+                    for rank, name in enumerate(job.node_names):
+                        live.hellos[rank] = name
+                        live.last_seen[rank] = time.monotonic()
+                    adopted.append(job.id)
+                else:
+                    await self._requeue_lost(job, "cluster lost while the control plane was down")
+                    requeued.append(job.id)
+        return {"requeued": requeued, "adopted": adopted}
+
+    async def _cluster_alive(self, job: Job) -> bool:
+        gate = self.gates.get(job.gate or "")
+        if gate is None or not job.cluster_id:
+            return False
+        try:
+            info = await gate.describe_cluster(job.cluster_id)
+        except SkyportError:
+            return False
+        return info.state in ("creating", "running") and all(n.alive for n in info.nodes)
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # -- user calls ----------------------------------------------------------
+
+    async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
+        await self._validate(spec)
+        payload = None
+        if spec.kind == "function":
+            if not payload_b64:
+                raise ValidationError("payload_b64", None, "a function job needs its payload")
+            try:
+                payload = base64.b64decode(payload_b64, validate=True)
+            except ValueError as exc:
+                raise ValidationError("payload_b64", "<not base64>", "base64 text") from exc
+        elif payload_b64:
+            raise ValidationError("payload_b64", "<payload>", "only function jobs carry one")
+        job_id = secrets.token_hex(4)
+        # files first: a job that is in the store always has its script
+        self.storage.put(job_id, "script.sh", spec.script.encode())
+        if payload is not None:
+            self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
+        job = self.store.add(job_id, who.username, spec)
+        self._dirty.set()
+        return job
+
+    async def _validate(self, spec: JobSpec) -> None:
+        if spec.gate is not None and spec.gate not in self.gates:
+            raise ValidationError("gate", spec.gate, "one of: " + ", ".join(sorted(self.gates)))
+        candidates = [spec.gate] if spec.gate else sorted(self.gates)
+        r = spec.resources
+        reasons = []
+        for name in candidates:
+            why = await self.gates[name].can_ever_fit(
+                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor)
+            if why is None:
+                break
+            reasons.append(why)
+        else:
+            raise ValidationError(
+                "resources",
+                f"{r.nodes} nodes x {r.cpus_per_node} cpus, {r.gpus_per_node} gpus"
+                + (f", {r.mem_mb} MB" if r.mem_mb else "")
+                + (f", flavor {spec.flavor}" if spec.flavor else ""),
+                "no gate can ever run this: " + " | ".join(reasons),
+            )
+        names = set()
+        for url in spec.inputs:
+            base = posixpath.basename(url.rstrip("/"))
+            if not base or base == PAYLOAD_INPUT:
+                raise ValidationError("input", url, "a URL that names a file")
+            if base in names:
+                raise ValidationError("input", url, "inputs with distinct file names")
+            names.add(base)
+            if not input_exists(url):
+                raise ValidationError("input", url, "a URL that exists and can be read")
+
+    def _visible(self, who: Identity, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job.owner != who.username and not who.is_admin:
+            # the same answer as for a job that does not exist: no probing of ids
+            raise NotFoundError(f"no job {job_id}")
+        return self._with_plan(job)
+
+    async def get(self, who: Identity, job_id: str) -> Job:
+        return self._visible(who, job_id)
+
+    async def jobs(self, who: Identity, all_users: bool = False,
+                   states: list[JobState] | None = None) -> list[Job]:
+        if all_users and not who.is_admin:
+            raise PermissionDeniedError("only an admin may list every user's jobs")
+        owner = None if all_users else who.username
+        return [self._with_plan(j) for j in self.store.list(owner=owner, states=states)]
+
+    async def cancel(self, who: Identity, job_id: str) -> Job:
+        job = self._visible(who, job_id)
+        if job.state.is_terminal():
+            raise ConflictError(f"job {job_id} is already {job.state.value}")
+        job = self.store.transition(job_id, S.CANCELLED, f"cancelled by {who.username}")
+        self._spawn(self._drop_cluster(job))
+        self._dirty.set()
+        return job
+
+    def _with_plan(self, job: Job) -> Job:
+        entry = self._plan.get(job.id)
+        if entry is not None and job.state == S.QUEUED:
+            job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
+        return job
+
+    async def status(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for job in self.store.list():
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        return {
+            "policy": self.policy_name,
+            "started_at": self.started_at.isoformat(),
+            "storage_url": self.storage.url,
+            "counts": counts,
+            "passes": self._passes,
+            "gates": await self.gate_info(),
+        }
+
+    async def gate_info(self) -> list[dict[str, Any]]:
+        out = []
+        for name, gate in sorted(self.gates.items()):
+            try:
+                flavors = [f.__dict__ for f in await gate.flavors()]
+                cap = (await gate.capacity()).__dict__
+                clusters = len(await gate.list_clusters())
+                out.append({"name": name, "flavors": flavors, "capacity": cap,
+                            "clusters": clusters, "healthy": True})
+            except Exception as exc:  # a sick gate is reported, not fatal
+                out.append({"name": name, "healthy": False, "error": str(exc)})
+        return out
+
+    async def timetable(self) -> dict[str, Any]:
+        now = time.time()
+        entries = []
+        for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
+            limit = job.spec.resources.time_limit_s
+            if job.state == S.QUEUED:
+                plan = self._plan.get(job.id)
+                if plan is None:
+                    continue
+                start, gate = plan.start_s, plan.pool
+            else:
+                start = (job.started_at or job.submitted_at).timestamp()
+                gate = job.gate
+            entries.append({
+                "job_id": job.id, "name": job.spec.name, "owner": job.owner,
+                "state": job.state.value, "start": start, "end": start + limit,
+                "gate": gate, "nodes": job.spec.resources.nodes, "procs": job.spec.total_cpus,
+            })
+        return {"now": now, "policy": self.policy_name, "entries": entries}
+
+    # -- agent calls ---------------------------------------------------------
+
+    async def agent_auth(self, job_id: str, token: str) -> Job:
+        expected = self.store.token_hash(job_id)
+        if expected is None or not tokens.tokens_equal(tokens.hash_token(token), expected):
+            raise PermissionDeniedError(f"this token does not reach job {job_id}")
+        return self.store.get(job_id, events=False)
+
+    async def agent_hello(self, job_id: str, token: str, rank: int, node_name: str) -> dict:
+        job = await self.agent_auth(job_id, token)
+        if not 0 <= rank < job.spec.resources.nodes:
+            raise ValidationError("rank", rank, f"0..{job.spec.resources.nodes - 1}")
+        live = self._live.setdefault(job_id, _Live())
+        live.hellos[rank] = node_name
+        live.last_seen[rank] = time.monotonic()
+        if job.state == S.PROVISIONING and len(live.hellos) == job.spec.resources.nodes:
+            names = [live.hellos[r] for r in range(job.spec.resources.nodes)]
+            job = self.store.transition(job_id, S.STAGING_IN, "every node's agent called in",
+                                        node_names=names)
+        return {"job": job.summary(), "num_nodes": job.spec.resources.nodes,
+                "restart_count": job.restarts}
+
+    async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> dict[str, str]:
+        job = await self.agent_auth(job_id, token)
+        live = self._live.get(job_id)
+        if live is not None:
+            live.last_seen[rank] = time.monotonic()
+        if job.state.is_terminal() or not job.state.has_cluster():
+            action = "stop"
+        elif job.state == S.PROVISIONING:
+            action = "wait"
+        else:
+            action = "run"
+        return {"state": job.state.value, "action": action}
+
+    async def agent_state(self, job_id: str, token: str, state: JobState, reason: str) -> Job:
+        await self.agent_auth(job_id, token)
+        if state not in (S.RUNNING, S.STAGING_OUT):
+            raise ValidationError("state", state.value, "RUNNING or STAGING_OUT")
+        return self.store.transition(job_id, state, reason or f"agent: {state.value.lower()}")
+
+    async def agent_exit(self, job_id: str, token: str, exit_code: int, timed_out: bool,
+                         reason: str) -> Job:
+        job = await self.agent_auth(job_id, token)
+        if job.state.is_terminal():
+            return job
+        if timed_out:
+            new, why = S.TIMEOUT, reason or "time limit reached"
+        elif exit_code == 0:
+            new, why = S.SUCCEEDED, reason or "exit code 0"
+        else:
+            new, why = S.FAILED, reason or f"exit code {exit_code}"
+        if new == S.SUCCEEDED and job.state != S.STAGING_OUT:
+            self.store.transition(job_id, S.STAGING_OUT, "collecting outputs")
+        job = self.store.transition(job_id, new, why, exit_code=exit_code)
+        self._spawn(self._drop_cluster(job))
+        self._dirty.set()
+        return job
+
+    # -- the loop ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        last_watch = last_reap = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            try:
+                if self._dirty.is_set():
+                    self._dirty.clear()
+                    await self.schedule_pass()
+                now = time.monotonic()
+                if now - last_watch >= 1.0:
+                    last_watch = now
+                    await self._watch()
+                if now - last_reap >= self.settings.reap_interval_s:
+                    last_reap = now
+                    await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("core loop pass failed; going on")
+            # batch: whatever arrives during this pause is planned together
+            await asyncio.sleep(self.settings.replan_interval_s)
+
+    async def schedule_pass(self) -> None:
+        self._passes += 1
+        queued = self.store.list(states=[S.QUEUED])
+        holding = self.store.list(states=[s for s in S if s.has_cluster() or s == S.SCHEDULED])
+        pools = []
+        for name, gate in sorted(self.gates.items()):
+            try:
+                cap = await gate.capacity()
+            except Exception:
+                continue
+            pools.append(PlanPool(name=name, capacity=cap.total_cpus))
+        now = time.time()
+        plan = await self.planner(
+            now,
+            [self._plan_job(j, now) for j in queued],
+            [self._plan_job(j, now) for j in holding],
+            pools,
+        )
+        self._plan = {e.job_id: e for e in plan}
+        queued_ids = {j.id for j in queued}
+        for entry in plan:
+            if entry.start_s > now or entry.job_id not in queued_ids:
+                continue
+            if self._capacity_wait.get(entry.job_id) == self._releases:
+                continue  # the gate said no; wait until some cluster is released
+            try:
+                job = self.store.transition(entry.job_id, S.SCHEDULED,
+                                            f"planned on gate {entry.pool}", gate=entry.pool)
+            except ConflictError:
+                continue  # cancelled meanwhile
+            self._spawn(self._begin(job, entry.pool))
+
+    @staticmethod
+    def _plan_job(job: Job, now: float) -> PlanJob:
+        started = (job.started_at or job.submitted_at).timestamp()
+        return PlanJob(
+            id=job.id, owner=job.owner, submit_s=job.submitted_at.timestamp(),
+            procs=job.spec.total_cpus, nodes=job.spec.resources.nodes,
+            est_runtime_s=float(job.spec.resources.time_limit_s),
+            priority=job.spec.priority, pool=job.gate,
+            allowed_pools=(job.spec.gate,) if job.spec.gate else (),
+            start_s=started if job.state != S.QUEUED else None,
+        )
+
+    async def _begin(self, job: Job, gate_name: str) -> None:
+        try:
+            await self._provision(job, gate_name)
+        except CapacityError as exc:
+            self._capacity_wait[job.id] = self._releases
+            job = self.store.get(job.id, events=False)
+            if job.state in (S.SCHEDULED, S.PROVISIONING):
+                await self._drop_cluster(job)
+                self.store.transition(job.id, S.QUEUED, f"waiting for capacity: {exc.message}")
+        except (GateError, StorageError) as exc:
+            job = self.store.get(job.id, events=False)
+            await self._drop_cluster(job)
+            if not job.state.is_terminal():
+                self.store.transition(job.id, S.FAILED, exc.message)
+        except ConflictError:
+            pass  # cancelled meanwhile
+        except Exception as exc:
+            log.exception("provisioning job %s failed", job.id)
+            job = self.store.get(job.id, events=False)
+            await self._drop_cluster(job)
+            if not job.state.is_terminal():
+                self.store.transition(job.id, S.FAILED, f"provisioning failed: {exc}")
+
+    async def _provision(self, job: Job, gate_name: str) -> None:
+        gate = self.gates[gate_name]
+        for url in job.spec.inputs:
+            self.storage.copy_in(job.id, url, "inputs/" + posixpath.basename(url.rstrip("/")))
+        token = tokens.new_token()
+        cluster_id = f"{job.id}-{job.restarts}"
+        r = job.spec.resources
+        job = self.store.transition(
+            job.id, S.PROVISIONING, f"creating a {r.nodes}-node cluster on gate {gate_name}",
+            cluster_id=cluster_id, token_hash=tokens.hash_token(token),
+        )
+        self._live[job.id] = _Live()
+        request = ClusterRequest(
+            cluster_id=cluster_id, job_id=job.id, owner=job.owner, nodes=r.nodes,
+            cpus_per_node=r.cpus_per_node, gpus_per_node=r.gpus_per_node, mem_mb=r.mem_mb,
+            flavor=job.spec.flavor, control_url=self.settings.control_url,
+            ca_pem=self.settings.ca_pem, token=token,
+        )
+        info = await gate.create_cluster(request)
+        self.store.update(job.id, flavor=info.flavor)
+
+    async def _drop_cluster(self, job: Job) -> None:
+        self._live.pop(job.id, None)
+        self._releases += 1
+        self._dirty.set()
+        gate = self.gates.get(job.gate or "")
+        if gate is None or not job.cluster_id:
+            return
+        try:
+            await gate.delete_cluster(job.cluster_id)
+        except Exception:
+            # the reaper deletes it later: it is tagged with a job that is no longer live
+            log.exception("deleting cluster %s failed", job.cluster_id)
+
+    async def _requeue_lost(self, job: Job, reason: str) -> None:
+        await self._drop_cluster(job)
+        job = self.store.get(job.id, events=False)
+        if job.state.is_terminal():
+            return
+        if job.restarts >= self.settings.max_node_loss_restarts:
+            self.store.transition(job.id, S.FAILED,
+                                  f"{reason}; gave up after {job.restarts} restarts")
+        else:
+            self.store.transition(job.id, S.QUEUED, f"{reason}; requeued",
+                                  restarts=job.restarts + 1, cluster_id=None)
+        self._dirty.set()
+
+    async def _watch(self) -> None:
+        now = time.monotonic()
+        for job in self.store.list(states=[s for s in S if s.has_cluster()]):
+            live = self._live.setdefault(job.id, _Live())
+            if job.state == S.PROVISIONING:
+                if now - live.since > self.settings.provisioning_timeout_s:
+                    await self._requeue_lost(job, "the cluster's agents did not all call in")
+                continue
+            stale = [r for r, t in live.last_seen.items()
+                     if now - t > self.settings.heartbeat_timeout_s]
+            if stale:
+                names = ", ".join(live.hellos.get(r, str(r)) for r in stale)
+                await self._requeue_lost(job, f"node lost: no heartbeat from {names}")
+                continue
+            if job.state == S.RUNNING and job.started_at is not None:
+                limit = timedelta(seconds=job.spec.resources.time_limit_s
+                                  + self.settings.time_limit_grace_s)
+                if utcnow() - job.started_at > limit:
+                    self.store.transition(job.id, S.TIMEOUT,
+                                          "time limit reached (enforced by the control plane)")
+                    await self._drop_cluster(job)
+
+    async def reap(self) -> list[str]:
+        """Delete every cluster whose job is gone, terminal, or holds another cluster."""
+        reaped = []
+        for name, gate in self.gates.items():
+            try:
+                clusters = await gate.list_clusters()
+            except Exception:
+                continue
+            for info in clusters:
+                try:
+                    job = self.store.get(info.job_id, events=False)
+                except NotFoundError:
+                    job = None
+                keep = (job is not None and job.state.has_cluster()
+                        and job.cluster_id == info.cluster_id and job.gate == name)
+                if not keep:
+                    try:
+                        await gate.delete_cluster(info.cluster_id)
+                        reaped.append(info.cluster_id)
+                    except Exception:
+                        log.exception("reaping %s failed", info.cluster_id)
+        return reaped
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,377 @@
+"""``@skyport.job``: run a Python function as a Sky Port job and get its value back.
+
+::
+
+    @skyport.job(cpus=2, time="10m")
+    def square(x: int) -> int:
+        return x * x
+
+    square(7)                  # 49, computed here, as without the decorator
+    handle = square.submit(7)  # JobHandle[int]: a job on the control plane
+    handle.result()            # 49, computed on the job's node
+
+The decorator checks its arguments at once (a bad one raises
+``ValidationError`` naming the argument) and builds a ``kind="function"``
+``JobSpec`` whose script runs ``skyport.runtime.function`` on the
+cloudpickled ``(fn, args, kwargs)``; the server stores that payload as the
+job's input ``skyport-payload.pkl`` and the job's output
+``skyport-result.pkl`` carries the outcome back.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import pydantic
+
+from skyport.client import Client, LogChunk, connect
+from skyport.errors import JobFailedError, ValidationError
+from skyport.models import NAME_RE, Job, JobSpec, JobState
+from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
+
+__all__ = ["JobFunction", "JobHandle", "job"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PAYLOAD_FILE = "skyport-payload.pkl"
+RESULT_FILE = "skyport-result.pkl"
+RESULT_STORED_AS = f"outputs/{RESULT_FILE}"
+
+FUNCTION_SCRIPT = f"""\
+#!/bin/bash
+# Sky Port function job: call the pickled function, store its outcome.
+exec "${{SKYPORT_PYTHON:-python3}}" -m skyport.runtime.function {PAYLOAD_FILE} {RESULT_FILE}
+"""
+
+# spec field (the last part of pydantic's error location) -> decorator argument
+_ARGUMENT_OF = {
+    "name": "name",
+    "nodes": "nodes",
+    "cpus_per_node": "cpus",
+    "mem_mb": "mem",
+    "gpus_per_node": "gpus",
+    "time_limit_s": "time",
+    "ranks_per_node": "ranks_per_node",
+    "threads_per_rank": "threads_per_rank",
+    "gate": "gate",
+    "flavor": "flavor",
+    "env": "env",
+}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The decorator's arguments, as given (``spec_for`` checks them)."""
+
+    cpus: int = 1
+    time: str | int = "1h"
+    nodes: int = 1
+    gpus: int = 0
+    mem: str | int | None = None
+    name: str | None = None
+    gate: str | None = None
+    flavor: str | None = None
+    ranks_per_node: int = 1
+    threads_per_rank: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    home: str | Path | None = None
+    user: str | None = None
+
+
+def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
+    """The ``JobSpec`` of a function job; errors name the decorator argument."""
+    given = {
+        "cpus": options.cpus, "time": options.time, "nodes": options.nodes,
+        "gpus": options.gpus, "mem": options.mem, "name": options.name, "gate": options.gate,
+        "flavor": options.flavor, "ranks_per_node": options.ranks_per_node,
+        "threads_per_rank": options.threads_per_rank, "env": options.env,
+    }
+    data = {
+        "name": options.name if options.name is not None else _default_name(fn),
+        "kind": "function",
+        "script": FUNCTION_SCRIPT,
+        "resources": {
+            "nodes": options.nodes,
+            "cpus_per_node": options.cpus,
+            "mem_mb": _mem_mb(options.mem),
+            "gpus_per_node": options.gpus,
+            "time_limit_s": _time_s(options.time),
+        },
+        "layout": {
+            "ranks_per_node": options.ranks_per_node,
+            "threads_per_rank": options.threads_per_rank,
+        },
+        "gate": options.gate,
+        "flavor": options.flavor,
+        "outputs": (RESULT_FILE,),
+        "env": dict(options.env),
+    }
+    try:
+        return JobSpec.model_validate(data, strict=False)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        msg = first["msg"].removeprefix("Value error, ")
+        loc = [str(p) for p in first["loc"]]
+        arg = next((_ARGUMENT_OF[p] for p in reversed(loc) if p in _ARGUMENT_OF), None)
+        if arg is None:  # a rule across fields: the layout must fit the node
+            arg = "ranks_per_node/threads_per_rank"
+            value: Any = (options.ranks_per_node, options.threads_per_rank)
+        else:
+            value = given[arg]
+        raise ValidationError(arg, value, msg) from exc
+
+
+def _time_s(value: str | int) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValidationError("time", value, "seconds as a number, or " + DURATION_FORMS)
+    if isinstance(value, str):
+        try:
+            return parse_duration_s(value)
+        except ValueError as exc:
+            raise ValidationError("time", value, DURATION_FORMS) from exc
+    if value <= 0:
+        raise ValidationError("time", value, "a positive number of seconds")
+    return int(value)
+
+
+def _mem_mb(value: str | int | None) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if not isinstance(value, str):
+        raise ValidationError("mem", value, "MB as a whole number, or " + MEM_FORMS)
+    try:
+        return parse_mem_mb(value)
+    except ValueError as exc:
+        raise ValidationError("mem", value, MEM_FORMS) from exc
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    raw = getattr(fn, "__name__", "function")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "", raw).lstrip("_.-")[:64]
+    return name if NAME_RE.match(name) else "function"
+
+
+class JobHandle(Generic[R]):
+    """A submitted function job; ``result()`` waits for it and returns its value."""
+
+    def __init__(self, client: Client, job: Job) -> None:
+        self._client = client
+        self._job = job
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r}, state={self._job.state.value})"
+
+    @property
+    def id(self) -> str:
+        return self._job.id
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    def job(self) -> Job:
+        """The job as the control plane knows it now (refreshes ``state``)."""
+        self._job = self._client.job(self.id)
+        return self._job
+
+    @property
+    def state(self) -> JobState:
+        """The state as of now (asks the control plane unless already terminal)."""
+        if not self._job.state.is_terminal():
+            self.job()
+        return self._job.state
+
+    def wait(self, timeout: float | None = None) -> Job:
+        """Block until the job is terminal (``WaitTimeoutError`` after ``timeout`` s)."""
+        if not self._job.state.is_terminal():
+            self._job = self._client.wait(self.id, timeout=timeout)
+        return self._job
+
+    def cancel(self) -> Job:
+        self._job = self._client.cancel(self.id)
+        return self._job
+
+    def logs(self, stream: str = "stdout") -> str:
+        """What the job has written to ``stream`` so far."""
+        chunks: list[bytes] = []
+        offset = 0
+        while True:
+            chunk: LogChunk = self._client.logs(self.id, stream, offset)
+            chunks.append(chunk.data)
+            offset += len(chunk.data)
+            if not chunk.data or offset >= chunk.size:
+                return b"".join(chunks).decode("utf-8", errors="replace")
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the job and return the function's value.
+
+        Raises ``JobFailedError``: with ``remote_type``, ``remote_message`` and
+        ``remote_traceback`` if the function raised; naming the state and
+        reason if the job ended without a result (cancelled, timed out, ...).
+        """
+        job = self.wait(timeout)
+        outcome = self._outcome(job)
+        if outcome is None:
+            raise JobFailedError(
+                f"job {job.id} ended {job.state.value} without a result"
+                + (f": {job.reason}" if job.reason else "")
+                + (f" (exit code {job.exit_code})" if job.exit_code is not None else ""),
+                job_id=job.id, state=job.state.value, exit_code=job.exit_code,
+            )
+        if outcome[0] == "ok":
+            return outcome[1]  # type: ignore[no-any-return]
+        _, remote_type, remote_message, remote_tb = outcome
+        raise JobFailedError(
+            f"job {job.id} failed: {remote_type}: {remote_message}\n"
+            f"remote traceback:\n{remote_tb.rstrip()}",
+            job_id=job.id, state=job.state.value, exit_code=job.exit_code,
+            remote_type=remote_type, remote_message=remote_message, remote_traceback=remote_tb,
+        )
+
+    def _outcome(self, job: Job) -> tuple[Any, ...] | None:
+        """The stored ``("ok", v)`` / ``("error", ...)`` tuple, or None if there is none."""
+        if job.state is JobState.CANCELLED:
+            return None
+        stored = {f.path for f in self._client.files(job.id)}
+        if RESULT_STORED_AS not in stored:
+            return None
+        import cloudpickle
+
+        data = self._client.download(job.id, RESULT_STORED_AS)
+        try:
+            outcome = cloudpickle.loads(data)
+        except Exception as exc:  # unpickling may need modules this side lacks
+            raise JobFailedError(
+                f"job {job.id} returned a result that cannot be loaded here: "
+                f"{type(exc).__name__}: {exc}",
+                job_id=job.id, state=job.state.value, exit_code=job.exit_code,
+            ) from exc
+        if not (isinstance(outcome, tuple) and outcome and outcome[0] in ("ok", "error")):
+            raise JobFailedError(
+                f"job {job.id} stored a malformed result: {type(outcome).__name__}",
+                job_id=job.id, state=job.state.value,
+            )
+        return outcome
+
+
+class JobFunction(Generic[P, R]):
+    """A function that can also be submitted as a job (what ``@job`` returns)."""
+
+    def __init__(
+        self, fn: Callable[P, R], options: JobOptions, client: Client | None = None
+    ) -> None:
+        self.fn = fn
+        self.options = options
+        self.spec = spec_for(fn, options)
+        self._client = client
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, as if it were not decorated."""
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A function that refers to itself by name pickles this object: leave the
+        # connection behind, it cannot travel.
+        return (JobFunction, (self.fn, self.options))
+
+    def __repr__(self) -> str:
+        return f"<skyport job {self.spec.name}: {self.fn!r}>"
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = connect(self.options.home, self.options.user)
+        return self._client
+
+    def payload(self, *args: P.args, **kwargs: P.kwargs) -> bytes:
+        """The cloudpickled call, as the job receives it."""
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps((self.fn, args, kwargs))
+        except Exception as exc:
+            raise ValidationError(
+                "arguments", f"{self.spec.name}(...)",
+                f"a function and arguments cloudpickle can pickle ({type(exc).__name__}: {exc})",
+            ) from exc
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Submit ``fn(*args, **kwargs)`` as a job; returns at once."""
+        payload = self.payload(*args, **kwargs)
+        client = self.client
+        return JobHandle(client, client.submit(self.spec, payload))
+
+
+@overload
+def job(fn: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+
+@overload
+def job(
+    *,
+    cpus: int = ...,
+    time: str | int = ...,
+    nodes: int = ...,
+    gpus: int = ...,
+    mem: str | int | None = ...,
+    name: str | None = ...,
+    gate: str | None = ...,
+    flavor: str | None = ...,
+    ranks_per_node: int = ...,
+    threads_per_rank: int | None = ...,
+    env: Mapping[str, str] | None = ...,
+    home: str | Path | None = ...,
+    user: str | None = ...,
+    client: Client | None = ...,
+) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
+
+
+def job(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    cpus: int = 1,
+    time: str | int = "1h",
+    nodes: int = 1,
+    gpus: int = 0,
+    mem: str | int | None = None,
+    name: str | None = None,
+    gate: str | None = None,
+    flavor: str | None = None,
+    ranks_per_node: int = 1,
+    threads_per_rank: int | None = None,
+    env: Mapping[str, str] | None = None,
+    home: str | Path | None = None,
+    user: str | None = None,
+    client: Client | None = None,
+) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
+    """Make a function submittable as a job: ``@job`` or ``@job(cpus=4, time="2h")``.
+
+    ``cpus`` is per node, ``time`` a duration (``"10m"``, ``"1:30:00"``) or
+    seconds, ``mem`` per node (``"2G"`` or MB).  ``home`` and ``user`` pick the
+    control plane and certificate as ``skyport.connect`` does; ``client``
+    reuses an existing connection instead.
+    """
+    if env is not None and not isinstance(env, Mapping):
+        raise ValidationError("env", env, "a mapping of KEY to VALUE strings")
+    options = JobOptions(
+        cpus=cpus, time=time, nodes=nodes, gpus=gpus, mem=mem, name=name, gate=gate,
+        flavor=flavor, ranks_per_node=ranks_per_node, threads_per_rank=threads_per_rank,
+        env=dict(env or {}), home=home, user=user,
+    )
+
+    def wrap(f: Callable[P, R]) -> JobFunction[P, R]:
+        if not callable(f):
+            raise ValidationError("fn", f, "a function to decorate")
+        return JobFunction(f, options, client)
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

@@ -1,0 +1,138 @@
+"""One exception tree for everything Sky Port raises on purpose.
+
+    SkyportError
+    ├── ValidationError        bad input: names the field, the value and what is allowed
+    │   └── ScriptError        a bad ``#SKYPORT`` directive (also names the line)
+    ├── NotFoundError          no such job / user / cluster (or not yours to see)
+    ├── PermissionDeniedError  authenticated, but not allowed to do this
+    ├── AuthenticationError    no valid certificate or token
+    ├── ConflictError          the request is valid but the object's state forbids it
+    ├── PkiError               certificate authority and certificate problems
+    ├── ConfigError            the state directory or its config is missing or broken
+    ├── ControlPlaneError      the control plane is not running or not reachable
+    ├── GateError              a gate could not create, describe or delete a cluster
+    │   └── CapacityError      not enough capacity right now (retry later)
+    ├── StorageError           a storage URL could not be read or written
+    └── JobFailedError         a function job raised; carries the remote error
+
+The REST API maps each class to one HTTP status (``http_status``); the client
+turns an error response back into the same class, so a CLI user and a Python
+user see the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SkyportError(Exception):
+    """Root of every error Sky Port raises on purpose."""
+
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "message": self.message}
+
+
+class ValidationError(SkyportError):
+    http_status = 422
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"invalid {field}: {value!r} ({allowed})")
+
+
+class ScriptError(ValidationError):
+    def __init__(self, line: int, field: str, value: Any, allowed: str) -> None:
+        self.line = line
+        super().__init__(field, value, allowed)
+        self.message = f"line {line}: {self.message}"
+        self.args = (self.message,)
+
+
+class NotFoundError(SkyportError):
+    http_status = 404
+
+
+class PermissionDeniedError(SkyportError):
+    http_status = 403
+
+
+class AuthenticationError(SkyportError):
+    http_status = 401
+
+
+class ConflictError(SkyportError):
+    http_status = 409
+
+
+class PkiError(SkyportError):
+    pass
+
+
+class ConfigError(SkyportError):
+    pass
+
+
+class ControlPlaneError(SkyportError):
+    http_status = 503
+
+
+class GateError(SkyportError):
+    http_status = 502
+
+
+class CapacityError(GateError):
+    http_status = 503
+
+
+class StorageError(SkyportError):
+    http_status = 502
+
+
+class JobFailedError(SkyportError):
+    """A job ended without a result: carries what the remote side reported."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        state: str = "",
+        exit_code: int | None = None,
+        remote_type: str = "",
+        remote_message: str = "",
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+        self.exit_code = exit_code
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+_BY_NAME: dict[str, type[SkyportError]] = {}
+
+
+def _register(cls: type[SkyportError]) -> None:
+    _BY_NAME[cls.__name__] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+def error_from_dict(payload: dict[str, Any]) -> SkyportError:
+    """Rebuild an error sent by the REST API (the message is kept verbatim)."""
+    if not _BY_NAME:
+        _register(SkyportError)
+    cls = _BY_NAME.get(str(payload.get("error")), SkyportError)
+    err = SkyportError.__new__(cls)
+    SkyportError.__init__(err, str(payload.get("message", "unknown error")))
+    return err

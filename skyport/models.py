@@ -1,0 +1,210 @@
+"""The job model: one pydantic model behind every door (REST, script, decorator).
+
+A ``JobSpec`` is what a user asks for; a ``Job`` is what the control plane
+knows about it (state, times, events).  Units are in the field names.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MPI_IMPLEMENTATIONS = ("mpich", "openmpi")
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "QUEUED"
+    SCHEDULED = "SCHEDULED"
+    PROVISIONING = "PROVISIONING"
+    STAGING_IN = "STAGING_IN"
+    RUNNING = "RUNNING"
+    STAGING_OUT = "STAGING_OUT"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def has_cluster(self) -> bool:
+        """States in which the job holds (or is getting) a cluster."""
+        return self in _WITH_CLUSTER
+
+
+_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+_WITH_CLUSTER = frozenset(
+    {JobState.PROVISIONING, JobState.STAGING_IN, JobState.RUNNING, JobState.STAGING_OUT}
+)
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nodes: int = Field(1, ge=1, le=4096)
+    cpus_per_node: int = Field(1, ge=1, le=1024)
+    mem_mb: int | None = Field(None, ge=1)
+    gpus_per_node: int = Field(0, ge=0, le=64)
+    time_limit_s: int = Field(3600, ge=1, le=366 * 24 * 3600)
+
+
+class Layout(BaseModel):
+    """Parallel layout: nodes x ranks per node x threads per rank."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ranks_per_node: int = Field(1, ge=1, le=1024)
+    threads_per_rank: int | None = Field(None, ge=1, le=1024)
+    mpi: Literal["mpich", "openmpi"] = "mpich"
+
+
+class JobSpec(BaseModel):
+    """Everything a user asks for when submitting a job."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "job"
+    kind: Literal["script", "function"] = "script"
+    script: str = ""
+    resources: Resources = Resources()
+    layout: Layout = Layout()
+    gate: str | None = None
+    flavor: str | None = None
+    max_price_per_hour: float | None = Field(None, gt=0)
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-1000, le=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(
+                f"name {v!r} must be 1-64 letters, digits, '_', '.', '-', starting with "
+                "a letter or digit"
+            )
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_KEY_RE.match(key):
+                raise ValueError(f"env key {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            if key.startswith("SKYPORT_"):
+                raise ValueError(f"env key {key!r}: SKYPORT_* variables are set by Sky Port")
+        return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for path in v:
+            check_relative_path(path, "output")
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for url in v:
+            if not url or any(c in url for c in "\n\r\0"):
+                raise ValueError(f"input {url!r} must be a URL or a path")
+        return v
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> JobSpec:
+        threads = self.threads_per_rank
+        if self.layout.ranks_per_node * threads > self.resources.cpus_per_node:
+            raise ValueError(
+                f"ranks-per-node x threads-per-rank = {self.layout.ranks_per_node} x {threads}"
+                f" exceeds cpus-per-node = {self.resources.cpus_per_node}"
+            )
+        if self.kind == "script" and not self.script.strip():
+            raise ValueError("script must not be empty for a script job")
+        return self
+
+    @property
+    def threads_per_rank(self) -> int:
+        """Explicit threads per rank, or the node's cores shared among its ranks."""
+        if self.layout.threads_per_rank is not None:
+            return self.layout.threads_per_rank
+        return max(1, self.resources.cpus_per_node // self.layout.ranks_per_node)
+
+    @property
+    def total_cpus(self) -> int:
+        return self.resources.nodes * self.resources.cpus_per_node
+
+
+def check_relative_path(path: str, field: str) -> str:
+    """A path inside a job's directory: relative, no '..', no empty parts."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or any(p in ("", "..") for p in parts)
+        or any(c in path for c in "\n\r\0\\")
+    ):
+        raise ValueError(
+            f"{field} {path!r} must be a relative path inside the job directory "
+            "(no leading '/', no '..', no empty parts)"
+        )
+    return path
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    time: datetime
+    state: JobState
+    reason: str
+
+
+class Job(BaseModel):
+    """What the control plane knows about one job."""
+
+    id: str
+    owner: str
+    spec: JobSpec
+    state: JobState
+    reason: str = ""
+    exit_code: int | None = None
+    submitted_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    gate: str | None = None
+    flavor: str | None = None
+    cluster_id: str | None = None
+    node_names: list[str] = Field(default_factory=list)
+    planned_start_at: datetime | None = None
+    restarts: int = 0
+    events: list[Event] = Field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def nodes(self) -> int:
+        return self.spec.resources.nodes
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON form every door shows (``--json``)."""
+        data = self.model_dump(mode="json")
+        data["name"] = self.spec.name
+        data["nodes"] = self.spec.resources.nodes
+        return data
+
+
+class SubmitRequest(BaseModel):
+    """Body of ``POST /v1/jobs``: the spec, plus a function payload for function jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: JobSpec
+    payload_b64: str | None = Field(None, max_length=64 * 1024 * 1024)

@@ -1,0 +1,25 @@
+"""Call a Ray actor's methods as plain coroutines.
+
+The Core and the REST API are written against objects with async methods;
+in the control plane those objects are actors, in unit tests plain
+services.  This adapter is the only place that knows the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class ActorProxy:
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._actor, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await method.remote(*args, **kwargs)
+
+        call.__name__ = name
+        return call

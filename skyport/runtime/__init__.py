@@ -1,0 +1,1 @@
+"""Code that runs inside a job, on a job cluster's node (see ``function``)."""

@@ -1,0 +1,141 @@
+"""Job storage: everything of a job lives under ``<storage>/jobs/<job id>/``.
+
+Any fsspec URL works (``file://`` under the state directory by default,
+``s3://bucket/prefix`` with s3fs).  Only the control plane holds storage
+credentials; agents reach their job's files through the REST API, which
+calls this module with paths that have been checked to stay inside the job's
+prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+
+from skyport.errors import StorageError, ValidationError
+from skyport.models import check_relative_path
+
+
+class JobStorage:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"cannot open storage {url!r}: {exc}") from exc
+        self.root = self.root.rstrip("/")
+        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def _path(self, job_id: str, rel: str) -> str:
+        try:
+            check_relative_path(rel, "path")
+        except ValueError as exc:
+            raise ValidationError("path", rel, "a relative path inside the job's prefix") from exc
+        return f"{self.root}/jobs/{job_id}/{rel}"
+
+    def put(self, job_id: str, rel: str, data: bytes) -> None:
+        path = self._path(job_id, rel)
+        try:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            # write next to the target, then move: a reader never sees half a file
+            tmp = path + ".part"
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write {rel} of job {job_id}: {exc}") from exc
+
+    def get(self, job_id: str, rel: str) -> bytes:
+        path = self._path(job_id, rel)
+        try:
+            with self.fs.open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError as exc:
+            from skyport.errors import NotFoundError
+
+            raise NotFoundError(f"job {job_id} has no file {rel}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {rel} of job {job_id}: {exc}") from exc
+
+    def exists(self, job_id: str, rel: str) -> bool:
+        return bool(self.fs.exists(self._path(job_id, rel)))
+
+    def size(self, job_id: str, rel: str) -> int:
+        path = self._path(job_id, rel)
+        try:
+            return int(self.fs.size(path))
+        except FileNotFoundError:
+            return 0
+
+    def read_from(self, job_id: str, rel: str, offset: int, limit: int = 1 << 20) -> bytes:
+        path = self._path(job_id, rel)
+        try:
+            with self.fs.open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    def append(self, job_id: str, rel: str, offset: int, data: bytes) -> int:
+        """Append ``data`` written at ``offset``; a chunk sent twice is stored once.
+
+        Returns the new size.  Object stores cannot append, so there the object
+        is rewritten; logs are small next to the data a job moves.
+        """
+        size = self.size(job_id, rel)
+        if offset > size:
+            raise ValidationError("offset", offset, f"at most the current size {size}")
+        data = data[size - offset :]
+        if not data:
+            return size
+        path = self._path(job_id, rel)
+        try:
+            if self._can_append():
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                with self.fs.open(path, "ab") as f:
+                    f.write(data)
+            else:
+                old = self.get(job_id, rel) if size else b""
+                self.put(job_id, rel, old + data)
+        except OSError as exc:
+            raise StorageError(f"cannot append to {rel} of job {job_id}: {exc}") from exc
+        return size + len(data)
+
+    def _can_append(self) -> bool:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        return any(p in ("file", "local", "memory") for p in protocols)
+
+    def listdir(self, job_id: str) -> list[dict[str, Any]]:
+        base = f"{self.root}/jobs/{job_id}"
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return []
+        out = []
+        for path, info in sorted(found.items()):
+            rel = path[len(base) :].lstrip("/") if path.startswith(base) else path.split(
+                f"jobs/{job_id}/", 1)[-1]
+            if rel.endswith(".part"):
+                continue
+            out.append({"path": rel, "size": int(info.get("size") or 0)})
+        return out
+
+    def copy_in(self, job_id: str, url: str, rel: str) -> int:
+        """Fetch an input URL (any fsspec protocol) into the job's prefix."""
+        try:
+            with fsspec.open(url, "rb") as f:
+                data = f.read()
+        except (OSError, ValueError, ImportError) as exc:
+            raise StorageError(f"cannot read input {url!r}: {exc}") from exc
+        self.put(job_id, rel, data)
+        return len(data)
+
+
+def input_exists(url: str) -> bool:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        return bool(fs.exists(path))
+    except (OSError, ValueError, ImportError):
+        return False

@@ -1,0 +1,232 @@
+"""The job store: SQLite in WAL mode, the one durable copy of every job.
+
+Every state change is written together with its event (time and reason) in
+one transaction before anything acts on it, so a control plane killed at any
+moment restarts from exactly what it had promised.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from skyport.errors import NotFoundError
+from skyport.lifecycle import check_transition
+from skyport.models import Event, Job, JobSpec, JobState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    gate TEXT,
+    flavor TEXT,
+    cluster_id TEXT,
+    node_names TEXT NOT NULL DEFAULT '[]',
+    planned_start_at TEXT,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    token_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    n INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (job_id, n)
+);
+"""
+
+_UPDATABLE = {
+    "reason",
+    "exit_code",
+    "started_at",
+    "ended_at",
+    "gate",
+    "flavor",
+    "cluster_id",
+    "node_names",
+    "planned_start_at",
+    "restarts",
+    "token_hash",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- writes -------------------------------------------------------------
+
+    def add(self, job_id: str, owner: str, spec: JobSpec, reason: str = "submitted") -> Job:
+        now = utcnow()
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            db.execute(
+                "INSERT INTO jobs (id, seq, owner, spec, state, reason, submitted_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, seq, owner, spec.model_dump_json(), JobState.QUEUED.value, reason,
+                 _ts(now)),
+            )
+            self._event(db, job_id, now, JobState.QUEUED, reason)
+        return self.get(job_id)
+
+    def transition(self, job_id: str, new: JobState, reason: str, **fields: Any) -> Job:
+        """Move a job to ``new``, with its event, atomically; ConflictError if not allowed."""
+        now = utcnow()
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            check_transition(job_id, JobState(row["state"]), new)
+            if new == JobState.RUNNING and "started_at" not in fields:
+                fields["started_at"] = now
+            if new.is_terminal() and "ended_at" not in fields:
+                fields["ended_at"] = now
+            fields["reason"] = reason
+            self._update(db, job_id, {"state": new.value, **fields})
+            self._event(db, job_id, now, new, reason)
+        return self.get(job_id)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Change bookkeeping fields without a state change (no event)."""
+        with self._tx() as db:
+            self._update(db, job_id, fields)
+
+    def _update(self, db: sqlite3.Connection, job_id: str, fields: dict[str, Any]) -> None:
+        cols, values = [], []
+        for key, value in fields.items():
+            if key != "state" and key not in _UPDATABLE:
+                raise KeyError(key)
+            if isinstance(value, datetime):
+                value = _ts(value)
+            elif key == "node_names":
+                value = json.dumps(list(value))
+            cols.append(f"{key} = ?")
+            values.append(value)
+        if cols:
+            db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id = ?", (*values, job_id))
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, now: datetime, state: JobState,
+               reason: str) -> None:
+        n = db.execute("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+        db.execute(
+            "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, ?, ?, ?, ?)",
+            (job_id, n, _ts(now), state.value, reason),
+        )
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, job_id: str, *, events: bool = True) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            evs = self._events(job_id) if events else []
+        return self._job(row, evs)
+
+    def token_hash(self, job_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT token_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row["token_hash"] if row else None
+
+    def list(
+        self,
+        *,
+        owner: str | None = None,
+        states: Iterable[JobState] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        sql = "SELECT * FROM jobs"
+        where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if states is not None:
+            st = [s.value for s in states]
+            where.append(f"state IN ({', '.join('?' * len(st))})")
+            args.extend(st)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [self._job(r, []) for r in rows]
+
+    def _events(self, job_id: str) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT time, state, reason FROM events WHERE job_id = ? ORDER BY n", (job_id,)
+        ).fetchall()
+        return [Event(time=_dt(r["time"]), state=JobState(r["state"]), reason=r["reason"])
+                for r in rows]
+
+    @staticmethod
+    def _job(row: sqlite3.Row, events: list[Event]) -> Job:
+        return Job(
+            id=row["id"],
+            owner=row["owner"],
+            spec=JobSpec.model_validate_json(row["spec"]),
+            state=JobState(row["state"]),
+            reason=row["reason"],
+            exit_code=row["exit_code"],
+            submitted_at=_dt(row["submitted_at"]),
+            started_at=_dt(row["started_at"]),
+            ended_at=_dt(row["ended_at"]),
+            gate=row["gate"],
+            flavor=row["flavor"],
+            cluster_id=row["cluster_id"],
+            node_names=json.loads(row["node_names"]),
+            planned_start_at=_dt(row["planned_start_at"]),
+            restarts=row["restarts"],
+            events=events,
+        )

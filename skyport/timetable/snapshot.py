@@ -1,0 +1,86 @@
+"""The engine's input: what is queued, what is running, and where jobs can run.
+
+A :class:`Snapshot` is a frozen picture taken by the caller (the Scheduler
+actor or the benchmark's replay driver) at ``now_s``. The engine reads no
+clock: ``now_s`` is the only notion of time it has.
+
+Units: times are seconds on the caller's clock (any epoch), sizes are
+processors (cores). ``procs`` of a job is ``nodes x cpus per node``.
+
+Pools are the gates' capacity. ``price_per_hour`` is per processor-hour and
+``boot_s`` is how long a pool needs to bring capacity up for a job; a job on a
+pool holds its processors for ``boot_s + est_runtime_s`` from its planned
+start (its planned start is when provisioning begins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+__all__ = ["JobId", "Pool", "QueuedJob", "RunningJob", "Snapshot"]
+
+JobId = int | str
+
+_EMPTY_USAGE: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A place jobs run: one gate's capacity, in processors."""
+
+    name: str
+    capacity: int
+    price_per_hour: float | None = None
+    """Price of one processor-hour on this pool, if known."""
+    boot_s: float = 0.0
+    """Seconds from a job's planned start until its processors are usable."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A job waiting for a start. ``est_runtime_s`` is its time limit (``--time``)."""
+
+    id: JobId
+    owner: str
+    submit_s: float
+    procs: int
+    est_runtime_s: float
+    nodes: int = 1
+    priority: int = 0
+    allowed_pools: tuple[str, ...] = ()
+    """Names of the pools this job may use; empty means any."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A job holding ``procs`` processors on ``pool`` since ``start_s``."""
+
+    id: JobId
+    owner: str
+    pool: str
+    procs: int
+    start_s: float
+    est_runtime_s: float
+
+    @property
+    def est_end_s(self) -> float:
+        """When the job is expected to end; may lie in the past for a job running over."""
+        return self.start_s + self.est_runtime_s
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a planning pass may look at.
+
+    ``usage`` maps an owner to its decayed past usage in processor-seconds
+    (for fair-share policies); the caller keeps the ledger, see
+    :mod:`skyport.timetable.usage`.
+    """
+
+    now_s: float
+    queued: tuple[QueuedJob, ...]
+    running: tuple[RunningJob, ...]
+    pools: tuple[Pool, ...]
+    usage: Mapping[str, float] = field(default_factory=lambda: _EMPTY_USAGE)

@@ -1,0 +1,70 @@
+"""Parsing of the sbatch-style values users write: durations and memory sizes."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_SUFFIX = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_SUFFIX_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.IGNORECASE)
+_MEM_MB = {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024 * 1024}
+
+DURATION_FORMS = (
+    "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or a number with s/m/h/d "
+    "(e.g. 90s, 10m, 2h)"
+)
+MEM_FORMS = "a size in MB, or a number with K, M, G or T (e.g. 512M, 2G)"
+
+
+def parse_duration_s(text: str) -> int:
+    """Slurm's time formats (a bare number is minutes) plus 90s/10m/2h/1d."""
+    value = text.strip()
+    m = _DURATION_SUFFIX.match(value)
+    if m:
+        seconds = float(m.group(1)) * _SUFFIX_S[m.group(2)]
+    else:
+        days = 0
+        if "-" in value:
+            day_text, _, value = value.partition("-")
+            if not day_text.isdigit():
+                raise ValueError(text)
+            days = int(day_text)
+        parts = value.split(":")
+        if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+            raise ValueError(text)
+        nums = [int(p) for p in parts]
+        if days:
+            # after "D-" the fields are hours[, minutes[, seconds]]
+            nums += [0] * (3 - len(nums))
+            h, mi, s = nums
+        elif len(nums) == 1:
+            h, mi, s = 0, nums[0], 0
+        elif len(nums) == 2:
+            h, mi, s = 0, nums[0], nums[1]
+        else:
+            h, mi, s = nums
+        seconds = days * 86400 + h * 3600 + mi * 60 + s
+    if seconds <= 0:
+        raise ValueError(text)
+    return int(round(seconds))
+
+
+def parse_mem_mb(text: str) -> int:
+    m = _MEM.match(text.strip())
+    if not m:
+        raise ValueError(text)
+    mb = float(m.group(1)) * _MEM_MB[m.group(2).upper()]
+    if mb < 1:
+        raise ValueError(text)
+    return int(round(mb))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    days, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    core = f"{h:02d}:{m:02d}:{s:02d}"
+    return f"{days}-{core}" if days else core
