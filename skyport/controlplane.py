@@ -44,8 +44,10 @@ def init_state(
 ) -> dict[str, Any]:
     """Create the state directory: CA, server and admin certificates, config, storage."""
     if state.exists() and not force:
-        raise ConflictError(f"{state.root} is already a Sky Port state directory "
-                            "(use --force to rewrite its config; certificates are kept)")
+        raise ConflictError(
+            f"{state.root} is already a Sky Port state directory "
+            "(use --force to rewrite its config; certificates are kept)"
+        )
     if is_running(state):
         raise ConflictError(f"the control plane of {state.root} is running: stop it first")
     for path in (state.root, state.storage, state.run):
@@ -70,9 +72,13 @@ def init_state(
     )
     _check_policy(config.policy)
     state.save_config(config)
-    return {"home": str(state.root), "config": str(state.config_path),
-            "api_port": config.api_port, "storage": config.storage_url or state.storage.as_uri(),
-            "admin_cert": str(state.user_cert("admin")[0])}
+    return {
+        "home": str(state.root),
+        "config": str(state.config_path),
+        "api_port": config.api_port,
+        "storage": config.storage_url or state.storage.as_uri(),
+        "admin_cert": str(state.user_cert("admin")[0]),
+    }
 
 
 def _check_policy(name: str) -> None:
@@ -113,43 +119,57 @@ def is_running(state: StateDir) -> bool:
     return pid is not None and _alive(pid)
 
 
-def address(state: StateDir) -> dict[str, Any] | None:
+def running_address(state: StateDir) -> dict[str, Any] | None:
     try:
         return json.loads(state.address_path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def start(state: StateDir, *, address_: str | None = None, foreground: bool = False,
-          timeout_s: float = START_TIMEOUT_S, **_: Any) -> dict[str, Any]:
+def start(
+    state: StateDir,
+    *,
+    address: str | None = None,
+    foreground: bool = False,
+    timeout_s: float = START_TIMEOUT_S,
+) -> dict[str, Any]:
     """Start the control plane in the background and wait until its API answers."""
     state.load_config()
     if is_running(state):
-        raise ConflictError(f"the control plane of {state.root} is already running "
-                            f"(pid {read_pid(state)})")
+        raise ConflictError(
+            f"the control plane of {state.root} is already running (pid {read_pid(state)})"
+        )
     cmd = [sys.executable, "-m", "skyport.controlplane", "--home", str(state.root)]
-    if address_:
-        cmd += ["--address", address_]
+    if address:
+        cmd += ["--address", address]
     if foreground:
         os.execv(sys.executable, cmd)
     state.run.mkdir(parents=True, exist_ok=True)
     state.address_path.unlink(missing_ok=True)
     with open(state.log_path, "ab") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                start_new_session=True, env=_env())
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            env=_env(),
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        info = address(state)
+        info = running_address(state)
         if info and info.get("pid") == proc.pid:
             return {"home": str(state.root), "pid": proc.pid, **info}
         if proc.poll() is not None:
             raise ControlPlaneError(
                 f"the control plane exited with status {proc.returncode} while starting; "
-                f"see {state.log_path}:\n{_tail(state.log_path)}")
+                f"see {state.log_path}:\n{_tail(state.log_path)}"
+            )
         time.sleep(0.2)
     proc.terminate()
-    raise ControlPlaneError(f"the control plane did not start within {timeout_s:.0f} s; "
-                            f"see {state.log_path}")
+    raise ControlPlaneError(
+        f"the control plane did not start within {timeout_s:.0f} s; see {state.log_path}"
+    )
 
 
 def stop(state: StateDir, *, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, Any]:
@@ -212,10 +232,14 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:
         ray.init(
-            address="local", namespace=NAMESPACE, num_cpus=config.ray_num_cpus,
-            memory=config.ray_memory_mb * 1024 * 1024,
+            address="local",
+            namespace=NAMESPACE,
+            num_cpus=config.ray_num_cpus,
+            _memory=config.ray_memory_mb * 1024 * 1024,
             object_store_memory=config.ray_object_store_mb * 1024 * 1024,
-            _temp_dir=ray_temp_dir(state), include_dashboard=False, log_to_driver=False,
+            _temp_dir=ray_temp_dir(state),
+            include_dashboard=False,
+            log_to_driver=False,
         )
     # the Core's SQLite file and the local gate's processes live on this machine
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -226,13 +250,18 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
         except ValueError:
             pass
     opts = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
-    gates = [GateActor.options(name=f"gate:{g.name}", **opts).remote(
-        g.name, g.type, g.config, str(state.root)) for g in config.gates]
+    gates = [
+        GateActor.options(name=f"gate:{g.name}", **opts).remote(
+            g.name, g.type, g.config, str(state.root)
+        )
+        for g in config.gates
+    ]
     ray.get([g.capacity.remote() for g in gates])  # fail early on a broken gate config
     SchedulerActor.options(name="scheduler", **opts).remote(config.policy, config.policy_config)
     url = f"https://{config.api_host}:{config.api_port}"
     core = CoreActor.options(name="core", **opts).remote(
-        str(state.root), url, [g.name for g in config.gates])
+        str(state.root), url, [g.name for g in config.gates]
+    )
     recovered = ray.get(core.start.remote())
     log.info("core started: %s", recovered)
     storage = JobStorage(config.storage_url or state.storage.as_uri(), config.storage_options)
@@ -240,9 +269,15 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: None)  # serve() re-raises it after cleanup
     try:
-        serve(app, host=config.api_host, port=config.api_port, pki_dir=state.pki,
-              ready_file=state.address_path, log_level="warning",
-              extra={"pid": os.getpid(), "home": str(state.root)})
+        serve(
+            app,
+            host=config.api_host,
+            port=config.api_port,
+            pki_dir=state.pki,
+            ready_file=state.address_path,
+            log_level="warning",
+            extra={"pid": os.getpid(), "home": str(state.root)},
+        )
     finally:
         try:
             ray.get(core.shutdown.remote(), timeout=10)
@@ -263,8 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--address", default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     state = StateDir(Path(args.home))
     try:
         run(state, args.address)

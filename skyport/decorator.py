@@ -69,8 +69,8 @@ _ARGUMENT_OF = {
 class JobOptions:
     """The decorator's arguments, as given (``spec_for`` checks them)."""
 
-    cpus: int = 1
-    time: str | int = "1h"
+    cpus: int = 2
+    time: str | int = "10m"
     nodes: int = 1
     gpus: int = 0
     mem: str | int | None = None
@@ -87,10 +87,17 @@ class JobOptions:
 def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
     """The ``JobSpec`` of a function job; errors name the decorator argument."""
     given = {
-        "cpus": options.cpus, "time": options.time, "nodes": options.nodes,
-        "gpus": options.gpus, "mem": options.mem, "name": options.name, "gate": options.gate,
-        "flavor": options.flavor, "ranks_per_node": options.ranks_per_node,
-        "threads_per_rank": options.threads_per_rank, "env": options.env,
+        "cpus": options.cpus,
+        "time": options.time,
+        "nodes": options.nodes,
+        "gpus": options.gpus,
+        "mem": options.mem,
+        "name": options.name,
+        "gate": options.gate,
+        "flavor": options.flavor,
+        "ranks_per_node": options.ranks_per_node,
+        "threads_per_rank": options.threads_per_rank,
+        "env": options.env,
     }
     data = {
         "name": options.name if options.name is not None else _default_name(fn),
@@ -222,7 +229,9 @@ class JobHandle(Generic[R]):
                 f"job {job.id} ended {job.state.value} without a result"
                 + (f": {job.reason}" if job.reason else "")
                 + (f" (exit code {job.exit_code})" if job.exit_code is not None else ""),
-                job_id=job.id, state=job.state.value, exit_code=job.exit_code,
+                job_id=job.id,
+                state=job.state.value,
+                exit_code=job.exit_code,
             )
         if outcome[0] == "ok":
             return outcome[1]  # type: ignore[no-any-return]
@@ -230,8 +239,12 @@ class JobHandle(Generic[R]):
         raise JobFailedError(
             f"job {job.id} failed: {remote_type}: {remote_message}\n"
             f"remote traceback:\n{remote_tb.rstrip()}",
-            job_id=job.id, state=job.state.value, exit_code=job.exit_code,
-            remote_type=remote_type, remote_message=remote_message, remote_traceback=remote_tb,
+            job_id=job.id,
+            state=job.state.value,
+            exit_code=job.exit_code,
+            remote_type=remote_type,
+            remote_message=remote_message,
+            remote_traceback=remote_tb,
         )
 
     def _outcome(self, job: Job) -> tuple[Any, ...] | None:
@@ -250,12 +263,15 @@ class JobHandle(Generic[R]):
             raise JobFailedError(
                 f"job {job.id} returned a result that cannot be loaded here: "
                 f"{type(exc).__name__}: {exc}",
-                job_id=job.id, state=job.state.value, exit_code=job.exit_code,
+                job_id=job.id,
+                state=job.state.value,
+                exit_code=job.exit_code,
             ) from exc
         if not (isinstance(outcome, tuple) and outcome and outcome[0] in ("ok", "error")):
             raise JobFailedError(
                 f"job {job.id} stored a malformed result: {type(outcome).__name__}",
-                job_id=job.id, state=job.state.value,
+                job_id=job.id,
+                state=job.state.value,
             )
         return outcome
 
@@ -298,7 +314,8 @@ class JobFunction(Generic[P, R]):
             return cloudpickle.dumps((self.fn, args, kwargs))
         except Exception as exc:
             raise ValidationError(
-                "arguments", f"{self.spec.name}(...)",
+                "arguments",
+                f"{self.spec.name}(...)",
                 f"a function and arguments cloudpickle can pickle ({type(exc).__name__}: {exc})",
             ) from exc
 
@@ -337,8 +354,8 @@ def job(
     fn: Callable[P, R] | None = None,
     /,
     *,
-    cpus: int = 1,
-    time: str | int = "1h",
+    cpus: int = 2,
+    time: str | int = "10m",
     nodes: int = 1,
     gpus: int = 0,
     mem: str | int | None = None,
@@ -354,17 +371,27 @@ def job(
 ) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
     """Make a function submittable as a job: ``@job`` or ``@job(cpus=4, time="2h")``.
 
-    ``cpus`` is per node, ``time`` a duration (``"10m"``, ``"1:30:00"``) or
-    seconds, ``mem`` per node (``"2G"`` or MB).  ``home`` and ``user`` pick the
+    ``cpus`` is per node (default 2), ``time`` a duration (default ``"10m"``; or
+    ``"1:30:00"``, or seconds), ``mem`` per node (``"2G"`` or MB).  ``home`` and ``user`` pick the
     control plane and certificate as ``skyport.connect`` does; ``client``
     reuses an existing connection instead.
     """
     if env is not None and not isinstance(env, Mapping):
         raise ValidationError("env", env, "a mapping of KEY to VALUE strings")
     options = JobOptions(
-        cpus=cpus, time=time, nodes=nodes, gpus=gpus, mem=mem, name=name, gate=gate,
-        flavor=flavor, ranks_per_node=ranks_per_node, threads_per_rank=threads_per_rank,
-        env=dict(env or {}), home=home, user=user,
+        cpus=cpus,
+        time=time,
+        nodes=nodes,
+        gpus=gpus,
+        mem=mem,
+        name=name,
+        gate=gate,
+        flavor=flavor,
+        ranks_per_node=ranks_per_node,
+        threads_per_rank=threads_per_rank,
+        env=dict(env or {}),
+        home=home,
+        user=user,
     )
 
     def wrap(f: Callable[P, R]) -> JobFunction[P, R]:

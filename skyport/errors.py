@@ -37,6 +37,18 @@ class SkyportError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"error": type(self).__name__, "message": self.message}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # subclasses take other constructor arguments: rebuild from the state
+        # instead, so errors cross process boundaries (Ray actors) intact
+        return (_restore, (type(self), self.message, dict(self.__dict__)))
+
+
+def _restore(cls: type[SkyportError], message: str, state: dict[str, Any]) -> SkyportError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
 
 class ValidationError(SkyportError):
     http_status = 422

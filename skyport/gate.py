@@ -136,8 +136,14 @@ class Gate(abc.ABC):
 
     # -- helpers written once, on the primitives ---------------------------
 
-    def can_ever_fit(self, nodes: int, cpus_per_node: int, gpus_per_node: int,
-                     mem_mb: int | None, flavor: str | None = None) -> str | None:
+    def can_ever_fit(
+        self,
+        nodes: int,
+        cpus_per_node: int,
+        gpus_per_node: int,
+        mem_mb: int | None,
+        flavor: str | None = None,
+    ) -> str | None:
         """None if some flavor can hold the request; else why not."""
         flavors = self.flavors()
         if flavor is not None:
@@ -159,18 +165,29 @@ class Gate(abc.ABC):
                 return None
         return f"gate {self.name}: " + "; ".join(reasons)
 
-    def pick_flavor(self, cpus_per_node: int, gpus_per_node: int, mem_mb: int | None,
-                    nodes: int, flavor: str | None = None) -> Flavor:
+    def pick_flavor(
+        self,
+        cpus_per_node: int,
+        gpus_per_node: int,
+        mem_mb: int | None,
+        nodes: int,
+        flavor: str | None = None,
+    ) -> Flavor:
         """The cheapest flavor that holds one node of the request."""
         fits = [
-            f for f in self.flavors()
-            if (flavor is None or f.name == flavor) and f.cpus >= cpus_per_node
-            and f.gpus >= gpus_per_node and (mem_mb is None or f.mem_mb >= mem_mb)
+            f
+            for f in self.flavors()
+            if (flavor is None or f.name == flavor)
+            and f.cpus >= cpus_per_node
+            and f.gpus >= gpus_per_node
+            and (mem_mb is None or f.mem_mb >= mem_mb)
             and f.max_nodes >= nodes
         ]
         if not fits:
-            raise GateError(self.can_ever_fit(nodes, cpus_per_node, gpus_per_node, mem_mb,
-                                              flavor) or "no flavor fits")
+            raise GateError(
+                self.can_ever_fit(nodes, cpus_per_node, gpus_per_node, mem_mb, flavor)
+                or "no flavor fits"
+            )
         return min(fits, key=lambda f: (f.price_per_hour, f.cpus, f.gpus, f.mem_mb))
 
 
@@ -217,8 +234,10 @@ def gate_class(type_name: str) -> type[Gate]:
     target = target or BUILTIN_GATES.get(type_name)
     if target is None:
         known = sorted({ep.name for ep in entry_points(group="skyport.gates")} | set(BUILTIN_GATES))
-        raise ConfigError(f"unknown gate type {type_name!r} (known: {', '.join(known)};"
-                          " a third-party gate must be installed to be found)")
+        raise ConfigError(
+            f"unknown gate type {type_name!r} (known: {', '.join(known)};"
+            " a third-party gate must be installed to be found)"
+        )
     module_name, _, attr = target.partition(":")
     import importlib
 

@@ -1,10 +1,10 @@
 """The job state machine: which transitions are allowed.  Pure: no I/O.
 
-    QUEUED -> SCHEDULED -> PROVISIONING -> STAGING_IN -> RUNNING -> STAGING_OUT -> SUCCEEDED
-                                                                              \\-> FAILED
-    any non-terminal state -> CANCELLED, FAILED
-    RUNNING (or staging) past its time limit -> TIMEOUT
-    a job holding a cluster that loses it -> QUEUED again
+QUEUED -> SCHEDULED -> PROVISIONING -> STAGING_IN -> RUNNING -> STAGING_OUT -> SUCCEEDED
+                                                                          \\-> FAILED
+any non-terminal state -> CANCELLED, FAILED
+RUNNING (or staging) past its time limit -> TIMEOUT
+a job holding a cluster that loses it -> QUEUED again
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MPI_IMPLEMENTATIONS = ("mpich", "openmpi")
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     QUEUED = "QUEUED"
     SCHEDULED = "SCHEDULED"
     PROVISIONING = "PROVISIONING"
@@ -85,7 +85,7 @@ class JobSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):  # fullmatch: "$" would let a trailing newline in
             raise ValueError(
                 f"name {v!r} must be 1-64 letters, digits, '_', '.', '-', starting with "
                 "a letter or digit"
@@ -96,10 +96,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for key in v:
-            if not ENV_KEY_RE.match(key):
-                raise ValueError(f"env key {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
-            if key.startswith("SKYPORT_"):
-                raise ValueError(f"env key {key!r}: SKYPORT_* variables are set by Sky Port")
+            check_env_key(key)
         return v
 
     @field_validator("outputs")
@@ -139,6 +136,15 @@ class JobSpec(BaseModel):
     @property
     def total_cpus(self) -> int:
         return self.resources.nodes * self.resources.cpus_per_node
+
+
+def check_env_key(key: str) -> str:
+    """An environment variable name the user may set."""
+    if not ENV_KEY_RE.fullmatch(key):
+        raise ValueError(f"env key {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    if key.startswith("SKYPORT_"):
+        raise ValueError(f"env key {key!r}: SKYPORT_* variables are set by Sky Port")
+    return key
 
 
 def check_relative_path(path: str, field: str) -> str:

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ray.exceptions import RayTaskError
+
+from skyport.errors import SkyportError
+
 
 class ActorProxy:
     def __init__(self, actor: Any) -> None:
@@ -19,7 +23,13 @@ class ActorProxy:
         method = getattr(self._actor, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await method.remote(*args, **kwargs)
+            try:
+                return await method.remote(*args, **kwargs)
+            except RayTaskError as exc:
+                # callers handle Sky Port's own errors; Ray's wrapper would hide them
+                if isinstance(exc.cause, SkyportError):
+                    raise exc.cause from None
+                raise
 
         call.__name__ = name
         return call

@@ -47,13 +47,15 @@ class SchedulerService:
         self.policy_name = policy
         self.policy_config = dict(policy_config or {})
 
-    def plan(self, now_s: float, queued: list[PlanJob], running: list[PlanJob],
-             pools: list[PlanPool]) -> list[PlanEntry]:
+    def plan(
+        self, now_s: float, queued: list[PlanJob], running: list[PlanJob], pools: list[PlanPool]
+    ) -> list[PlanEntry]:
         return _fcfs(now_s, queued, running, pools)
 
 
-def _fcfs(now_s: float, queued: list[PlanJob], running: list[PlanJob],
-          pools: list[PlanPool]) -> list[PlanEntry]:
+def _fcfs(
+    now_s: float, queued: list[PlanJob], running: list[PlanJob], pools: list[PlanPool]
+) -> list[PlanEntry]:
     """First come, first served over pools: each job at the earliest time it fits."""
     out: list[PlanEntry] = []
     # per pool: list of (end time, procs) of running/planned jobs

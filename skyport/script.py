@@ -8,6 +8,7 @@ the value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import pydantic
 
 from skyport.errors import ScriptError, ValidationError
-from skyport.models import MPI_IMPLEMENTATIONS, JobSpec
+from skyport.models import MPI_IMPLEMENTATIONS, JobSpec, check_env_key, check_relative_path
 from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
 
 DIRECTIVE = "#SKYPORT"
@@ -27,7 +28,7 @@ CLI_LINE = 0  # "line" of options that came from the command line
 class Option:
     name: str
     target: str  # dotted path into the spec dict
-    parse: str  # int | str | duration | mem | env | float | mpi
+    parse: str  # int | str | duration | mem | env | float | mpi | path
     repeatable: bool = False
     help: str = ""
 
@@ -48,7 +49,7 @@ OPTIONS: dict[str, Option] = {
         Option("flavor", "flavor", "str", help="node flavor"),
         Option("max-price", "max_price_per_hour", "float", help="max price per hour"),
         Option("input", "inputs", "str", repeatable=True, help="input URL (repeatable)"),
-        Option("output", "outputs", "str", repeatable=True, help="output path (repeatable)"),
+        Option("output", "outputs", "path", repeatable=True, help="output path (repeatable)"),
         Option("env", "env", "env", repeatable=True, help="KEY=VALUE (repeatable)"),
         Option("priority", "priority", "int", help="priority, -1000..1000"),
     )
@@ -61,6 +62,7 @@ _ALLOWED_PARSE = {
     "duration": DURATION_FORMS,
     "mem": MEM_FORMS,
     "env": "KEY=VALUE",
+    "path": "a relative path inside the job directory (no leading '/', no '..', no empty parts)",
     "mpi": "one of " + ", ".join(MPI_IMPLEMENTATIONS),
 }
 
@@ -91,7 +93,9 @@ def read_directives(text: str) -> list[Directive]:
         try:
             words = shlex.split(rest, comments=False)
         except ValueError as exc:
-            raise ScriptError(lineno, "directive", rest.strip(), f"shell-style words ({exc})") from exc
+            raise ScriptError(
+                lineno, "directive", rest.strip(), f"shell-style words ({exc})"
+            ) from exc
         found.extend(_split_options(words, lineno))
     return found
 
@@ -110,7 +114,10 @@ def _split_options(words: Sequence[str], lineno: int) -> Iterable[Directive]:
             i += 1
         if name not in OPTIONS:
             raise ScriptError(
-                lineno, "option", f"--{name}", "known options: " + ", ".join(f"--{n}" for n in OPTIONS)
+                lineno,
+                "option",
+                f"--{name}",
+                "known options: " + ", ".join(f"--{n}" for n in OPTIONS),
             )
         yield Directive(lineno, name, value)
         i += 1
@@ -131,11 +138,18 @@ def _convert(d: Directive) -> Any:
             key, eq, val = d.value.partition("=")
             if not eq or not key:
                 raise ValueError(d.value)
+            try:
+                # checked here, not only in JobSpec, so the error names this line
+                check_env_key(key)
+            except ValueError as exc:
+                raise _error(d, str(exc)) from exc
             return (key, val)
         if opt.parse == "mpi":
             if d.value not in MPI_IMPLEMENTATIONS:
                 raise ValueError(d.value)
             return d.value
+        if opt.parse == "path":
+            return check_relative_path(d.value, "output")
         if not d.value:
             raise ValueError(d.value)
         return d.value
@@ -157,7 +171,7 @@ def build_spec(
 ) -> JobSpec:
     """A validated ``JobSpec`` from a script's directives, then command-line overrides."""
     directives = (read_directives(script) if script else []) + list(overrides)
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = copy.deepcopy(base or {})  # the caller's dict stays as it was
     if script is not None:
         data["script"] = script
     origin: dict[str, Directive] = {}

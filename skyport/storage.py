@@ -28,12 +28,19 @@ class JobStorage:
         if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
             self.fs.makedirs(self.root, exist_ok=True)
 
+    def _base(self, job_id: str) -> str:
+        # the id is one path component too: "../other" must not reach another job's files
+        if not job_id or "/" in job_id or "\\" in job_id or job_id in (".", ".."):
+            raise ValidationError("job id", job_id, "one path component, without '/' or '..'")
+        return f"{self.root}/jobs/{job_id}"
+
     def _path(self, job_id: str, rel: str) -> str:
+        base = self._base(job_id)
         try:
             check_relative_path(rel, "path")
         except ValueError as exc:
             raise ValidationError("path", rel, "a relative path inside the job's prefix") from exc
-        return f"{self.root}/jobs/{job_id}/{rel}"
+        return f"{base}/{rel}"
 
     def put(self, job_id: str, rel: str, data: bytes) -> None:
         path = self._path(job_id, rel)
@@ -85,8 +92,8 @@ class JobStorage:
         is rewritten; logs are small next to the data a job moves.
         """
         size = self.size(job_id, rel)
-        if offset > size:
-            raise ValidationError("offset", offset, f"at most the current size {size}")
+        if not 0 <= offset <= size:
+            raise ValidationError("offset", offset, f"0 to the current size {size}")
         data = data[size - offset :]
         if not data:
             return size
@@ -108,15 +115,18 @@ class JobStorage:
         return any(p in ("file", "local", "memory") for p in protocols)
 
     def listdir(self, job_id: str) -> list[dict[str, Any]]:
-        base = f"{self.root}/jobs/{job_id}"
+        base = self._base(job_id)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return []
         out = []
         for path, info in sorted(found.items()):
-            rel = path[len(base) :].lstrip("/") if path.startswith(base) else path.split(
-                f"jobs/{job_id}/", 1)[-1]
+            rel = (
+                path[len(base) :].lstrip("/")
+                if path.startswith(base)
+                else path.split(f"jobs/{job_id}/", 1)[-1]
+            )
             if rel.endswith(".part"):
                 continue
             out.append({"path": rel, "size": int(info.get("size") or 0)})

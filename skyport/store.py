@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from skyport.errors import NotFoundError
+from skyport.errors import ConflictError, NotFoundError
 from skyport.lifecycle import check_transition
 from skyport.models import Event, Job, JobSpec, JobState
 
@@ -109,12 +109,22 @@ class JobStore:
         now = utcnow()
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            db.execute(
-                "INSERT INTO jobs (id, seq, owner, spec, state, reason, submitted_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, seq, owner, spec.model_dump_json(), JobState.QUEUED.value, reason,
-                 _ts(now)),
-            )
+            try:
+                db.execute(
+                    "INSERT INTO jobs (id, seq, owner, spec, state, reason, submitted_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        seq,
+                        owner,
+                        spec.model_dump_json(),
+                        JobState.QUEUED.value,
+                        reason,
+                        _ts(now),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"job {job_id} already exists") from exc
             self._event(db, job_id, now, JobState.QUEUED, reason)
         return self.get(job_id)
 
@@ -155,8 +165,9 @@ class JobStore:
             db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id = ?", (*values, job_id))
 
     @staticmethod
-    def _event(db: sqlite3.Connection, job_id: str, now: datetime, state: JobState,
-               reason: str) -> None:
+    def _event(
+        db: sqlite3.Connection, job_id: str, now: datetime, state: JobState, reason: str
+    ) -> None:
         n = db.execute("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
         db.execute(
             "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, ?, ?, ?, ?)",
@@ -207,8 +218,9 @@ class JobStore:
         rows = self._db.execute(
             "SELECT time, state, reason FROM events WHERE job_id = ? ORDER BY n", (job_id,)
         ).fetchall()
-        return [Event(time=_dt(r["time"]), state=JobState(r["state"]), reason=r["reason"])
-                for r in rows]
+        return [
+            Event(time=_dt(r["time"]), state=JobState(r["state"]), reason=r["reason"]) for r in rows
+        ]
 
     @staticmethod
     def _job(row: sqlite3.Row, events: list[Event]) -> Job:

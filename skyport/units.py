@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_SUFFIX = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _SUFFIX_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_MEM = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)B?$", re.IGNORECASE)
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)(?:([KMGT])B?)?$", re.IGNORECASE)
 _MEM_MB = {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024 * 1024}
 
 DURATION_FORMS = (
@@ -24,7 +25,8 @@ def parse_duration_s(text: str) -> int:
         seconds = float(m.group(1)) * _SUFFIX_S[m.group(2)]
     else:
         days = 0
-        if "-" in value:
+        has_days = "-" in value
+        if has_days:
             day_text, _, value = value.partition("-")
             if not day_text.isdigit():
                 raise ValueError(text)
@@ -33,7 +35,7 @@ def parse_duration_s(text: str) -> int:
         if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
             raise ValueError(text)
         nums = [int(p) for p in parts]
-        if days:
+        if has_days:
             # after "D-" the fields are hours[, minutes[, seconds]]
             nums += [0] * (3 - len(nums))
             h, mi, s = nums
@@ -44,19 +46,21 @@ def parse_duration_s(text: str) -> int:
         else:
             h, mi, s = nums
         seconds = days * 86400 + h * 3600 + mi * 60 + s
-    if seconds <= 0:
+    # a limit that rounds to zero seconds (e.g. "0.4s") is as useless as "0"
+    if round(seconds) <= 0:
         raise ValueError(text)
     return int(round(seconds))
 
 
 def parse_mem_mb(text: str) -> int:
-    m = _MEM.match(text.strip())
+    """MB, rounded up: a job never gets less memory than it asked for."""
+    m = _MEM.fullmatch(text.strip())
     if not m:
         raise ValueError(text)
-    mb = float(m.group(1)) * _MEM_MB[m.group(2).upper()]
-    if mb < 1:
+    mb = float(m.group(1)) * _MEM_MB[(m.group(2) or "").upper()]
+    if mb <= 0:
         raise ValueError(text)
-    return int(round(mb))
+    return math.ceil(mb)
 
 
 def format_duration(seconds: float | None) -> str:

@@ -29,9 +29,10 @@ def simulate_easy(jobs: Sequence[TraceJob], capacity: int) -> tuple[list[float],
     nxt = 0
     n = len(jobs)
     while nxt < n or running:
-        now = min([jobs[nxt].submit_s] if nxt < n else [] + [min(r[0] for r in running)])
-        if running:
-            now = min(now, min(r[0] for r in running))
+        candidates = [r[0] for r in running]
+        if nxt < n:
+            candidates.append(jobs[nxt].submit_s)
+        now = min(candidates)
         still = []
         for r in running:
             if r[0] <= now:

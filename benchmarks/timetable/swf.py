@@ -64,7 +64,9 @@ def read_swf(path: str | Path) -> Trace:
     dropped = 0
     for fields in rows:
         if len(fields) < 12:
-            raise TraceError(f"--trace: {path.name}: line {fields!r} has {len(fields)} fields; SWF has 18")
+            raise TraceError(
+                f"--trace: {path.name}: line {fields!r} has {len(fields)} fields; SWF has 18"
+            )
         run = float(fields[3])
         procs = int(float(fields[4]))
         if procs <= 0:

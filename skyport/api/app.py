@@ -93,10 +93,31 @@ class _BodyTooLarge(Exception):
 
 def _too_large(limit: int) -> JSONResponse:
     return JSONResponse(
-        {"error": "ValidationError",
-         "message": f"invalid body: too large (at most {limit} bytes)"},
+        {"error": "ValidationError", "message": f"invalid body: too large (at most {limit} bytes)"},
         status_code=413,
     )
+
+
+# -- who is calling (module level: FastAPI resolves these annotations by name)
+
+
+def user(request: Request) -> Any:
+    who = peer_identity(request)
+    if who is None:
+        raise AuthenticationError("a client certificate issued by this Sky Port's CA is required")
+    return who
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("an agent call needs 'Authorization: Bearer <job token>'")
+    return token.strip()
+
+
+User = Annotated[Any, Depends(user)]
+Token = Annotated[str, Depends(bearer)]
 
 
 def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> FastAPI:
@@ -113,26 +134,6 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         err = ValidationError(loc, first.get("input"), msg)
         return JSONResponse(err.to_dict(), status_code=422)
-
-    # -- who is calling ------------------------------------------------------
-
-    def user(request: Request) -> Any:
-        who = peer_identity(request)
-        if who is None:
-            raise AuthenticationError(
-                "a client certificate issued by this Sky Port's CA is required"
-            )
-        return who
-
-    def bearer(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationError("an agent call needs 'Authorization: Bearer <job token>'")
-        return token.strip()
-
-    User = Annotated[Any, Depends(user)]
-    Token = Annotated[str, Depends(bearer)]
 
     # -- users ---------------------------------------------------------------
 
@@ -162,15 +163,19 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
         return (await core.cancel(who, job_id)).summary()
 
     @app.get("/v1/jobs/{job_id}/logs/{stream}")
-    async def logs(job_id: str, stream: Stream, who: User,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+    async def logs(
+        job_id: str, stream: Stream, who: User, offset: Annotated[int, Query(ge=0)] = 0
+    ) -> Response:
         job = await core.get(who, job_id)
         rel = f"logs/{stream}"
         data = storage.read_from(job_id, rel, offset)
         return Response(
-            data, media_type="application/octet-stream",
-            headers={"X-Skyport-Log-Size": str(storage.size(job_id, rel)),
-                     "X-Skyport-Job-State": job.state.value},
+            data,
+            media_type="application/octet-stream",
+            headers={
+                "X-Skyport-Log-Size": str(storage.size(job_id, rel)),
+                "X-Skyport-Job-State": job.state.value,
+            },
         )
 
     @app.get("/v1/jobs/{job_id}/files")
@@ -236,8 +241,13 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
         return {"size": len(data)}
 
     @app.post(agent + "/logs/{stream}")
-    async def agent_log(job_id: str, stream: Stream, request: Request, token: Token,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, int]:
+    async def agent_log(
+        job_id: str,
+        stream: Stream,
+        request: Request,
+        token: Token,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, int]:
         await core.agent_auth(job_id, token)
         data = await request.body()
         if len(data) > MAX_LOG_CHUNK:

@@ -26,12 +26,16 @@ def _kind(state: str) -> str:
 
 
 def write_gantt_picture(
-    entries: Sequence[GanttEntry], now: datetime, path: str | Path, title: str = "Sky Port timetable"
+    entries: Sequence[GanttEntry],
+    now: datetime,
+    path: str | Path,
+    title: str = "Sky Port timetable",
 ) -> Path:
     """Draw one horizontal bar per job and a line at ``now``; the suffix picks the format."""
     out = Path(path)
     if out.suffix.lower() not in PICTURE_SUFFIXES:
-        raise ValidationError("--output", str(path), "a file ending in " + ", ".join(PICTURE_SUFFIXES))
+        allowed = "a file ending in " + ", ".join(PICTURE_SUFFIXES)
+        raise ValidationError("--output", str(path), allowed)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -44,8 +48,15 @@ def write_gantt_picture(
     try:
         for i, e in enumerate(rows):
             start = mdates.date2num(e.start)
-            ax.barh(i, mdates.date2num(e.end) - start, left=start, height=0.6,
-                    color=_COLORS[_kind(e.state)], edgecolor="black", linewidth=0.5)
+            ax.barh(
+                i,
+                mdates.date2num(e.end) - start,
+                left=start,
+                height=0.6,
+                color=_COLORS[_kind(e.state)],
+                edgecolor="black",
+                linewidth=0.5,
+            )
         ax.axvline(mdates.date2num(as_datetime(now)), color="red", linewidth=1.2)
         ax.set_yticks(range(len(rows)), [e.label for e in rows])
         ax.invert_yaxis()
@@ -53,9 +64,14 @@ def write_gantt_picture(
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         ax.set_title(title)
         ax.set_xlabel("time (UTC)")
-        ax.legend(handles=[Patch(color=_COLORS["active"], label="running"),
-                           Patch(color=_COLORS["planned"], label="planned"),
-                           Patch(color="red", label="now")], loc="lower right")
+        ax.legend(
+            handles=[
+                Patch(color=_COLORS["active"], label="running"),
+                Patch(color=_COLORS["planned"], label="planned"),
+                Patch(color="red", label="now"),
+            ],
+            loc="lower right",
+        )
         fig.tight_layout()
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out)

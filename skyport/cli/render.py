@@ -112,8 +112,13 @@ def job_rows(jobs: Iterable[Job], now: datetime, tz: tzinfo | None = None) -> li
     """Rows for ``JOB_HEADERS``."""
     return [
         [
-            j.id, j.name, j.owner, j.state.value, str(j.nodes),
-            format_when(j.submitted_at, now, tz), format_when(j.started_at, now, tz),
+            j.id,
+            j.name,
+            j.owner,
+            j.state.value,
+            str(j.nodes),
+            format_when(j.submitted_at, now, tz),
+            format_when(j.started_at, now, tz),
             timing(j, now),
         ]
         for j in jobs

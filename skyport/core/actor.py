@@ -14,9 +14,9 @@ import ray
 
 from skyport.config import StateDir
 from skyport.core.service import CoreService, CoreSettings
-from skyport.pki import Identity
-from skyport.gate import ClusterInfo, ClusterRequest, Flavor, Capacity, make_gate, with_retries
+from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, make_gate, with_retries
 from skyport.models import JobSpec, JobState
+from skyport.pki import Identity
 from skyport.remote import ActorProxy
 from skyport.scheduler import PlanEntry, PlanJob, PlanPool, SchedulerService
 from skyport.storage import JobStorage
@@ -38,8 +38,14 @@ class GateActor:
     def capacity(self) -> Capacity:
         return self.gate.capacity()
 
-    def can_ever_fit(self, nodes: int, cpus_per_node: int, gpus_per_node: int,
-                     mem_mb: int | None, flavor: str | None) -> str | None:
+    def can_ever_fit(
+        self,
+        nodes: int,
+        cpus_per_node: int,
+        gpus_per_node: int,
+        mem_mb: int | None,
+        flavor: str | None,
+    ) -> str | None:
         return self.gate.can_ever_fit(nodes, cpus_per_node, gpus_per_node, mem_mb, flavor)
 
     def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
@@ -68,8 +74,9 @@ class SchedulerActor:
     def __init__(self, policy: str, policy_config: dict[str, Any]) -> None:
         self.service = SchedulerService(policy, policy_config)
 
-    def plan(self, now_s: float, queued: list[PlanJob], running: list[PlanJob],
-             pools: list[PlanPool]) -> list[PlanEntry]:
+    def plan(
+        self, now_s: float, queued: list[PlanJob], running: list[PlanJob], pools: list[PlanPool]
+    ) -> list[PlanEntry]:
         return self.service.plan(now_s, queued, running, pools)
 
     def policy(self) -> str:
@@ -84,12 +91,12 @@ class CoreActor:
         state = StateDir(Path(home))
         config = state.load_config()
         storage_url = config.storage_url or state.storage.as_uri()
-        gates = {n: ActorProxy(ray.get_actor(f"gate:{n}", namespace=NAMESPACE))
-                 for n in gate_names}
+        gates = {n: ActorProxy(ray.get_actor(f"gate:{n}", namespace=NAMESPACE)) for n in gate_names}
         scheduler = ray.get_actor("scheduler", namespace=NAMESPACE)
 
-        async def planner(now: float, q: list[PlanJob], r: list[PlanJob],
-                          p: list[PlanPool]) -> list[PlanEntry]:
+        async def planner(
+            now: float, q: list[PlanJob], r: list[PlanJob], p: list[PlanPool]
+        ) -> list[PlanEntry]:
             return await scheduler.plan.remote(now, q, r, p)
 
         self.service = CoreService(
@@ -141,8 +148,9 @@ class CoreActor:
     async def agent_state(self, job_id: str, token: str, state: JobState, reason: str) -> Any:
         return await self.service.agent_state(job_id, token, state, reason)
 
-    async def agent_exit(self, job_id: str, token: str, exit_code: int, timed_out: bool,
-                         reason: str) -> Any:
+    async def agent_exit(
+        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str
+    ) -> Any:
         return await self.service.agent_exit(job_id, token, exit_code, timed_out, reason)
 
     async def reap(self) -> list[str]:

@@ -50,15 +50,23 @@ class GatePort(Protocol):
 
     async def flavors(self) -> list[Flavor]: ...
     async def capacity(self) -> Capacity: ...
-    async def can_ever_fit(self, nodes: int, cpus_per_node: int, gpus_per_node: int,
-                           mem_mb: int | None, flavor: str | None) -> str | None: ...
+    async def can_ever_fit(
+        self,
+        nodes: int,
+        cpus_per_node: int,
+        gpus_per_node: int,
+        mem_mb: int | None,
+        flavor: str | None,
+    ) -> str | None: ...
     async def create_cluster(self, request: ClusterRequest) -> ClusterInfo: ...
     async def describe_cluster(self, cluster_id: str) -> ClusterInfo: ...
     async def delete_cluster(self, cluster_id: str) -> None: ...
     async def list_clusters(self) -> list[ClusterInfo]: ...
 
 
-Planner = Callable[[float, list[PlanJob], list[PlanJob], list[PlanPool]], Awaitable[list[PlanEntry]]]
+Planner = Callable[
+    [float, list[PlanJob], list[PlanJob], list[PlanPool]], Awaitable[list[PlanEntry]]
+]
 
 
 @dataclass
@@ -124,8 +132,9 @@ class CoreService:
         for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
             if job.state in (S.SCHEDULED, S.PROVISIONING):
                 await self._drop_cluster(job)
-                self.store.transition(job.id, S.QUEUED,
-                                      "control plane restarted before the cluster was ready")
+                self.store.transition(
+                    job.id, S.QUEUED, "control plane restarted before the cluster was ready"
+                )
                 requeued.append(job.id)
             elif job.state.has_cluster():
                 alive = await self._cluster_alive(job)
@@ -187,7 +196,8 @@ class CoreService:
         reasons = []
         for name in candidates:
             why = await self.gates[name].can_ever_fit(
-                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor)
+                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor
+            )
             if why is None:
                 break
             reasons.append(why)
@@ -220,8 +230,9 @@ class CoreService:
     async def get(self, who: Identity, job_id: str) -> Job:
         return self._visible(who, job_id)
 
-    async def jobs(self, who: Identity, all_users: bool = False,
-                   states: list[JobState] | None = None) -> list[Job]:
+    async def jobs(
+        self, who: Identity, all_users: bool = False, states: list[JobState] | None = None
+    ) -> list[Job]:
         if all_users and not who.is_admin:
             raise PermissionDeniedError("only an admin may list every user's jobs")
         owner = None if all_users else who.username
@@ -262,8 +273,15 @@ class CoreService:
                 flavors = [f.__dict__ for f in await gate.flavors()]
                 cap = (await gate.capacity()).__dict__
                 clusters = len(await gate.list_clusters())
-                out.append({"name": name, "flavors": flavors, "capacity": cap,
-                            "clusters": clusters, "healthy": True})
+                out.append(
+                    {
+                        "name": name,
+                        "flavors": flavors,
+                        "capacity": cap,
+                        "clusters": clusters,
+                        "healthy": True,
+                    }
+                )
             except Exception as exc:  # a sick gate is reported, not fatal
                 out.append({"name": name, "healthy": False, "error": str(exc)})
         return out
@@ -281,11 +299,19 @@ class CoreService:
             else:
                 start = (job.started_at or job.submitted_at).timestamp()
                 gate = job.gate
-            entries.append({
-                "job_id": job.id, "name": job.spec.name, "owner": job.owner,
-                "state": job.state.value, "start": start, "end": start + limit,
-                "gate": gate, "nodes": job.spec.resources.nodes, "procs": job.spec.total_cpus,
-            })
+            entries.append(
+                {
+                    "job_id": job.id,
+                    "name": job.spec.name,
+                    "owner": job.owner,
+                    "state": job.state.value,
+                    "start": start,
+                    "end": start + limit,
+                    "gate": gate,
+                    "nodes": job.spec.resources.nodes,
+                    "procs": job.spec.total_cpus,
+                }
+            )
         return {"now": now, "policy": self.policy_name, "entries": entries}
 
     # -- agent calls ---------------------------------------------------------
@@ -305,10 +331,14 @@ class CoreService:
         live.last_seen[rank] = time.monotonic()
         if job.state == S.PROVISIONING and len(live.hellos) == job.spec.resources.nodes:
             names = [live.hellos[r] for r in range(job.spec.resources.nodes)]
-            job = self.store.transition(job_id, S.STAGING_IN, "every node's agent called in",
-                                        node_names=names)
-        return {"job": job.summary(), "num_nodes": job.spec.resources.nodes,
-                "restart_count": job.restarts}
+            job = self.store.transition(
+                job_id, S.STAGING_IN, "every node's agent called in", node_names=names
+            )
+        return {
+            "job": job.summary(),
+            "num_nodes": job.spec.resources.nodes,
+            "restart_count": job.restarts,
+        }
 
     async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> dict[str, str]:
         job = await self.agent_auth(job_id, token)
@@ -329,8 +359,9 @@ class CoreService:
             raise ValidationError("state", state.value, "RUNNING or STAGING_OUT")
         return self.store.transition(job_id, state, reason or f"agent: {state.value.lower()}")
 
-    async def agent_exit(self, job_id: str, token: str, exit_code: int, timed_out: bool,
-                         reason: str) -> Job:
+    async def agent_exit(
+        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str
+    ) -> Job:
         job = await self.agent_auth(job_id, token)
         if job.state.is_terminal():
             return job
@@ -400,8 +431,9 @@ class CoreService:
             if self._capacity_wait.get(entry.job_id) == self._releases:
                 continue  # the gate said no; wait until some cluster is released
             try:
-                job = self.store.transition(entry.job_id, S.SCHEDULED,
-                                            f"planned on gate {entry.pool}", gate=entry.pool)
+                job = self.store.transition(
+                    entry.job_id, S.SCHEDULED, f"planned on gate {entry.pool}", gate=entry.pool
+                )
             except ConflictError:
                 continue  # cancelled meanwhile
             self._spawn(self._begin(job, entry.pool))
@@ -410,10 +442,14 @@ class CoreService:
     def _plan_job(job: Job, now: float) -> PlanJob:
         started = (job.started_at or job.submitted_at).timestamp()
         return PlanJob(
-            id=job.id, owner=job.owner, submit_s=job.submitted_at.timestamp(),
-            procs=job.spec.total_cpus, nodes=job.spec.resources.nodes,
+            id=job.id,
+            owner=job.owner,
+            submit_s=job.submitted_at.timestamp(),
+            procs=job.spec.total_cpus,
+            nodes=job.spec.resources.nodes,
             est_runtime_s=float(job.spec.resources.time_limit_s),
-            priority=job.spec.priority, pool=job.gate,
+            priority=job.spec.priority,
+            pool=job.gate,
             allowed_pools=(job.spec.gate,) if job.spec.gate else (),
             start_s=started if job.state != S.QUEUED else None,
         )
@@ -449,15 +485,25 @@ class CoreService:
         cluster_id = f"{job.id}-{job.restarts}"
         r = job.spec.resources
         job = self.store.transition(
-            job.id, S.PROVISIONING, f"creating a {r.nodes}-node cluster on gate {gate_name}",
-            cluster_id=cluster_id, token_hash=tokens.hash_token(token),
+            job.id,
+            S.PROVISIONING,
+            f"creating a {r.nodes}-node cluster on gate {gate_name}",
+            cluster_id=cluster_id,
+            token_hash=tokens.hash_token(token),
         )
         self._live[job.id] = _Live()
         request = ClusterRequest(
-            cluster_id=cluster_id, job_id=job.id, owner=job.owner, nodes=r.nodes,
-            cpus_per_node=r.cpus_per_node, gpus_per_node=r.gpus_per_node, mem_mb=r.mem_mb,
-            flavor=job.spec.flavor, control_url=self.settings.control_url,
-            ca_pem=self.settings.ca_pem, token=token,
+            cluster_id=cluster_id,
+            job_id=job.id,
+            owner=job.owner,
+            nodes=r.nodes,
+            cpus_per_node=r.cpus_per_node,
+            gpus_per_node=r.gpus_per_node,
+            mem_mb=r.mem_mb,
+            flavor=job.spec.flavor,
+            control_url=self.settings.control_url,
+            ca_pem=self.settings.ca_pem,
+            token=token,
         )
         info = await gate.create_cluster(request)
         self.store.update(job.id, flavor=info.flavor)
@@ -481,11 +527,13 @@ class CoreService:
         if job.state.is_terminal():
             return
         if job.restarts >= self.settings.max_node_loss_restarts:
-            self.store.transition(job.id, S.FAILED,
-                                  f"{reason}; gave up after {job.restarts} restarts")
+            self.store.transition(
+                job.id, S.FAILED, f"{reason}; gave up after {job.restarts} restarts"
+            )
         else:
-            self.store.transition(job.id, S.QUEUED, f"{reason}; requeued",
-                                  restarts=job.restarts + 1, cluster_id=None)
+            self.store.transition(
+                job.id, S.QUEUED, f"{reason}; requeued", restarts=job.restarts + 1, cluster_id=None
+            )
         self._dirty.set()
 
     async def _watch(self) -> None:
@@ -496,18 +544,21 @@ class CoreService:
                 if now - live.since > self.settings.provisioning_timeout_s:
                     await self._requeue_lost(job, "the cluster's agents did not all call in")
                 continue
-            stale = [r for r, t in live.last_seen.items()
-                     if now - t > self.settings.heartbeat_timeout_s]
+            stale = [
+                r for r, t in live.last_seen.items() if now - t > self.settings.heartbeat_timeout_s
+            ]
             if stale:
                 names = ", ".join(live.hellos.get(r, str(r)) for r in stale)
                 await self._requeue_lost(job, f"node lost: no heartbeat from {names}")
                 continue
             if job.state == S.RUNNING and job.started_at is not None:
-                limit = timedelta(seconds=job.spec.resources.time_limit_s
-                                  + self.settings.time_limit_grace_s)
+                limit = timedelta(
+                    seconds=job.spec.resources.time_limit_s + self.settings.time_limit_grace_s
+                )
                 if utcnow() - job.started_at > limit:
-                    self.store.transition(job.id, S.TIMEOUT,
-                                          "time limit reached (enforced by the control plane)")
+                    self.store.transition(
+                        job.id, S.TIMEOUT, "time limit reached (enforced by the control plane)"
+                    )
                     await self._drop_cluster(job)
 
     async def reap(self) -> list[str]:
@@ -523,8 +574,12 @@ class CoreService:
                     job = self.store.get(info.job_id, events=False)
                 except NotFoundError:
                     job = None
-                keep = (job is not None and job.state.has_cluster()
-                        and job.cluster_id == info.cluster_id and job.gate == name)
+                keep = (
+                    job is not None
+                    and job.state.has_cluster()
+                    and job.cluster_id == info.cluster_id
+                    and job.gate == name
+                )
                 if not keep:
                     try:
                         await gate.delete_cluster(info.cluster_id)

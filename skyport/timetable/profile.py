@@ -9,6 +9,13 @@ holds the processors free *right now*, index 1 (same time) those free once
 the overrunning jobs are treated as ending now. A job that fits from index 0
 can start now; one that only fits from index 1 is planned for now but has to
 wait for the overrunning jobs to actually end.
+
+Search is first-fit. Walking the profile from the start for every job is the
+quadratic naive form; instead the profile remembers, per job width, an index
+before which no breakpoint has that many processors free. Reservations only
+lower free counts and an insertion copies an earlier breakpoint, so such a
+hint never becomes wrong, and each job's search starts where the last job of
+its width found room.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ Slot = int
 class AvailabilityProfile:
     """Free processors over time on one pool, with first-fit search and reservation."""
 
-    __slots__ = ("capacity", "now_s", "_times", "_free")
+    __slots__ = ("capacity", "now_s", "_times", "_free", "_hint")
 
     def __init__(
         self,
@@ -54,6 +61,7 @@ class AvailabilityProfile:
                 free.append(current)
         self._times = times
         self._free = free
+        self._hint: dict[int, int] = {}
 
     def steps(self) -> list[tuple[float, int]]:
         """The breakpoints as ``(time_s, free procs)`` pairs."""
@@ -78,11 +86,14 @@ class AvailabilityProfile:
         if procs > self.capacity:
             raise ValueError(f"procs={procs} exceeds the pool's capacity {self.capacity}")
         times, free = self._times, self._free
-        n = len(times)
-        i = 0
+        hint = self._hint
+        i = hint.get(procs, 0)
+        while free[i] < procs:
+            i += 1
+        hint[procs] = i
         if not_before_s is not None and not_before_s > self.now_s:
-            i = self._split(not_before_s, 1)
-            n = len(times)
+            i = max(i, self._split(not_before_s, 1))
+        n = len(times)
         while True:
             while free[i] < procs:
                 i += 1

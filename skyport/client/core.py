@@ -262,8 +262,9 @@ def connect(
                 f"no {label} for user {username!r} at {path} (run 'skyport user add "
                 f"{username}' on the control plane, or set SKYPORT_CERT, SKYPORT_KEY, SKYPORT_CA)"
             )
-    return Client(url, ssl_context=_ssl_context(ca, cert, key), timeout_s=timeout_s,
-                  home=state.root)
+    return Client(
+        url, ssl_context=_ssl_context(ca, cert, key), timeout_s=timeout_s, home=state.root
+    )
 
 
 def _read_url(state: StateDir) -> str:

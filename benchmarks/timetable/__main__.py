@@ -1,0 +1,117 @@
+"""Command line of the timetable benchmark.
+
+  python -m benchmarks.timetable --trace T.swf --policy easy [--json]
+  python -m benchmarks.timetable --trace T.swf --policy easy --windows 10 --window-len 1024 --seed 1
+  python -m benchmarks.timetable compare --trace T.swf [--trace ...] --out results/ [--windows 10]
+  python -m benchmarks.timetable speed --trace T.swf [--queued 10000 --running 1000]
+
+Bad input gives a one-line error on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn
+
+from benchmarks.timetable.swf import TraceError, read_swf
+from skyport.timetable import UnknownPolicyError, known_policies
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fail(message)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _positive(name: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            _fail(f"{name}: {text!r} is not an integer; give a whole number > 0")
+        if value <= 0:
+            _fail(f"{name}: {value} is not allowed; give a whole number > 0")
+        return value
+
+    return parse
+
+
+def _policy(text: str) -> str:
+    known = known_policies()
+    if text not in known:
+        _fail(f"--policy: {text!r} is not a known policy; known policies: {', '.join(known)}")
+    return text
+
+
+def _parser(command: str) -> _Parser:
+    parser = _Parser(prog=f"python -m benchmarks.timetable{' ' + command if command else ''}")
+    parser.add_argument("--trace", action="append", required=True, help="SWF trace file")
+    if command == "":
+        parser.add_argument("--policy", type=_policy, default="easy")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+    if command in ("", "compare"):
+        parser.add_argument("--windows", type=_positive("--windows"), default=0)
+        parser.add_argument("--window-len", type=_positive("--window-len"), default=1024)
+        parser.add_argument("--seed", type=int, default=1)
+    if command == "compare":
+        parser.add_argument("--out", required=True, help="folder for the table and plots")
+        parser.add_argument("--policy", type=_policy, action="append", help="default: all")
+    if command == "speed":
+        parser.add_argument("--queued", type=_positive("--queued"), default=10_000)
+        parser.add_argument("--running", type=_positive("--running"), default=1_000)
+        parser.add_argument("--policy", type=_policy, action="append", help="default: all")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in ("compare", "speed") else ""
+    args = _parser(command).parse_args(argv[1:] if command else argv)
+    try:
+        traces = [read_swf(path) for path in args.trace]
+        if command == "compare":
+            from benchmarks.timetable.compare import compare
+
+            compare(traces, args.out, args.policy, args.windows, args.window_len, args.seed)
+            return 0
+        if command == "speed":
+            from benchmarks.timetable.speed import speed
+
+            print(json.dumps(speed(traces, args.policy, args.queued, args.running), indent=1))
+            return 0
+        if len(traces) != 1:
+            _fail(f"--trace: given {len(traces)} times; a single run takes exactly one trace")
+        from benchmarks.timetable.run import run_policy
+
+        result: dict[str, Any] = run_policy(
+            traces[0],
+            args.policy,
+            windows=args.windows,
+            window_len=args.window_len,
+            seed=args.seed,
+        )
+    except (TraceError, UnknownPolicyError) as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        if str(exc).startswith("--"):
+            _fail(str(exc))
+        raise
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}  {value:.6g}" if isinstance(value, float) else f"{key:>24}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

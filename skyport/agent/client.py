@@ -1,0 +1,163 @@
+"""``AgentClient``: the agent's side of the REST protocol (``PROTOCOL.md``).
+
+Every call carries the job's bearer token and checks the server certificate
+against the CA PEM from the bootstrap.  Connection failures and 502/503/504
+answers are retried with exponential backoff for up to ``retry_for_s``
+(default 10 minutes), so that an agent rides out a control-plane restart;
+after that the call raises ``ControlPlaneError``.  An error answer is turned
+back into the ``SkyportError`` subclass the server named.  Nothing here logs
+headers, so the token never reaches a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from skyport.errors import ConfigError, ControlPlaneError, SkyportError, error_from_dict
+
+__all__ = ["AgentClient"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_RETRY_STATUS = frozenset({502, 503, 504})
+_CHUNK = 1 << 20
+
+
+class _Retry(Exception):
+    """An answer worth retrying (the control plane is restarting or overloaded)."""
+
+
+class AgentClient:
+    def __init__(self, control_url: str, job_id: str, token: str, *, ca_pem: str = "",
+                 timeout_s: float = 30.0, retry_for_s: float = 600.0, backoff_s: float = 0.5,
+                 max_backoff_s: float = 10.0, transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        try:
+            verify: ssl.SSLContext | bool = (ssl.create_default_context(cadata=ca_pem)
+                                             if ca_pem else True)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"the CA PEM given to the agent is not usable: {exc}") from exc
+        self.base_url = f"{control_url.rstrip('/')}/agent/v1/jobs/{job_id}"
+        self.retry_for_s = retry_for_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._clock = clock
+        self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
+                                  headers={"Authorization": f"Bearer {token}"},
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- protocol calls ---------------------------------------------------------
+
+    def hello(self, rank: int, node_name: str, hostname: str, pid: int) -> dict[str, Any]:
+        return self._json("POST", f"/nodes/{rank}/hello",
+                          json={"node_name": node_name, "hostname": hostname, "pid": pid})
+
+    def heartbeat(self, rank: int) -> dict[str, Any]:
+        return self._json("POST", f"/nodes/{rank}/heartbeat", json={})
+
+    def set_state(self, state: str, reason: str = "") -> dict[str, Any]:
+        return self._json("POST", "/state", json={"state": state, "reason": reason})
+
+    def exit(self, exit_code: int, timed_out: bool = False, reason: str = "") -> dict[str, Any]:
+        return self._json("POST", "/exit", json={"exit_code": exit_code, "timed_out": timed_out,
+                                                  "reason": reason})
+
+    def inputs(self) -> list[str]:
+        return list(self._json("GET", "/inputs"))
+
+    def post_log(self, stream: str, offset: int, data: bytes) -> dict[str, Any]:
+        return self._json("POST", f"/logs/{stream}", params={"offset": offset}, content=data)
+
+    def download(self, path: str, dest: Path) -> int:
+        """Stream ``/files/<path>`` to ``dest`` (atomically); the number of bytes."""
+        tmp = dest.with_name(dest.name + ".part")
+
+        def attempt() -> int:
+            with self._http.stream("GET", f"/files/{path}") as resp:
+                self._check(resp, read=True)
+                size = 0
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_bytes(_CHUNK):
+                        f.write(chunk)
+                        size += len(chunk)
+            os.replace(tmp, dest)
+            return size
+
+        return self._retrying(f"GET /files/{path}", attempt)
+
+    def put_file(self, path: str, src: Path) -> dict[str, Any]:
+        """Upload ``src`` as ``/files/<path>``, streamed, re-read from the start on each try."""
+
+        def body() -> Iterator[bytes]:
+            with open(src, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    yield chunk
+
+        def attempt() -> dict[str, Any]:
+            resp = self._http.put(f"/files/{path}", content=body(),
+                                  headers={"Content-Length": str(src.stat().st_size)})
+            self._check(resp)
+            return dict(resp.json())
+
+        return self._retrying(f"PUT /files/{path}", attempt)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        def attempt() -> Any:
+            resp = self._http.request(method, path, **kwargs)
+            self._check(resp)
+            return resp.json()
+
+        return self._retrying(f"{method} {path}", attempt)
+
+    @staticmethod
+    def _check(resp: httpx.Response, read: bool = False) -> None:
+        if resp.status_code < 400:
+            return
+        if read:
+            resp.read()
+        if resp.status_code in _RETRY_STATUS:
+            raise _Retry(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and "error" in payload:
+            raise error_from_dict(payload)
+        raise SkyportError(f"HTTP {resp.status_code} from the control plane: {resp.text[:200]}")
+
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        deadline = self._clock() + self.retry_for_s
+        delay = self.backoff_s
+        while True:
+            try:
+                return attempt()
+            except (httpx.TransportError, _Retry) as exc:
+                if self._clock() + delay > deadline:
+                    raise ControlPlaneError(
+                        f"{what}: control plane at {self.base_url} unreachable for "
+                        f"{self.retry_for_s:.0f}s ({type(exc).__name__}: {exc})") from exc
+                log.warning("%s failed (%s: %s); retrying in %.1fs", what,
+                            type(exc).__name__, exc, delay)
+                self._sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)

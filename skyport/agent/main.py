@@ -1,0 +1,232 @@
+"""The agent's flow on one node (``PROTOCOL.md``).
+
+Every node says hello and heartbeats in a background thread.  Node 0 waits
+for ``action: run``, stages the script and the inputs in, runs the payload,
+streams its logs, stages the outputs out and reports the exit.  Other nodes
+heartbeat until ``stop`` or until the job is terminal.  ``stop`` (or losing
+the control plane for longer than the client retries) kills the payload's
+process group and ends the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from skyport.agent.bootstrap import Bootstrap
+from skyport.agent.client import AgentClient
+from skyport.agent.payload import LogPump, Payload, PayloadResult
+from skyport.errors import (
+    AuthenticationError,
+    ControlPlaneError,
+    NotFoundError,
+    PermissionDeniedError,
+    SkyportError,
+)
+from skyport.models import JobSpec, JobState, check_relative_path
+
+__all__ = ["Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE", "payload_env"]
+
+log = logging.getLogger("skyport.agent")
+
+STAGING_FAILED_EXIT_CODE = -1
+"""Reported in ``/exit`` when the script or an input could not be staged in."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    heartbeat_s: float = 1.0
+    retry_for_s: float = 600.0
+    grace_s: float = 5.0
+    log_interval_s: float = 0.5
+
+
+def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str]) -> dict[str, str]:
+    """The payload's environment: the agent's, the spec's, then Sky Port's own variables."""
+    env = {**base, **spec.env}
+    env.update({
+        "SKYPORT_JOB_ID": boot.job_id,
+        "SKYPORT_NODE_NAME": boot.node_name,
+        "SKYPORT_NODE_RANK": str(boot.node_rank),
+        "SKYPORT_NUM_NODES": str(boot.num_nodes),
+        "SKYPORT_WORKDIR": boot.workdir,
+        "SKYPORT_CPUS_PER_NODE": str(boot.cpus_per_node),
+        "CUDA_VISIBLE_DEVICES": ",".join(boot.gpus),
+        "OMP_NUM_THREADS": str(spec.threads_per_rank),
+    })
+    return env
+
+
+class Agent:
+    def __init__(self, boot: Bootstrap, client: AgentClient,
+                 settings: AgentSettings = AgentSettings()) -> None:
+        self.boot = boot
+        self.client = client
+        self.settings = settings
+        self.workdir = Path(boot.workdir)
+        self.stop = threading.Event()       # the job is over for this node
+        self._action = "wait"
+        self._beat_changed = threading.Event()
+        self._done = threading.Event()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self._beat_changed.set()
+
+    # -- the flow ----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run this node's part of the job; the process exit status."""
+        b = self.boot
+        log.info("agent for job %s, node %s (rank %d of %d), cores %s, gpus %s", b.job_id,
+                 b.node_name, b.node_rank, b.num_nodes, list(b.cores), list(b.gpus))
+        try:
+            hello = self.client.hello(b.node_rank, b.node_name, socket.gethostname(),
+                                      os.getpid())
+        except SkyportError as exc:
+            log.error("hello failed: %s", exc)
+            return 1
+        spec = JobSpec.model_validate(hello["job"]["spec"])
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            if b.node_rank == 0:
+                return self._run_job(spec)
+            self.stop.wait()
+            log.info("stopping: the job is over")
+            return 0
+        except SkyportError as exc:
+            log.error("giving up: %s", exc)
+            return 1
+        finally:
+            self._done.set()
+            beat.join(timeout=self.settings.heartbeat_s + 1)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._done.is_set():
+            try:
+                answer = self.client.heartbeat(self.boot.node_rank)
+                self._action = str(answer.get("action", "wait"))
+                state = JobState(answer.get("state", JobState.QUEUED.value))
+                if self._action == "stop" or state.is_terminal():
+                    log.info("heartbeat says %s (job %s)", self._action, state.value)
+                    self.request_stop()
+                self._beat_changed.set()
+            except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
+                log.error("the control plane no longer knows this job: %s", exc)
+                self.request_stop()
+            except ControlPlaneError as exc:
+                log.error("lost the control plane: %s", exc)
+                self.request_stop()
+            except (SkyportError, ValueError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            if self.stop.is_set():
+                return
+            self._done.wait(self.settings.heartbeat_s)
+
+    def _wait_for_run(self) -> bool:
+        while not self.stop.is_set():
+            if self._action == "run":
+                return True
+            self._beat_changed.wait(self.settings.heartbeat_s)
+            self._beat_changed.clear()
+        return False
+
+    def _run_job(self, spec: JobSpec) -> int:
+        if not self._wait_for_run():
+            log.info("stopped before the job ran")
+            return 0
+        try:
+            self._stage_in()
+        except (SkyportError, OSError, ValueError) as exc:
+            if isinstance(exc, ControlPlaneError):
+                raise
+            log.error("staging in failed: %s", exc)
+            self.client.exit(STAGING_FAILED_EXIT_CODE, False, f"staging in failed: {exc}")
+            return 1
+        if self.stop.is_set():
+            return 0
+        self.client.set_state(JobState.RUNNING.value,
+                              f"payload started on {self.boot.node_name}")
+        result = self._run_payload(spec)
+        if result.stopped:
+            return 0
+        if result.timed_out:
+            self.client.exit(result.exit_code, True,
+                             f"time limit of {spec.resources.time_limit_s}s reached")
+            return 0
+        self.client.set_state(JobState.STAGING_OUT.value,
+                              f"payload exited with {result.exit_code}")
+        problems = self._stage_out(spec)
+        reason = "; ".join([f"exit code {result.exit_code}", *problems])
+        self.client.exit(result.exit_code, False, reason)
+        return 0
+
+    def _stage_in(self) -> None:
+        self.client.download("script.sh", self.workdir / "script.sh")
+        for entry in self.client.inputs():
+            name = entry.removeprefix("inputs/")
+            check_relative_path(name, "input")
+            dest = self.workdir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            size = self.client.download(f"inputs/{name}", dest)
+            log.info("staged in %s (%d bytes)", name, size)
+
+    def _run_payload(self, spec: JobSpec) -> PayloadResult:
+        files = {"stdout": self.workdir / "stdout.log", "stderr": self.workdir / "stderr.log"}
+        payload = Payload(["bash", "script.sh"], cwd=self.workdir,
+                          env=payload_env(self.boot, spec, dict(os.environ)),
+                          stdout_path=files["stdout"], stderr_path=files["stderr"],
+                          cores=self.boot.cores)
+        pump = LogPump(files, self.client.post_log, interval_s=self.settings.log_interval_s)
+        payload.start()
+        pump.start()
+        try:
+            result = payload.run(time_limit_s=spec.resources.time_limit_s,
+                                 grace_s=self.settings.grace_s, should_stop=self.stop.is_set)
+        finally:
+            payload.kill(self.settings.grace_s)
+            if not pump.stop(flush_timeout_s=self.settings.retry_for_s):
+                log.error("some log output could not be delivered")
+        log.info("payload ended: %s", result)
+        return result
+
+    def _stage_out(self, spec: JobSpec) -> list[str]:
+        """Upload each declared output that exists; the problems, for the exit reason."""
+        missing, failed = [], []
+        for out in spec.outputs:
+            src = self.workdir / out
+            files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() \
+                else [src] if src.is_file() else []
+            if not files:
+                missing.append(out)
+            for f in files:
+                rel = f.relative_to(self.workdir).as_posix()
+                try:
+                    self.client.put_file(f"outputs/{rel}", f)
+                    log.info("staged out %s", rel)
+                except SkyportError as exc:
+                    if isinstance(exc, ControlPlaneError):
+                        raise
+                    failed.append(f"{rel} ({exc})")
+        problems = []
+        if missing:
+            problems.append("missing outputs: " + ", ".join(missing))
+        if failed:
+            problems.append("outputs not uploaded: " + ", ".join(failed))
+        return problems
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    """SIGTERM/SIGINT to the agent stop the payload and end the agent cleanly."""
+    def handler(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

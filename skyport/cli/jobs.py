@@ -1,0 +1,216 @@
+"""Job commands: submit, jobs, show, logs, wait, cancel, fetch."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from skyport.cli import render
+from skyport.cli.app import Output, cli, command, get_client
+from skyport.models import Job, JobState
+from skyport.script import OPTIONS, build_spec, cli_directives
+from skyport.units import format_duration
+
+FOLLOW_POLL_S = 1.0  # how often ``logs -f`` asks for more
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _submit_options(fn: Any) -> Any:
+    """One click option per ``#SKYPORT`` directive, same names, same help."""
+    for opt in reversed(list(OPTIONS.values())):
+        fn = click.option(
+            f"--{opt.name}",
+            opt.name.replace("-", "_"),
+            multiple=opt.repeatable,
+            default=None,
+            help=opt.help,
+            metavar="VALUE",
+        )(fn)
+    return fn
+
+
+@command(cli, "submit")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@_submit_options
+def submit_cmd(out: Output, script: str, **options: Any) -> None:
+    """Submit a job script; command-line options override its #SKYPORT directives."""
+    if script == "-":
+        text = sys.stdin.read()
+    else:
+        text = Path(script).read_text()
+    pairs: list[tuple[str, str]] = []
+    for opt in OPTIONS.values():
+        value = options.get(opt.name.replace("-", "_"))
+        if opt.repeatable:
+            pairs.extend((opt.name, v) for v in value or ())
+        elif value is not None:
+            pairs.append((opt.name, value))
+    spec = build_spec(text, cli_directives(pairs))
+    job = get_client().submit(spec)
+    out.emit(job.summary(), job.id)
+
+
+@command(cli, "jobs")
+@click.option("--all", "all_", is_flag=True, help="everyone's jobs (admins)")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    metavar="STATE",
+    type=click.Choice([s.value for s in JobState], case_sensitive=False),
+    help="only jobs in this state (repeatable)",
+)
+def jobs_cmd(out: Output, all_: bool, states: tuple[str, ...]) -> None:
+    """List jobs."""
+    jobs = get_client().jobs(all=all_, states=[s.upper() for s in states])
+    now = _now()
+    out.emit(
+        [j.summary() for j in jobs],
+        lambda: render.table(render.JOB_HEADERS, render.job_rows(jobs, now)) if jobs else "no jobs",
+    )
+
+
+@command(cli, "show")
+@click.argument("job_id")
+def show_cmd(out: Output, job_id: str) -> None:
+    """A job's fields, event history and stored files."""
+    client = get_client()
+    job = client.job(job_id)
+    files = client.files(job_id)
+    document = {**job.summary(), "files": [f._asdict() for f in files]}
+    out.emit(document, lambda: _show_text(job, files))
+
+
+def _show_text(job: Job, files: list[Any]) -> str:
+    now = _now()
+    res, lay = job.spec.resources, job.spec.layout
+    fields = [
+        ("id", job.id),
+        ("name", job.name),
+        ("owner", job.owner),
+        ("kind", job.spec.kind),
+        ("state", job.state.value),
+        ("reason", job.reason or None),
+        ("exit code", job.exit_code),
+        (
+            "resources",
+            f"{res.nodes} node(s) x {res.cpus_per_node} cpus"
+            + (f", {res.mem_mb} MB" if res.mem_mb else "")
+            + (f", {res.gpus_per_node} gpus" if res.gpus_per_node else "")
+            + f", time limit {format_duration(res.time_limit_s)}",
+        ),
+        (
+            "layout",
+            f"{lay.ranks_per_node} rank(s)/node x {job.spec.threads_per_rank} "
+            f"thread(s)/rank, {lay.mpi}",
+        ),
+        ("gate", job.gate),
+        ("flavor", job.flavor),
+        ("nodes", ", ".join(job.node_names) or None),
+        ("submitted", render.format_when(job.submitted_at, now)),
+        (
+            "planned start",
+            render.format_when(job.planned_start_at, now) if job.planned_start_at else None,
+        ),
+        ("started", render.format_when(job.started_at, now) if job.started_at else None),
+        ("ended", render.format_when(job.ended_at, now) if job.ended_at else None),
+        ("eta/elapsed", render.timing(job, now)),
+        ("restarts", job.restarts),
+    ]
+    parts = [render.key_values(fields), "", "events:"]
+    if job.events:
+        parts.append(
+            render.table(
+                ("TIME", "STATE", "REASON"),
+                [(render.format_when(e.time, now), e.state.value, e.reason) for e in job.events],
+            )
+        )
+    else:
+        parts.append("(none)")
+    parts += ["", "files:"]
+    if files:
+        parts.append(
+            render.table(("PATH", "SIZE"), [(f.path, render.format_size(f.size)) for f in files])
+        )
+    else:
+        parts.append("(none)")
+    return "\n".join(parts)
+
+
+@command(cli, "logs")
+@click.argument("job_id")
+@click.option("--stderr", "use_stderr", is_flag=True, help="the error stream instead of stdout")
+@click.option("-f", "--follow", is_flag=True, help="keep printing until the job ends")
+def logs_cmd(out: Output, job_id: str, use_stderr: bool, follow: bool) -> None:
+    """Print a job's output (stdout, or stderr with --stderr)."""
+    client = get_client()
+    stream = "stderr" if use_stderr else "stdout"
+    collected: list[bytes] = []
+    offset = 0
+    state = JobState.QUEUED
+    size = 0
+    while True:
+        chunk = client.logs(job_id, stream, offset)
+        state, size = chunk.state, chunk.size
+        if chunk.data:
+            offset += len(chunk.data)
+            if out.json:
+                collected.append(chunk.data)
+            else:
+                click.echo(chunk.data, nl=False)
+        if offset >= chunk.size and (not follow or chunk.state.is_terminal()):
+            break
+        if not chunk.data:
+            time.sleep(FOLLOW_POLL_S)
+    if out.json:
+        out.emit(
+            {
+                "job_id": job_id,
+                "stream": stream,
+                "size": size,
+                "state": state.value,
+                "text": b"".join(collected).decode("utf-8", errors="replace"),
+            },
+            "",
+        )
+
+
+@command(cli, "wait")
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, metavar="S", help="give up after S seconds")
+def wait_cmd(out: Output, job_id: str, timeout: float | None) -> None:
+    """Block until a job ends; exit status 0 only if it SUCCEEDED."""
+    job = get_client().wait(job_id, timeout=timeout)
+    text = f"{job.id} {job.state.value}" + (f": {job.reason}" if job.reason else "")
+    out.emit(job.summary(), text)
+    if job.state is not JobState.SUCCEEDED:
+        click.get_current_context().exit(1)
+
+
+@command(cli, "cancel")
+@click.argument("job_id")
+def cancel_cmd(out: Output, job_id: str) -> None:
+    """Cancel a job (its cluster is torn down)."""
+    job = get_client().cancel(job_id)
+    out.emit(job.summary(), f"{job.id} {job.state.value}")
+
+
+@command(cli, "fetch")
+@click.argument("job_id")
+@click.argument("dest", required=False, type=click.Path(file_okay=False))
+def fetch_cmd(out: Output, job_id: str, dest: str | None) -> None:
+    """Download all of a job's stored files into DEST (default ./<id>/)."""
+    target = Path(dest) if dest else Path(job_id)
+    written = get_client().fetch(job_id, target)
+    out.emit(
+        {"job_id": job_id, "dest": str(target), "files": [str(p) for p in written]},
+        lambda: "\n".join(str(p) for p in written) if written else f"job {job_id} has no files",
+    )

@@ -1,0 +1,361 @@
+"""The ``skyport`` command against an in-memory control plane (CliRunner, no server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from skyport.cli import cli
+from skyport.cli import jobs as jobs_module
+from skyport.client.fake import FakeControlPlane
+from skyport.errors import ConflictError
+from skyport.models import JobSpec, JobState
+
+SCRIPT = "#!/bin/bash\n#SKYPORT --nodes=2 --cpus-per-node=4\n#SKYPORT --output=out.txt\necho hi\n"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeControlPlane:
+    fake = FakeControlPlane()
+    seen: list[tuple[Any, Any]] = []
+
+    def factory(home: Any, user: Any) -> Any:
+        seen.append((home, user))
+        return fake.client()
+
+    monkeypatch.setattr("skyport.cli.app.client_factory", factory)
+    monkeypatch.setattr(jobs_module, "FOLLOW_POLL_S", 0)
+    fake.factory_calls = seen  # type: ignore[attr-defined]
+    return fake
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def one_json(result: Result) -> Any:
+    return json.loads(result.stdout)  # fails unless stdout is exactly one JSON document
+
+
+def submitted(fake: FakeControlPlane, **spec: Any) -> str:
+    data = {"name": "train", "script": "echo"} | spec
+    return fake.client().submit(JobSpec(**data)).id
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "job.sh"
+    path.write_text(SCRIPT)
+    return path
+
+
+def test_submit_prints_the_id_and_cli_options_override(
+    fake: FakeControlPlane, script: Path
+) -> None:
+    result = run(
+        "submit",
+        str(script),
+        "--nodes",
+        "3",
+        "--time",
+        "10m",
+        "--env",
+        "A=1",
+        "--env",
+        "B=2",
+        "--output",
+        "x",
+        "--output",
+        "y",
+    )
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.strip()
+    spec = fake.jobs[job_id].spec
+    assert spec.resources.nodes == 3 and spec.resources.cpus_per_node == 4
+    assert spec.resources.time_limit_s == 600
+    assert spec.env == {"A": "1", "B": "2"} and spec.outputs == ("x", "y")
+    assert spec.script == SCRIPT
+
+
+def test_submit_json_and_stdin(fake: FakeControlPlane) -> None:
+    result = run("submit", "-", "--json", "--name", "piped", input=SCRIPT)
+    assert result.exit_code == 0
+    doc = one_json(result)
+    assert doc["name"] == "piped" and doc["state"] == "QUEUED" and doc["nodes"] == 2
+
+
+def test_submit_bad_directive_is_one_line_error(fake: FakeControlPlane, tmp_path: Path) -> None:
+    path = tmp_path / "bad.sh"
+    path.write_text("#!/bin/bash\n#SKYPORT --nodes=lots\necho\n")
+    result = run("submit", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == "error: line 2: invalid --nodes: 'lots' (a whole number)\n"
+    assert result.stdout == "" and fake.jobs == {}
+    path.write_text("#!/bin/bash\n#SKYPORT --nodes=2\necho\n")
+    result = run("submit", str(path), "--cpus-per-node", "0")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid --cpus-per-node (command line): '0'")
+
+
+def test_json_error_is_one_document_too(fake: FakeControlPlane) -> None:
+    result = run("show", "nope", "--json")
+    assert result.exit_code == 1
+    assert one_json(result) == {"error": "NotFoundError", "message": "no job 'nope'"}
+    assert result.stderr == "error: no job 'nope'\n"
+
+
+def test_debug_lets_the_error_raise(fake: FakeControlPlane) -> None:
+    result = run("cancel", "nope", "--debug")
+    assert result.exit_code == 1 and type(result.exception).__name__ == "NotFoundError"
+
+
+def test_usage_error_is_exit_2(fake: FakeControlPlane) -> None:
+    assert run("submit").exit_code == 2
+    assert run("jobs", "--state", "SLEEPING").exit_code == 2
+    assert run("submit", "/no/such/file.sh").exit_code == 2
+
+
+def test_jobs_table_and_filters(fake: FakeControlPlane) -> None:
+    a = submitted(fake)
+    b = submitted(fake, name="other")
+    fake.set_state(b, JobState.RUNNING)
+    result = run("jobs")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "NAME",
+        "OWNER",
+        "STATE",
+        "NODES",
+        "SUBMITTED",
+        "STARTED",
+        "ETA/ELAPSED",
+    ]
+    assert lines[1].split()[:5] == [a, "train", "admin", "QUEUED", "1"]
+    assert lines[1].split()[-2] == "in"  # planned start ahead: an ETA
+    assert lines[2].split()[:4] == [b, "other", "admin", "RUNNING"]
+    result = run("jobs", "--state", "running", "--json", "--all")
+    assert [j["id"] for j in one_json(result)] == [b]
+    assert fake.requests[-1].url.params["all"] == "true"
+    assert run("jobs", "--state", "FAILED").stdout == "no jobs\n"
+
+
+def test_show_fields_events_files(fake: FakeControlPlane) -> None:
+    job_id = submitted(fake)
+    fake.set_state(job_id, JobState.RUNNING, "started on local")
+    fake.put_file(job_id, "outputs/out.txt", b"x" * 2048)
+    text = run("show", job_id).stdout
+    assert f"id:            {job_id}" in text
+    assert "events:" in text and "started on local" in text
+    assert "outputs/out.txt  2.0 KiB" in text
+    doc = one_json(run("show", job_id, "--json"))
+    assert doc["files"] == [{"path": "outputs/out.txt", "size": 2048}]
+    assert [e["state"] for e in doc["events"]] == ["QUEUED", "RUNNING"]
+
+
+def test_logs_and_follow(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = submitted(fake)
+    fake.append_log(job_id, "stdout", b"one\n")
+    fake.append_log(job_id, "stderr", b"warn\n")
+    assert run("logs", job_id).stdout == "one\n"
+    assert run("logs", job_id, "--stderr").stdout == "warn\n"
+    assert one_json(run("logs", job_id, "--json"))["text"] == "one\n"
+
+    # -f: the job writes more and ends while we follow
+    real = fake.client().logs
+    calls = {"n": 0}
+
+    def feeding_logs(self: Any, jid: str, stream: str = "stdout", offset: int = 0) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            fake.append_log(job_id, "stdout", b"two\n")
+        if calls["n"] == 4:
+            fake.append_log(job_id, "stdout", b"three\n")
+            fake.set_state(job_id, JobState.SUCCEEDED, exit_code=0)
+        return real.__func__(self, jid, stream, offset)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr("skyport.client.core.Client.logs", feeding_logs)
+    result = run("logs", job_id, "-f")
+    assert result.exit_code == 0
+    assert result.stdout == "one\ntwo\nthree\n"
+
+
+def test_wait_exit_status(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("skyport.client.core.time.sleep", lambda s: None)
+    ok, bad = submitted(fake), submitted(fake)
+    fake.then(ok, JobState.RUNNING, JobState.SUCCEEDED)
+    fake.then(bad, JobState.RUNNING, JobState.FAILED)
+    result = run("wait", ok)
+    assert result.exit_code == 0 and result.stdout.startswith(f"{ok} SUCCEEDED")
+    result = run("wait", bad, "--json")
+    assert result.exit_code == 1 and one_json(result)["state"] == "FAILED"
+
+
+def test_wait_timeout_is_an_error(fake: FakeControlPlane) -> None:
+    job_id = submitted(fake)
+    result = run("wait", job_id, "--timeout", "0.01")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: job {job_id} is still QUEUED after waiting")
+
+
+def test_cancel(fake: FakeControlPlane) -> None:
+    job_id = submitted(fake)
+    assert run("cancel", job_id).stdout == f"{job_id} CANCELLED\n"
+    result = run("cancel", job_id)
+    assert result.exit_code == 1
+    assert result.stderr == f"error: job {job_id} is already CANCELLED\n"
+
+
+def test_fetch_default_and_explicit_dest(
+    fake: FakeControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = submitted(fake)
+    fake.put_file(job_id, "outputs/a/b.txt", b"B")
+    monkeypatch.chdir(tmp_path)
+    result = run("fetch", job_id)
+    assert result.exit_code == 0
+    assert (tmp_path / job_id / "outputs" / "a" / "b.txt").read_bytes() == b"B"
+    doc = one_json(run("fetch", job_id, "elsewhere", "--json"))
+    assert doc["files"] == [str(Path("elsewhere/outputs/a/b.txt"))]
+
+
+def test_status_gates_whoami(fake: FakeControlPlane) -> None:
+    submitted(fake)
+    text = run("status").stdout
+    assert "policy:" in text and "fcfs" in text and "QUEUED=1" in text
+    assert one_json(run("status", "--json"))["counts"] == {"QUEUED": 1}
+    lines = run("gates").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TYPE", "HEALTHY", "FLAVORS", "CAPACITY"]
+    assert lines[1].split() == ["local", "local", "yes", "local-4", "cpus=4", "gpus=0"]
+    assert run("whoami").stdout == "admin (admin)\n"
+
+
+def test_home_and_user_reach_the_client_factory(fake: FakeControlPlane) -> None:
+    run("--home", "/some/home", "--user", "alice", "status")
+    assert fake.factory_calls[-1] == ("/some/home", "alice")  # type: ignore[attr-defined]
+
+
+def test_timetable_text_json_and_picture(fake: FakeControlPlane, tmp_path: Path) -> None:
+    fake.timetable_info = {
+        "now": "2024-05-01T10:00:00+00:00",
+        "policy": "easy",
+        "entries": [
+            {
+                "job_id": "j1",
+                "name": "train",
+                "owner": "a",
+                "state": "RUNNING",
+                "start": "2024-05-01T09:30:00+00:00",
+                "end": "2024-05-01T10:30:00+00:00",
+                "gate": "local",
+                "nodes": 1,
+                "procs": 4,
+            },
+            {
+                "job_id": "j2",
+                "name": "post",
+                "owner": "a",
+                "state": "QUEUED",
+                "start": "2024-05-01T10:30:00+00:00",
+                "end": "2024-05-01T11:30:00+00:00",
+                "gate": "local",
+                "nodes": 1,
+                "procs": 4,
+            },
+        ],
+    }
+    text = run("timetable").stdout
+    assert text.startswith("policy: easy\n")
+    rows = text.splitlines()[1:3]
+    assert rows[0].startswith("j1 train  RUNNING  █") and "▒" in rows[1]
+    assert "┴" in text
+    out = tmp_path / "plan.png"
+    result = run("timetable", "--output", str(out), "--json")
+    assert result.exit_code == 0
+    assert one_json(result)["picture"] == str(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run("timetable", "--output", str(tmp_path / "plan.gif"))
+    assert result.exit_code == 1 and "plan.gif" in result.stderr
+
+
+def test_init_start_stop_call_the_control_plane(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import skyport.controlplane as cp
+
+    calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def recorder(name: str, answer: dict[str, Any]) -> Any:
+        def fn(state: Any, **kwargs: Any) -> dict[str, Any]:
+            calls.append((name, state.root, kwargs))
+            return answer
+
+        return fn
+
+    monkeypatch.setattr(cp, "init_state", recorder("init", {"home": str(tmp_path)}))
+    monkeypatch.setattr(cp, "start", recorder("start", {"url": "https://127.0.0.1:1"}))
+    monkeypatch.setattr(cp, "stop", recorder("stop", {"stopped": True}))
+    home = str(tmp_path)
+    result = run(
+        "--home",
+        home,
+        "init",
+        "--local-cpus",
+        "4",
+        "--local-gpus",
+        "0,1",
+        "--policy",
+        "easy",
+        "--port",
+        "8443",
+        "--force",
+    )
+    assert result.exit_code == 0 and f"home: {tmp_path}" in result.stdout
+    assert calls[-1] == (
+        "init",
+        tmp_path.resolve(),
+        {
+            "force": True,
+            "local_cpus": 4,
+            "local_gpus": [0, 1],
+            "storage": None,
+            "port": 8443,
+            "policy": "easy",
+        },
+    )
+    assert one_json(run("--home", home, "start", "--json")) == {"url": "https://127.0.0.1:1"}
+    assert calls[-1][2] == {"address_": None, "foreground": False}
+    assert run("--home", home, "stop").stdout == "stopped: yes\n"
+    result = run("--home", home, "init", "--local-gpus", "a,b")
+    assert result.exit_code == 1 and "--local-gpus" in result.stderr
+
+
+def test_control_plane_error_from_init_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import skyport.controlplane as cp
+
+    def refuse(state: Any, **kwargs: Any) -> None:
+        raise ConflictError(f"{state.root} is already a Sky Port state directory")
+
+    monkeypatch.setattr(cp, "init_state", refuse)
+    result = run("--home", str(tmp_path), "init")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {tmp_path} is already a Sky Port state directory\n"
+
+
+def test_user_add_issues_a_certificate(tmp_path: Path) -> None:
+    from skyport.pki import init_ca
+
+    init_ca(tmp_path / "pki")
+    result = run("--home", str(tmp_path), "user", "add", "alice", "--json")
+    assert result.exit_code == 0, result.output
+    doc = one_json(result)
+    assert doc["role"] == "user" and Path(doc["cert"]).is_file() and Path(doc["key"]).is_file()
+    result = run("--home", str(tmp_path), "user", "add", "alice")
+    assert result.exit_code == 1 and "already exists" in result.stderr
+    assert run("--home", str(tmp_path), "user", "add", "bob", "--admin").exit_code == 0

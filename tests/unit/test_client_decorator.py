@@ -1,0 +1,192 @@
+"""``@skyport.job``: spec building, argument checks, results and remote errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import cloudpickle
+import pytest
+
+import skyport
+from skyport.client.fake import FakeControlPlane
+from skyport.decorator import FUNCTION_SCRIPT, JobHandle
+from skyport.errors import ValidationError
+from skyport.models import JobState
+
+
+@pytest.fixture
+def fake() -> FakeControlPlane:
+    return FakeControlPlane()
+
+
+def test_public_api() -> None:
+    assert skyport.__version__ == "0.1.0"
+    for name in ("job", "connect", "Client", "JobHandle", "JobFailedError", "SkyportError"):
+        assert hasattr(skyport, name)
+    assert issubclass(skyport.JobFailedError, skyport.SkyportError)
+
+
+def test_spec_of_a_decorated_function() -> None:
+    @skyport.job(
+        cpus=2,
+        time="10m",
+        nodes=3,
+        gpus=1,
+        mem="2G",
+        ranks_per_node=2,
+        env={"OMP_PLACES": "cores"},
+        gate="local",
+    )
+    def square(x: int) -> int:
+        return x * x
+
+    spec = square.spec
+    assert spec.kind == "function" and spec.name == "square"
+    assert (
+        spec.resources.cpus_per_node,
+        spec.resources.nodes,
+        spec.resources.gpus_per_node,
+        spec.resources.mem_mb,
+        spec.resources.time_limit_s,
+    ) == (2, 3, 1, 2048, 600)
+    assert spec.layout.ranks_per_node == 2 and spec.gate == "local"
+    assert spec.env == {"OMP_PLACES": "cores"}
+    assert spec.outputs == ("skyport-result.pkl",)
+    assert square(7) == 49  # still a plain function when called
+    assert square.__name__ == "square"
+
+
+def test_function_script_golden() -> None:
+    assert FUNCTION_SCRIPT == (
+        "#!/bin/bash\n"
+        "# Sky Port function job: call the pickled function, store its outcome.\n"
+        'exec "${SKYPORT_PYTHON:-python3}" -m skyport.runtime.function '
+        "skyport-payload.pkl skyport-result.pkl\n"
+    )
+
+
+def test_bare_decorator_and_name_of_a_lambda() -> None:
+    @skyport.job
+    def f() -> None:
+        return None
+
+    assert (f.spec.resources.cpus_per_node, f.spec.resources.time_limit_s) == (2, 600)
+    assert skyport.job(lambda: 1).spec.name == "lambda"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "shown"),
+    [
+        ({"cpus": 0}, "cpus", "0"),
+        ({"time": "soon"}, "time", "'soon'"),
+        ({"time": -5}, "time", "-5"),
+        ({"mem": "lots"}, "mem", "'lots'"),
+        ({"nodes": 0}, "nodes", "0"),
+        ({"gpus": -1}, "gpus", "-1"),
+        ({"name": "bad name!"}, "name", "'bad name!'"),
+        ({"env": {"SKYPORT_X": "1"}}, "env", "SKYPORT_X"),
+        ({"ranks_per_node": 4}, "ranks_per_node/threads_per_rank", "(4, None)"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs: dict, field: str, shown: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        skyport.job(**kwargs)(lambda: None)
+    assert info.value.field == field
+    assert info.value.message.startswith(f"invalid {field}: ")
+    assert shown in info.value.message
+
+
+def test_submit_builds_a_function_job_and_returns_its_value(fake: FakeControlPlane) -> None:
+    @skyport.job(cpus=2, time="10m", client=fake.client())
+    def square(x: int) -> int:
+        return x * x
+
+    handle = square.submit(7)
+    assert isinstance(handle, JobHandle)
+    assert handle.state is JobState.QUEUED
+    fn, args, kwargs = cloudpickle.loads(fake.files[handle.id]["inputs/skyport-payload.pkl"])
+    assert (args, kwargs) == ((7,), {}) and fn(3) == 9
+    fake.run_function(handle.id)
+    assert handle.result(timeout=5) == 49
+    assert handle.state is JobState.SUCCEEDED
+
+
+def test_remote_exception_becomes_job_failed_error(fake: FakeControlPlane) -> None:
+    @skyport.job(client=fake.client())
+    def divide(a: int, b: int) -> float:
+        return a / b
+
+    handle = divide.submit(1, b=0)
+    fake.run_function(handle.id)
+    with pytest.raises(skyport.JobFailedError) as info:
+        handle.result()
+    err = info.value
+    assert err.remote_type == "ZeroDivisionError"
+    assert err.remote_message == "division by zero"
+    assert ", in divide" in err.remote_traceback
+    assert err.state == "FAILED" and err.job_id == handle.id
+    assert "ZeroDivisionError: division by zero" in str(err)
+    assert ", in divide" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "pattern"),
+    [
+        (JobState.CANCELLED, "cancelled by user", "ended CANCELLED without a result: cancelled"),
+        (JobState.TIMEOUT, "time limit 600 s reached", "ended TIMEOUT without a result"),
+        (JobState.FAILED, "exit code 127", r"ended FAILED without a result: exit code 127"),
+    ],
+)
+def test_job_without_result(
+    fake: FakeControlPlane, state: JobState, reason: str, pattern: str
+) -> None:
+    @skyport.job(client=fake.client())
+    def f() -> int:
+        return 1
+
+    handle = f.submit()
+    fake.set_state(handle.id, state, reason, exit_code=127 if state is JobState.FAILED else None)
+    with pytest.raises(skyport.JobFailedError, match=pattern) as info:
+        handle.result()
+    assert info.value.state == state.value and info.value.remote_type == ""
+
+
+def test_handle_cancel_and_logs(fake: FakeControlPlane) -> None:
+    @skyport.job(client=fake.client())
+    def f() -> int:
+        return 1
+
+    handle = f.submit()
+    fake.append_log(handle.id, "stdout", b"step 1\n")
+    assert handle.logs() == "step 1\n"
+    assert handle.cancel().state is JobState.CANCELLED
+    assert handle.state is JobState.CANCELLED
+
+
+def test_result_waits_for_the_job(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    @skyport.job(client=fake.client())
+    def f() -> str:
+        return "done"
+
+    handle = f.submit()
+    fake.run_function(handle.id)
+    fake.jobs[handle.id] = fake.jobs[handle.id].model_copy(update={"state": JobState.RUNNING})
+    fake.then(handle.id, JobState.STAGING_OUT, JobState.SUCCEEDED)
+    monkeypatch.setattr("skyport.client.core.time.sleep", lambda s: None)
+    assert handle.result() == "done"
+
+
+def test_job_function_pickles_without_its_connection(fake: FakeControlPlane) -> None:
+    @skyport.job(cpus=2, client=fake.client())
+    def f(x: int) -> int:
+        return x + 1
+
+    copy = cloudpickle.loads(cloudpickle.dumps(f))
+    assert copy(1) == 2 and copy.spec == f.spec and copy._client is None
+    with pytest.raises(ValidationError, match="arguments"):
+        f.submit(_Unpicklable())  # type: ignore[arg-type]
+
+
+class _Unpicklable:
+    def __reduce__(self) -> tuple:
+        raise pickle.PicklingError("no")

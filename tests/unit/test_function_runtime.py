@@ -1,0 +1,75 @@
+"""``python -m skyport.runtime.function``: a real subprocess, ok and error outcomes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+
+def run_payload(tmp_path: Path, fn: Any, *args: Any, **kwargs: Any) -> tuple[int, Any, str]:
+    payload = tmp_path / "skyport-payload.pkl"
+    result = tmp_path / "skyport-result.pkl"
+    payload.write_bytes(cloudpickle.dumps((fn, args, kwargs)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "skyport.runtime.function", payload.name, result.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    outcome = cloudpickle.loads(result.read_bytes()) if result.exists() else None
+    return proc.returncode, outcome, proc.stderr
+
+
+def test_ok(tmp_path: Path) -> None:
+    def power(x: int, *, exp: int) -> dict[str, int]:
+        return {"value": x**exp}
+
+    status, outcome, _ = run_payload(tmp_path, power, 3, exp=4)
+    assert status == 0
+    assert outcome == ("ok", {"value": 81})
+
+
+def test_error(tmp_path: Path) -> None:
+    def broken() -> None:
+        raise KeyError("missing-key")
+
+    status, outcome, stderr = run_payload(tmp_path, broken)
+    assert status == 1
+    kind, type_name, message, tb = outcome
+    assert (kind, type_name, message) == ("error", "KeyError", "'missing-key'")
+    assert ", in broken" in tb  # cloudpickle names by-value code '<dynamic-code>'
+    assert "KeyError: 'missing-key'" in stderr
+
+
+def test_unpicklable_return_value_is_an_error(tmp_path: Path) -> None:
+    def gives_a_lock() -> Any:
+        import threading
+
+        return threading.Lock()
+
+    status, outcome, _ = run_payload(tmp_path, gives_a_lock)
+    assert status == 1 and outcome[0] == "error" and "lock" in outcome[2].lower()
+
+
+def test_sys_exit_in_the_function_is_reported(tmp_path: Path) -> None:
+    def quits() -> None:
+        sys.exit(3)
+
+    status, outcome, _ = run_payload(tmp_path, quits)
+    assert status == 1 and outcome[:3] == ("error", "SystemExit", "3")
+
+
+def test_bad_command_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "skyport.runtime.function", "only-one"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "usage:" in proc.stderr

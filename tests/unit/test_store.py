@@ -1,0 +1,232 @@
+"""The SQLite job store: jobs, transitions with their events, and what survives a reopen."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from skyport.errors import ConflictError, NotFoundError
+from skyport.models import JobSpec, JobState
+from skyport.store import JobStore
+
+S = JobState
+TO_RUNNING = [S.SCHEDULED, S.PROVISIONING, S.STAGING_IN, S.RUNNING]
+
+
+def spec(name: str = "job") -> JobSpec:
+    return JobSpec(name=name, script="#!/bin/bash\necho hi\n")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.sqlite"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[JobStore]:
+    s = JobStore(db_path)
+    yield s
+    s.close()
+
+
+def run(store: JobStore, job_id: str) -> None:
+    for state in TO_RUNNING:
+        store.transition(job_id, state, f"to {state.value}")
+
+
+def test_add(store: JobStore) -> None:
+    before = datetime.now(UTC)
+    job = store.add("j1", "alice", spec("sim"))
+    assert (job.id, job.owner, job.name, job.state) == ("j1", "alice", "sim", S.QUEUED)
+    assert before <= job.submitted_at <= datetime.now(UTC)
+    assert job.submitted_at.tzinfo is not None
+    assert [(e.state, e.reason) for e in job.events] == [(S.QUEUED, "submitted")]
+    assert job.started_at is None and job.ended_at is None
+    assert store.get("j1") == job
+
+
+def test_duplicate_id_is_a_conflict(store: JobStore) -> None:
+    first = store.add("j1", "alice", spec("one"))
+    with pytest.raises(ConflictError, match="job j1 already exists"):
+        store.add("j1", "bob", spec("two"))
+    assert store.get("j1") == first
+    assert len(store.list()) == 1
+
+
+def test_unknown_job(store: JobStore) -> None:
+    with pytest.raises(NotFoundError, match="no job nope"):
+        store.get("nope")
+    with pytest.raises(NotFoundError, match="no job nope"):
+        store.transition("nope", S.SCHEDULED, "x")
+
+
+def test_events_in_order_with_times_and_reasons(store: JobStore) -> None:
+    store.add("j1", "alice", spec())
+    run(store, "j1")
+    store.transition("j1", S.STAGING_OUT, "exit 0")
+    job = store.transition("j1", S.SUCCEEDED, "outputs stored", exit_code=0)
+    assert [(e.state, e.reason) for e in job.events] == [
+        (S.QUEUED, "submitted"),
+        (S.SCHEDULED, "to SCHEDULED"),
+        (S.PROVISIONING, "to PROVISIONING"),
+        (S.STAGING_IN, "to STAGING_IN"),
+        (S.RUNNING, "to RUNNING"),
+        (S.STAGING_OUT, "exit 0"),
+        (S.SUCCEEDED, "outputs stored"),
+    ]
+    times = [e.time for e in job.events]
+    assert times == sorted(times)
+    assert times[0] == job.submitted_at
+    assert (job.state, job.reason, job.exit_code) == (S.SUCCEEDED, "outputs stored", 0)
+
+
+def test_started_at_on_running_and_ended_at_on_terminal(store: JobStore) -> None:
+    store.add("j1", "alice", spec())
+    for state in TO_RUNNING[:-1]:
+        assert store.transition("j1", state, "x").started_at is None
+    running = store.transition("j1", S.RUNNING, "started")
+    assert running.started_at == running.events[-1].time
+    assert running.ended_at is None
+    done = store.transition("j1", S.TIMEOUT, "time limit")
+    assert done.started_at == running.started_at
+    assert done.ended_at == done.events[-1].time
+    assert done.ended_at >= done.started_at
+
+
+def test_explicit_times_are_kept(store: JobStore) -> None:
+    store.add("j1", "alice", spec())
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    job = store.transition("j1", S.FAILED, "lost", ended_at=at)
+    assert job.ended_at == at
+
+
+@pytest.mark.parametrize("terminal", [S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMEOUT])
+def test_terminal_state_is_final(store: JobStore, terminal: S) -> None:
+    store.add("j1", "alice", spec())
+    run(store, "j1")
+    if terminal == S.SUCCEEDED:
+        store.transition("j1", S.STAGING_OUT, "x")
+    final = store.transition("j1", terminal, "the end")
+    for new in S:
+        with pytest.raises(ConflictError, match=f"j1 is {terminal.value}"):
+            store.transition("j1", new, "again")
+    assert store.get("j1") == final  # nothing written, not even an event
+
+
+def test_illegal_transition_changes_nothing(store: JobStore) -> None:
+    job = store.add("j1", "alice", spec())
+    with pytest.raises(ConflictError, match="QUEUED: it cannot become RUNNING"):
+        store.transition("j1", S.RUNNING, "skip ahead")
+    assert store.get("j1") == job
+
+
+def test_requeue_counts_restarts(store: JobStore) -> None:
+    store.add("j1", "alice", spec())
+    run(store, "j1")
+    job = store.transition("j1", S.QUEUED, "node lost", restarts=1, cluster_id=None)
+    assert (job.state, job.restarts, job.reason) == (S.QUEUED, 1, "node lost")
+
+
+def test_update_without_an_event(store: JobStore) -> None:
+    store.add("j1", "alice", spec())
+    plan = datetime.now(UTC) + timedelta(hours=1)
+    store.update("j1", gate="local", cluster_id="c1", node_names=["n0", "n1"],
+                 planned_start_at=plan)
+    job = store.get("j1")
+    assert (job.gate, job.cluster_id, job.node_names) == ("local", "c1", ["n0", "n1"])
+    assert job.planned_start_at == plan
+    assert len(job.events) == 1
+    with pytest.raises(KeyError):
+        store.update("j1", state="RUNNING", owner="mallory")
+
+
+def test_list_filters(store: JobStore) -> None:
+    for i, owner in enumerate(["alice", "bob", "alice", "carol"]):
+        store.add(f"j{i}", owner, spec(f"n{i}"))
+    store.transition("j1", S.SCHEDULED, "x")
+    store.transition("j2", S.CANCELLED, "user")
+    assert [j.id for j in store.list()] == ["j0", "j1", "j2", "j3"]  # submission order
+    assert [j.id for j in store.list(owner="alice")] == ["j0", "j2"]
+    assert [j.id for j in store.list(states=[S.QUEUED])] == ["j0", "j3"]
+    assert [j.id for j in store.list(states=[S.SCHEDULED, S.CANCELLED])] == ["j1", "j2"]
+    assert [j.id for j in store.list(owner="alice", states=[S.QUEUED])] == ["j0"]
+    assert store.list(states=[]) == []
+    assert store.list(owner="nobody") == []
+    assert [j.id for j in store.list(limit=2)] == ["j0", "j1"]
+    assert all(j.events == [] for j in store.list())
+
+
+def test_reopen_after_close_keeps_everything(db_path: Path) -> None:
+    first = JobStore(db_path)
+    first.add("j1", "alice", spec("one"))
+    run(first, "j1")
+    first.add("j2", "bob", spec("two"))
+    first.update("j1", node_names=["n0"])
+    before = [first.get("j1"), first.get("j2")]
+    first.close()
+
+    again = JobStore(db_path)
+    try:
+        assert [again.get("j1"), again.get("j2")] == before
+        assert again.get("j1").started_at is not None
+        job = again.transition("j1", S.FAILED, "after restart")
+        assert len(job.events) == len(before[0].events) + 1
+        again.add("j3", "carol", spec())
+        assert [j.id for j in again.list()] == ["j1", "j2", "j3"]
+    finally:
+        again.close()
+
+
+def test_second_store_on_the_same_file_sees_writes(db_path: Path) -> None:
+    a, b = JobStore(db_path), JobStore(db_path)
+    try:
+        a.add("j1", "alice", spec())
+        assert b.get("j1").state == S.QUEUED
+        b.transition("j1", S.SCHEDULED, "by b")
+        assert a.get("j1").state == S.SCHEDULED
+        with pytest.raises(ConflictError):
+            a.transition("j1", S.RUNNING, "stale view")  # a re-reads the state: no lost update
+        assert (db_path.parent / (db_path.name + "-wal")).exists()
+    finally:
+        a.close()
+        b.close()
+
+
+def _churn(store: JobStore, job_id: str, rounds: int, errors: list[BaseException]) -> None:
+    try:
+        for _ in range(rounds):
+            store.transition(job_id, S.SCHEDULED, "plan")
+            store.transition(job_id, S.QUEUED, "unplan")
+    except BaseException as exc:  # reported by the main thread
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-store", "two-stores"])
+def test_concurrent_writers_do_not_corrupt(db_path: Path, shared: bool) -> None:
+    stores = [JobStore(db_path)] if shared else [JobStore(db_path), JobStore(db_path)]
+    try:
+        stores[0].add("a", "alice", spec())
+        stores[0].add("b", "bob", spec())
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_churn, args=(stores[i % len(stores)], job, 100, errors))
+            for i, job in enumerate(["a", "b"])
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        for job_id in ("a", "b"):
+            job = stores[-1].get(job_id)
+            assert job.state == S.QUEUED
+            assert len(job.events) == 1 + 200
+            assert [e.state for e in job.events[1:3]] == [S.SCHEDULED, S.QUEUED]
+    finally:
+        for s in stores:
+            s.close()
