@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from skyport import pki
+from skyport.agent.procfs import kill_sessions, members, proc_stat
 from skyport.config import ControlPlaneConfig, GateEntry, StateDir, free_port
 from skyport.errors import ConfigError, ConflictError, ControlPlaneError
 
@@ -92,11 +93,35 @@ def _check_policy(name: str) -> None:
 # -- start / stop from the terminal --------------------------------------------
 
 
-def read_pid(state: StateDir) -> int | None:
+def _read_pid_file(state: StateDir) -> tuple[int, int | None] | None:
     try:
-        return int(state.pid_path.read_text().strip())
-    except (OSError, ValueError):
+        words = state.pid_path.read_text().split()
+        return int(words[0]), (int(words[1]) if len(words) > 1 else None)
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def read_pid(state: StateDir) -> int | None:
+    found = _read_pid_file(state)
+    return found[0] if found else None
+
+
+def _reap_leftovers(state: StateDir) -> None:
+    """Kill what a dead control plane left in its session (Ray's worker processes).
+
+    The control plane runs in a session of its own, and Ray's workers stay in
+    it; when the control plane is killed they are orphaned.  Only processes of
+    that session are touched, never anything found by name.
+    """
+    found = _read_pid_file(state)
+    if found is None or _alive(found[0]):
+        return
+    # a raylet still dying can start another worker meanwhile: sweep until none is left
+    for _ in range(5):
+        kill_sessions([found], grace_s=2.0)
+        time.sleep(0.5)
+        if not members(sessions={found[0]}):
+            return
 
 
 def _alive(pid: int) -> bool:
@@ -175,6 +200,7 @@ def start(
 def stop(state: StateDir, *, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, Any]:
     pid = read_pid(state)
     if pid is None or not _alive(pid):
+        _reap_leftovers(state)
         state.pid_path.unlink(missing_ok=True)
         state.address_path.unlink(missing_ok=True)
         return {"home": str(state.root), "stopped": False, "reason": "not running"}
@@ -184,8 +210,9 @@ def stop(state: StateDir, *, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, Any
         time.sleep(0.2)
     killed = False
     if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)  # its own session: the process and its Ray
+        os.kill(pid, signal.SIGKILL)
         killed = True
+    _reap_leftovers(state)
     state.pid_path.unlink(missing_ok=True)
     state.address_path.unlink(missing_ok=True)
     return {"home": str(state.root), "stopped": True, "pid": pid, "killed": killed}
@@ -227,7 +254,8 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
     from skyport.storage import JobStorage
 
     config = state.load_config()
-    state.pid_path.write_text(f"{os.getpid()}\n")
+    me = proc_stat(os.getpid())
+    state.pid_path.write_text(f"{os.getpid()} {me.start_time if me else ''}\n")
     if ray_address:
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from skyport.errors import SkyportError
+from skyport.errors import ControlPlaneError, SkyportError
 
 
 class ActorProxy:
@@ -30,6 +30,9 @@ class ActorProxy:
                 if isinstance(exc.cause, SkyportError):
                     raise exc.cause from None
                 raise
+            except (RayActorError, ActorUnavailableError) as exc:
+                # the control plane is stopping or restarting: callers retry (503)
+                raise ControlPlaneError(f"the control plane is not available: {exc}") from exc
 
         call.__name__ = name
         return call

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import shlex
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,8 +169,14 @@ def build_spec(
     overrides: Sequence[Directive] = (),
     *,
     base: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
 ) -> JobSpec:
-    """A validated ``JobSpec`` from a script's directives, then command-line overrides."""
+    """A validated ``JobSpec`` from a script's directives, then command-line overrides.
+
+    ``base_dir`` is where the script lives: an ``--input`` that is a plain path
+    (no ``scheme://``) is taken relative to it, as sbatch takes paths relative
+    to the submit directory, and becomes a ``file://`` URL.
+    """
     directives = (read_directives(script) if script else []) + list(overrides)
     data: dict[str, Any] = copy.deepcopy(base or {})  # the caller's dict stays as it was
     if script is not None:
@@ -192,6 +199,8 @@ def build_spec(
             if opt.parse == "env":
                 current[value[0]] = value[1]
             else:
+                if d.option == "input" and base_dir is not None and "://" not in value:
+                    value = (base_dir / value).resolve().as_uri()
                 current.append(value)
         else:
             scalar_seen.add(d.option)

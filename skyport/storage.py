@@ -16,6 +16,10 @@ import fsspec
 from skyport.errors import StorageError, ValidationError
 from skyport.models import check_relative_path
 
+# suffix of the temporary object a write goes to first; listings hide it.  Not
+# plain ".part": a job may well produce a file of its own called "model.part".
+_TMP_SUFFIX = ".skyport-part"
+
 
 class JobStorage:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -42,12 +46,21 @@ class JobStorage:
             raise ValidationError("path", rel, "a relative path inside the job's prefix") from exc
         return f"{base}/{rel}"
 
+    def _fresh(self, path: str) -> str:
+        """``path``, with any cached listing of it (and of its parents) dropped.
+
+        Object-store clients cache listings, sizes and ETags; a read must see what
+        another client (another control plane, or one before a restart) wrote since.
+        """
+        self.fs.invalidate_cache(path)
+        return path
+
     def put(self, job_id: str, rel: str, data: bytes) -> None:
         path = self._path(job_id, rel)
         try:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             # write next to the target, then move: a reader never sees half a file
-            tmp = path + ".part"
+            tmp = path + _TMP_SUFFIX
             with self.fs.open(tmp, "wb") as f:
                 f.write(data)
             self.fs.mv(tmp, path)
@@ -55,7 +68,7 @@ class JobStorage:
             raise StorageError(f"cannot write {rel} of job {job_id}: {exc}") from exc
 
     def get(self, job_id: str, rel: str) -> bytes:
-        path = self._path(job_id, rel)
+        path = self._fresh(self._path(job_id, rel))
         try:
             with self.fs.open(path, "rb") as f:
                 return f.read()
@@ -67,17 +80,17 @@ class JobStorage:
             raise StorageError(f"cannot read {rel} of job {job_id}: {exc}") from exc
 
     def exists(self, job_id: str, rel: str) -> bool:
-        return bool(self.fs.exists(self._path(job_id, rel)))
+        return bool(self.fs.exists(self._fresh(self._path(job_id, rel))))
 
     def size(self, job_id: str, rel: str) -> int:
-        path = self._path(job_id, rel)
+        path = self._fresh(self._path(job_id, rel))
         try:
             return int(self.fs.size(path))
         except FileNotFoundError:
             return 0
 
     def read_from(self, job_id: str, rel: str, offset: int, limit: int = 1 << 20) -> bytes:
-        path = self._path(job_id, rel)
+        path = self._fresh(self._path(job_id, rel))
         try:
             with self.fs.open(path, "rb") as f:
                 f.seek(offset)
@@ -115,7 +128,7 @@ class JobStorage:
         return any(p in ("file", "local", "memory") for p in protocols)
 
     def listdir(self, job_id: str) -> list[dict[str, Any]]:
-        base = self._base(job_id)
+        base = self._fresh(self._base(job_id))
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
@@ -127,7 +140,7 @@ class JobStorage:
                 if path.startswith(base)
                 else path.split(f"jobs/{job_id}/", 1)[-1]
             )
-            if rel.endswith(".part"):
+            if rel.endswith(_TMP_SUFFIX):
                 continue
             out.append({"path": rel, "size": int(info.get("size") or 0)})
         return out

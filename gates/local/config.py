@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from skyport.gate import GateConfig
 
@@ -34,6 +34,14 @@ class LocalGateConfig(GateConfig):
         "[sys.executable, '-m', 'skyport.agent']; '--bootstrap PATH' is appended")
     kill_grace_s: float = Field(3.0, ge=0, le=60)
     boot_s: float = Field(1.0, ge=0)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_ids(cls, v: object) -> object:
+        """Ids may be written as numbers (``gpus = [0, 1]``); they are kept as text."""
+        if isinstance(v, list | tuple):
+            return [str(g) if isinstance(g, int) and not isinstance(g, bool) else g for g in v]
+        return v
 
 
 def host_cpus() -> int:

@@ -84,7 +84,6 @@ class LocalGate(Gate):
         self._records = RecordStore(self.dir / "clusters")
         self._physical = sorted(os.sched_getaffinity(0))
         self._lock = threading.Lock()
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- offer ----------------------------------------------------------------
 
@@ -153,16 +152,9 @@ class LocalGate(Gate):
         with self._lock, open(self.dir / ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                self._reap()
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _reap(self) -> None:
-        """Collect agents of this process that have exited (no zombies left behind)."""
-        for pid, proc in list(self._children.items()):
-            if proc.poll() is not None:
-                del self._children[pid]
 
     def _check_request(self, req: ClusterRequest) -> None:
         """GateError for a request that could never fit (CapacityError is for 'not now')."""
@@ -233,19 +225,26 @@ class LocalGate(Gate):
                   node_name=node.name, num_nodes=req.nodes, workdir=str(workdir),
                   cpus_per_node=req.cpus_per_node, cores=node.cores,
                   gpus=node.gpus).write(bootstrap)
-        with open(workdir / "agent.out", "ab") as out:
-            proc = subprocess.Popen(
-                [*self.agent_command, "--bootstrap", str(bootstrap)],
-                cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=_agent_env(), start_new_session=True, close_fds=True)
-        self._children[proc.pid] = proc
-        stat = proc_stat(proc.pid)
-        return replace(node, pid=proc.pid, start_time=stat.start_time if stat else None)
+        # Started through a short-lived intermediate, so the agent is nobody's child:
+        # Ray kills a worker's child processes when the worker exits, and a node
+        # must outlive the gate actor the way a VM outlives its control plane.
+        starter = subprocess.run(
+            [sys.executable, "-c", _DETACH, str(workdir / "agent.out"),
+             *self.agent_command, "--bootstrap", str(bootstrap)],
+            cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, env=_agent_env(),
+            timeout=60, check=False)
+        try:
+            pid = int(starter.stdout.decode().strip())
+        except ValueError as exc:
+            raise GateError(f"gate {self.name}: the agent of {node.name} did not start: "
+                            f"{starter.stderr.decode(errors='replace')[-500:]}") from exc
+        stat = proc_stat(pid)
+        return replace(node, pid=pid, start_time=stat.start_time if stat else None)
 
     def _destroy(self, record: ClusterRecord) -> None:
         """Kill every node's session, then forget the cluster and free what it held."""
         leaders = [(n.pid, n.start_time) for n in record.nodes if n.pid is not None]
-        if not kill_sessions(leaders, grace_s=self.cfg.kill_grace_s, reap=self._reap):
+        if not kill_sessions(leaders, grace_s=self.cfg.kill_grace_s):
             raise GateError(f"gate {self.name}: processes of cluster {record.cluster_id} "
                             "survived SIGKILL; try again")
         self._records.remove(record.cluster_id)
@@ -268,6 +267,15 @@ class LocalGate(Gate):
         return ClusterInfo(cluster_id=record.cluster_id, job_id=record.job_id, gate=self.name,
                            flavor=record.flavor, state=state, nodes=nodes,
                            created_at=record.created_at, price_per_hour=0.0, reason=reason)
+
+
+_DETACH = (
+    "import subprocess, sys\n"
+    "out = open(sys.argv[1], 'ab')\n"
+    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out,"
+    " stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
+    "print(p.pid)\n"
+)
 
 
 def _agent_env() -> dict[str, str]:

@@ -120,6 +120,36 @@ class AgentClient:
 
         return self._retrying(f"PUT /files/{path}", attempt)
 
+    # -- launches (node 0 runs commands on node k; PROTOCOL.md) -------------------
+
+    def node_names(self) -> list[str]:
+        return list(self._json("GET", "/nodes")["node_names"])
+
+    def launch_create(self, node: int, argv: list[str], cwd: str) -> str:
+        return str(self._json("POST", "/launches",
+                              json={"node": node, "argv": argv, "cwd": cwd})["launch_id"])
+
+    def launch_poll(self, rank: int, wait_s: float) -> dict[str, Any]:
+        return self._json("POST", f"/nodes/{rank}/launches", params={"wait_s": wait_s},
+                          timeout=wait_s + 30)
+
+    def launch_output(self, launch_id: str, rank: int, stream: str, offset: int,
+                      data: bytes) -> dict[str, Any]:
+        return self._json("POST", f"/launches/{launch_id}/output/{stream}",
+                          params={"node": rank, "offset": offset}, content=data)
+
+    def launch_exit(self, launch_id: str, rank: int, exit_code: int) -> dict[str, Any]:
+        return self._json("POST", f"/launches/{launch_id}/exit",
+                          json={"node": rank, "exit_code": exit_code})
+
+    def launch_read(self, launch_id: str, offsets: dict[str, int],
+                    wait_s: float) -> dict[str, Any]:
+        return self._json("GET", f"/launches/{launch_id}",
+                          params={**offsets, "wait_s": wait_s}, timeout=wait_s + 30)
+
+    def launch_cancel(self, launch_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/launches/{launch_id}/cancel")
+
     # -- plumbing -----------------------------------------------------------------
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
+from skyport.agent.launchrun import LaunchRunner
+from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult
 from skyport.errors import (
     AuthenticationError,
@@ -28,6 +33,9 @@ from skyport.errors import (
     PermissionDeniedError,
     SkyportError,
 )
+from skyport.launch.hostfile import hostfile_text
+from skyport.launch.mpi import openmpi_home
+from skyport.launch.mpiexec import write_shims
 from skyport.models import JobSpec, JobState, check_relative_path
 
 __all__ = ["Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE", "payload_env"]
@@ -46,9 +54,21 @@ class AgentSettings:
     log_interval_s: float = 0.5
 
 
-def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str]) -> dict[str, str]:
-    """The payload's environment: the agent's, the spec's, then Sky Port's own variables."""
+def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str],
+                launch: dict[str, str] | None = None) -> dict[str, str]:
+    """The payload's environment: the agent's, the spec's, then Sky Port's own variables.
+
+    ``launch`` adds the parallel-launch variables (``SKYPORT_MPIEXEC``,
+    ``SKYPORT_HOSTFILE``, ``SKYPORT_LAUNCH_SOCKET``, ...); the interpreter's
+    ``bin`` goes first on ``PATH`` so that the wheel's ``mpiexec``/``mpicc`` are found.
+    """
     env = {**base, **spec.env}
+    bindirs = [os.path.dirname(sys.executable)]
+    if spec.layout.mpi == "openmpi":  # its mpicc/mpirun first, for this job only
+        env["OPAL_PREFIX"] = str(openmpi_home())
+        bindirs.insert(0, str(openmpi_home() / "bin"))
+    env["PATH"] = os.pathsep.join(p for p in (*bindirs, env.get("PATH", "")) if p)
+    env.update(launch or {})
     env.update({
         "SKYPORT_JOB_ID": boot.job_id,
         "SKYPORT_NODE_NAME": boot.node_name,
@@ -58,6 +78,12 @@ def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str]) -> dict[st
         "SKYPORT_CPUS_PER_NODE": str(boot.cpus_per_node),
         "CUDA_VISIBLE_DEVICES": ",".join(boot.gpus),
         "OMP_NUM_THREADS": str(spec.threads_per_rank),
+        "SKYPORT_PYTHON": sys.executable,
+        "SKYPORT_NODE_CORES": ",".join(map(str, boot.cores)),
+        "SKYPORT_RANKS_PER_NODE": str(spec.layout.ranks_per_node),
+        "SKYPORT_THREADS_PER_RANK": str(spec.threads_per_rank),
+        "SKYPORT_MPI": spec.layout.mpi,
+        "SKYPORT_GPUS_PER_NODE": str(spec.resources.gpus_per_node),
     })
     return env
 
@@ -92,8 +118,10 @@ class Agent:
             log.error("hello failed: %s", exc)
             return 1
         spec = JobSpec.model_validate(hello["job"]["spec"])
+        self.spec = spec
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
+        self._start_launch_services(spec)
         try:
             if b.node_rank == 0:
                 return self._run_job(spec)
@@ -105,7 +133,65 @@ class Agent:
             return 1
         finally:
             self._done.set()
+            self._stop_launch_services()
             beat.join(timeout=self.settings.heartbeat_s + 1)
+
+    # -- parallel launch: ranks on every node through the agents (skyport.launch) ----
+
+    def _start_launch_services(self, spec: JobSpec) -> None:
+        """A Unix socket for the rsh relay, and a runner for launches aimed at this node."""
+        self._runtime = Path(tempfile.mkdtemp(prefix="sp-launch-"))  # 0700, short path
+        shims = write_shims(self._runtime / "bin", sys.executable)
+        self._launch_vars = {
+            "SKYPORT_LAUNCH_SOCKET": str(self._runtime / "launch.sock"),
+            "SKYPORT_RSH": shims["skyport-rsh"],
+            "SKYPORT_MPIEXEC": shims["skyport-mpiexec"],
+            "SKYPORT_HOSTFILE": str(self._runtime / "hostfile"),
+        }
+        self._socket = LaunchSocket(self.client, self._runtime / "launch.sock",
+                                    self._node_names)
+        self._socket.start()
+        self._runner = LaunchRunner(
+            self.client, self.boot.node_rank, self.workdir, self.boot.cores,
+            lambda: payload_env(self.boot, spec, dict(os.environ), self._launch_env()),
+            grace_s=self.settings.grace_s)
+        self._runner.start()
+
+    def _stop_launch_services(self) -> None:
+        if getattr(self, "_runner", None) is None:
+            return
+        self._runner.stop()
+        self._socket.close()
+        log.info("launches served on this node: %d; relayed from it: %d",
+                 self._runner.served, self._socket.served)
+        shutil.rmtree(self._runtime, ignore_errors=True)
+
+    def _node_names(self) -> list[str]:
+        names: list[str] | None = getattr(self, "_names", None)
+        if names:
+            return names
+        names = []
+        if self.boot.num_nodes > 1:
+            try:
+                names = self.client.node_names()
+            except Exception as exc:  # noqa: BLE001 - MPI is unusable, the job may not need it
+                log.warning("could not learn the job's node names: %s", exc)
+                names = []
+        self._names = [n for n in names if n] or [self.boot.node_name]
+        if len(self._names) != self.boot.num_nodes:
+            log.warning("node names %s do not match %d nodes", self._names,
+                        self.boot.num_nodes)
+        return self._names
+
+    def _launch_env(self) -> dict[str, str]:
+        names = self._node_names() if self.boot.node_rank == 0 else \
+            getattr(self, "_names", None) or []
+        return {**self._launch_vars,
+                **({"SKYPORT_NODE_NAMES": ",".join(names)} if names else {})}
+
+    def _write_hostfile(self, spec: JobSpec) -> None:
+        Path(self._launch_vars["SKYPORT_HOSTFILE"]).write_text(hostfile_text(
+            self._node_names(), spec.layout.ranks_per_node, spec.layout.mpi))
 
     def _heartbeat_loop(self) -> None:
         while not self._done.is_set():
@@ -179,8 +265,10 @@ class Agent:
 
     def _run_payload(self, spec: JobSpec) -> PayloadResult:
         files = {"stdout": self.workdir / "stdout.log", "stderr": self.workdir / "stderr.log"}
+        self._write_hostfile(spec)
         payload = Payload(["bash", "script.sh"], cwd=self.workdir,
-                          env=payload_env(self.boot, spec, dict(os.environ)),
+                          env=payload_env(self.boot, spec, dict(os.environ),
+                                          self._launch_env()),
                           stdout_path=files["stdout"], stderr_path=files["stderr"],
                           cores=self.boot.cores)
         pump = LogPump(files, self.client.post_log, interval_s=self.settings.log_interval_s)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from skyport.api.agent_launch import launch_router
 from skyport.api.tls import peer_identity
 from skyport.errors import (
     AuthenticationError,
@@ -254,6 +255,7 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
             raise ValidationError("body", f"{len(data)} bytes", f"at most {MAX_LOG_CHUNK} bytes")
         return {"size": storage.append(job_id, f"logs/{stream}", offset, data)}
 
+    app.include_router(launch_router(core))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     return app
 

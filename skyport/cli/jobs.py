@@ -43,17 +43,19 @@ def _submit_options(fn: Any) -> Any:
 def submit_cmd(out: Output, script: str, **options: Any) -> None:
     """Submit a job script; command-line options override its #SKYPORT directives."""
     if script == "-":
-        text = sys.stdin.read()
+        text, base_dir = sys.stdin.read(), Path.cwd()
     else:
-        text = Path(script).read_text()
+        text, base_dir = Path(script).read_text(), Path(script).resolve().parent
     pairs: list[tuple[str, str]] = []
     for opt in OPTIONS.values():
         value = options.get(opt.name.replace("-", "_"))
         if opt.repeatable:
+            if opt.name == "input":  # a plain path on the command line is relative to here
+                value = [v if "://" in v else Path(v).resolve().as_uri() for v in value or ()]
             pairs.extend((opt.name, v) for v in value or ())
         elif value is not None:
             pairs.append((opt.name, value))
-    spec = build_spec(text, cli_directives(pairs))
+    spec = build_spec(text, cli_directives(pairs), base_dir=base_dir)
     job = get_client().submit(spec)
     out.emit(job.summary(), job.id)
 

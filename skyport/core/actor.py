@@ -18,9 +18,10 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, make_gat
 from skyport.models import JobSpec, JobState
 from skyport.pki import Identity
 from skyport.remote import ActorProxy
-from skyport.scheduler import PlanEntry, PlanJob, PlanPool, SchedulerService
+from skyport.scheduler import PlanEntry, SchedulerService, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
+from skyport.timetable import Snapshot
 
 NAMESPACE = "skyport"
 
@@ -74,10 +75,8 @@ class SchedulerActor:
     def __init__(self, policy: str, policy_config: dict[str, Any]) -> None:
         self.service = SchedulerService(policy, policy_config)
 
-    def plan(
-        self, now_s: float, queued: list[PlanJob], running: list[PlanJob], pools: list[PlanPool]
-    ) -> list[PlanEntry]:
-        return self.service.plan(now_s, queued, running, pools)
+    def plan(self, snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+        return self.service.plan(snapshot, charges)
 
     def policy(self) -> str:
         return self.service.policy_name
@@ -94,10 +93,8 @@ class CoreActor:
         gates = {n: ActorProxy(ray.get_actor(f"gate:{n}", namespace=NAMESPACE)) for n in gate_names}
         scheduler = ray.get_actor("scheduler", namespace=NAMESPACE)
 
-        async def planner(
-            now: float, q: list[PlanJob], r: list[PlanJob], p: list[PlanPool]
-        ) -> list[PlanEntry]:
-            return await scheduler.plan.remote(now, q, r, p)
+        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+            return await scheduler.plan.remote(snapshot, charges)
 
         self.service = CoreService(
             store=JobStore(state.db_path),
@@ -158,3 +155,43 @@ class CoreActor:
 
     async def shutdown(self) -> None:
         await self.service.stop()
+
+    # -- launches (skyport.core.launches) ---------------------------------------
+
+    async def agent_launch_nodes(self, job_id: str, token: str) -> Any:
+        return await self.service.agent_launch_nodes(job_id, token)
+
+    async def agent_launch_create(
+        self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str
+    ) -> Any:
+        return await self.service.agent_launch_create(job_id, token, node, argv, env, cwd)
+
+    async def agent_launch_poll(self, job_id: str, token: str, node: int, wait_s: float) -> Any:
+        return await self.service.agent_launch_poll(job_id, token, node, wait_s)
+
+    async def agent_launch_output(
+        self,
+        job_id: str,
+        token: str,
+        launch_id: str,
+        node: int,
+        stream: str,
+        offset: int,
+        data: bytes,
+    ) -> Any:
+        return await self.service.agent_launch_output(
+            job_id, token, launch_id, node, stream, offset, data
+        )
+
+    async def agent_launch_exit(
+        self, job_id: str, token: str, launch_id: str, node: int, exit_code: int
+    ) -> Any:
+        return await self.service.agent_launch_exit(job_id, token, launch_id, node, exit_code)
+
+    async def agent_launch_read(
+        self, job_id: str, token: str, launch_id: str, offsets: dict[str, int], wait_s: float
+    ) -> Any:
+        return await self.service.agent_launch_read(job_id, token, launch_id, offsets, wait_s)
+
+    async def agent_launch_cancel(self, job_id: str, token: str, launch_id: str) -> Any:
+        return await self.service.agent_launch_cancel(job_id, token, launch_id)

@@ -35,9 +35,10 @@ from skyport.errors import (
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
-from skyport.scheduler import PlanEntry, PlanJob, PlanPool
+from skyport.scheduler import PlanEntry, UsageCharge
 from skyport.storage import JobStorage, input_exists
 from skyport.store import JobStore, utcnow
+from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
 
 log = logging.getLogger("skyport.core")
 
@@ -64,9 +65,7 @@ class GatePort(Protocol):
     async def list_clusters(self) -> list[ClusterInfo]: ...
 
 
-Planner = Callable[
-    [float, list[PlanJob], list[PlanJob], list[PlanPool]], Awaitable[list[PlanEntry]]
-]
+Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[list[PlanEntry]]]
 
 
 @dataclass
@@ -116,6 +115,7 @@ class CoreService:
         self._passes = 0
         self._releases = 0  # clusters dropped so far: capacity may have come free
         self._capacity_wait: dict[str, int] = {}
+        self._charges: list[UsageCharge] = []  # usage of jobs ended since the last pass
 
     # -- start-up ------------------------------------------------------------
 
@@ -179,7 +179,7 @@ class CoreService:
                 raise ValidationError("payload_b64", "<not base64>", "base64 text") from exc
         elif payload_b64:
             raise ValidationError("payload_b64", "<payload>", "only function jobs carry one")
-        job_id = secrets.token_hex(4)
+        job_id = self._new_job_id()
         # files first: a job that is in the store always has its script
         self.storage.put(job_id, "script.sh", spec.script.encode())
         if payload is not None:
@@ -187,6 +187,15 @@ class CoreService:
         job = self.store.add(job_id, who.username, spec)
         self._dirty.set()
         return job
+
+    def _new_job_id(self) -> str:
+        # short enough to type; drawn again on a clash, before any file is written
+        while True:
+            job_id = secrets.token_hex(4)
+            try:
+                self.store.get(job_id, events=False)
+            except NotFoundError:
+                return job_id
 
     async def _validate(self, spec: JobSpec) -> None:
         if spec.gate is not None and spec.gate not in self.gates:
@@ -219,6 +228,11 @@ class CoreService:
             names.add(base)
             if not input_exists(url):
                 raise ValidationError("input", url, "a URL that exists and can be read")
+        if spec.layout.mpi != "mpich" or spec.layout.ranks_per_node > 1 or r.nodes > 1:
+            from skyport.launch.mpi import missing_mpi  # a parallel layout needs its MPI
+
+            if why := missing_mpi(spec.layout.mpi):
+                raise ValidationError("mpi", spec.layout.mpi, f"an installed MPI: {why}")
 
     def _visible(self, who: Identity, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -413,20 +427,49 @@ class CoreService:
         for name, gate in sorted(self.gates.items()):
             try:
                 cap = await gate.capacity()
+                flavors = await gate.flavors()
             except Exception:
-                continue
-            pools.append(PlanPool(name=name, capacity=cap.total_cpus))
+                continue  # a sick gate gets no work this pass
+            boot_s = min((f.boot_s for f in flavors), default=0.0)
+            price = min((f.price_per_hour / f.cpus for f in flavors if f.cpus), default=None)
+            pools.append(
+                Pool(name=name, capacity=cap.total_cpus, price_per_hour=price, boot_s=boot_s)
+            )
         now = time.time()
-        plan = await self.planner(
-            now,
-            [self._plan_job(j, now) for j in queued],
-            [self._plan_job(j, now) for j in holding],
-            pools,
+        snapshot = Snapshot(
+            now_s=now,
+            queued=tuple(
+                QueuedJob(
+                    id=j.id,
+                    owner=j.owner,
+                    submit_s=j.submitted_at.timestamp(),
+                    procs=j.spec.total_cpus,
+                    est_runtime_s=float(j.spec.resources.time_limit_s),
+                    nodes=j.spec.resources.nodes,
+                    priority=j.spec.priority,
+                    allowed_pools=(j.spec.gate,) if j.spec.gate else (),
+                )
+                for j in queued
+            ),
+            running=tuple(
+                RunningJob(
+                    id=j.id,
+                    owner=j.owner,
+                    pool=j.gate or "",
+                    procs=j.spec.total_cpus,
+                    start_s=(j.started_at or j.submitted_at).timestamp(),
+                    est_runtime_s=float(j.spec.resources.time_limit_s),
+                )
+                for j in holding
+                if j.gate in self.gates
+            ),
+            pools=tuple(pools),
         )
+        charges, self._charges = self._charges, []
+        plan = await self.planner(snapshot, charges)
         self._plan = {e.job_id: e for e in plan}
-        queued_ids = {j.id for j in queued}
         for entry in plan:
-            if entry.start_s > now or entry.job_id not in queued_ids:
+            if not entry.start_now:
                 continue
             if self._capacity_wait.get(entry.job_id) == self._releases:
                 continue  # the gate said no; wait until some cluster is released
@@ -437,22 +480,6 @@ class CoreService:
             except ConflictError:
                 continue  # cancelled meanwhile
             self._spawn(self._begin(job, entry.pool))
-
-    @staticmethod
-    def _plan_job(job: Job, now: float) -> PlanJob:
-        started = (job.started_at or job.submitted_at).timestamp()
-        return PlanJob(
-            id=job.id,
-            owner=job.owner,
-            submit_s=job.submitted_at.timestamp(),
-            procs=job.spec.total_cpus,
-            nodes=job.spec.resources.nodes,
-            est_runtime_s=float(job.spec.resources.time_limit_s),
-            priority=job.spec.priority,
-            pool=job.gate,
-            allowed_pools=(job.spec.gate,) if job.spec.gate else (),
-            start_s=started if job.state != S.QUEUED else None,
-        )
 
     async def _begin(self, job: Job, gate_name: str) -> None:
         try:
@@ -512,6 +539,10 @@ class CoreService:
         self._live.pop(job.id, None)
         self._releases += 1
         self._dirty.set()
+        if job.started_at is not None and job.cluster_id:
+            now = utcnow()
+            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
+            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
         gate = self.gates.get(job.gate or "")
         if gate is None or not job.cluster_id:
             return
@@ -592,3 +623,120 @@ class CoreService:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- launches: node 0 runs commands on node k through its agent (skyport.core.launches)
+
+    @property
+    def launches(self) -> Any:
+        from skyport.core.launches import LaunchRegistry
+
+        if "_launch_registry" not in self.__dict__:
+            self.__dict__["_launch_registry"] = LaunchRegistry()
+            self.__dict__["_launch_events"] = {}
+        return self.__dict__["_launch_registry"]
+
+    async def _launch_job(self, job_id: str, token: str) -> Job:
+        """The job, if its cluster may launch now; launches die with their job."""
+        job = await self.agent_auth(job_id, token)
+        if job.state.is_terminal() or not job.state.has_cluster():
+            self.launches.drop_job(job_id)
+            self._launch_notify(job_id)
+            raise ConflictError(f"job {job_id} is {job.state.value}: no launches")
+        return job
+
+    def _launch_notify(self, job_id: str) -> None:
+        event = self.__dict__["_launch_events"].pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def _launch_wait(self, job_id: str, ready: Callable[[], bool], wait_s: float) -> None:
+        deadline = time.monotonic() + min(max(wait_s, 0.0), 30.0)
+        while not ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            event = self.__dict__["_launch_events"].setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
+            except TimeoutError:
+                if self.store.get(job_id, events=False).state.is_terminal():
+                    return
+
+    async def agent_launch_nodes(self, job_id: str, token: str) -> dict[str, Any]:
+        job = await self._launch_job(job_id, token)
+        live = self._live.get(job_id)
+        names = job.node_names or (
+            [live.hellos.get(r, "") for r in range(job.nodes)] if live else []
+        )
+        return {"node_names": names}
+
+    async def agent_launch_create(
+        self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str
+    ) -> dict[str, Any]:
+        job = await self._launch_job(job_id, token)
+        launch = self.launches.create(job_id, node, job.nodes, argv, env, cwd)
+        self._launch_notify(job_id)
+        return {"launch_id": launch.id}
+
+    async def agent_launch_poll(
+        self, job_id: str, token: str, node: int, wait_s: float
+    ) -> dict[str, Any]:
+        """Node ``node``'s agent: launches to start and to kill (long-poll up to ``wait_s``)."""
+        try:
+            await self._launch_job(job_id, token)
+        except ConflictError:
+            return {"start": [], "cancel": [], "stop": True}
+        reg = self.launches
+        await self._launch_wait(job_id, lambda: reg.has_work(job_id, node), wait_s)
+        job = self.store.get(job_id, events=False)
+        if job.state.is_terminal():
+            return {"start": [], "cancel": [], "stop": True}
+        answer = reg.claim(job_id, node)
+        if answer["start"] or answer["cancel"]:
+            self._launch_notify(job_id)
+        return {**answer, "stop": False}
+
+    async def agent_launch_output(
+        self,
+        job_id: str,
+        token: str,
+        launch_id: str,
+        node: int,
+        stream: str,
+        offset: int,
+        data: bytes,
+    ) -> dict[str, int]:
+        await self._launch_job(job_id, token)
+        size = self.launches.append(job_id, launch_id, node, stream, offset, data)
+        self._launch_notify(job_id)
+        return {"size": size}
+
+    async def agent_launch_exit(
+        self, job_id: str, token: str, launch_id: str, node: int, exit_code: int
+    ) -> dict[str, Any]:
+        await self._launch_job(job_id, token)
+        self.launches.finish(job_id, launch_id, node, exit_code)
+        self._launch_notify(job_id)
+        return {}
+
+    async def agent_launch_read(
+        self, job_id: str, token: str, launch_id: str, offsets: dict[str, int], wait_s: float
+    ) -> dict[str, Any]:
+        """Output past ``offsets`` and, once all is read, the exit code (long-poll)."""
+        await self._launch_job(job_id, token)
+        reg = self.launches
+
+        def ready() -> bool:
+            la = reg.get(job_id, launch_id)
+            return la.state == "done" or any(
+                la.size(s) > offsets.get(s, 0) for s in ("stdout", "stderr")
+            )
+
+        await self._launch_wait(job_id, ready, wait_s)
+        return reg.read(job_id, launch_id, offsets)
+
+    async def agent_launch_cancel(self, job_id: str, token: str, launch_id: str) -> dict:
+        await self.agent_auth(job_id, token)
+        self.launches.cancel(job_id, launch_id)
+        self._launch_notify(job_id)
+        return {}

@@ -7,7 +7,8 @@ bookkeeping.
 
 Conventions:
 
-* a job's estimate is its time limit (``est_runtime_s``); a running job past
+* a job's estimate is its time limit (``est_runtime_s``), planned as at least
+  ``MIN_HOLD_S`` (1 s) so that a zero limit still holds its processors; a running job past
   its estimate is treated as ending now when planning, but its processors are
   not free *now*, so nothing is started on them in this pass;
 * on a pool with ``boot_s``, a job holds its processors for
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from skyport.timetable.errors import InvalidSnapshotError
 from skyport.timetable.policy import Discipline, Policy
-from skyport.timetable.profile import AvailabilityProfile
+from skyport.timetable.profile import MIN_HOLD_S, AvailabilityProfile
 from skyport.timetable.snapshot import JobId, Pool, QueuedJob, Snapshot
 from skyport.timetable.timetable import Placement, PlacementKind, Timetable, Unplaceable
 
@@ -85,6 +86,11 @@ def plan(snapshot: Snapshot, policy: Policy) -> Timetable:
     return Timetable(
         snapshot.now_s, policy.name, starts + backfilled, (placement,), unplaceable, project
     )
+
+
+def _hold(job: QueuedJob) -> float:
+    """How long a job is planned to hold its processors (boot time aside)."""
+    return max(job.est_runtime_s, MIN_HOLD_S)
 
 
 # -- the board ---------------------------------------------------------------
@@ -175,7 +181,7 @@ def _start_in_order(
         for k in board.choices(job):
             if procs <= free[k]:
                 free[k] -= procs
-                board.releases[k].append((now + boot[k] + job.est_runtime_s, procs))
+                board.releases[k].append((now + boot[k] + _hold(job), procs))
                 starts.append(board.placement(job, k, now, _START))
                 break
         else:
@@ -219,12 +225,14 @@ def _backfill(
             procs = job.procs
             if procs > spare:
                 continue
-            if now + job.est_runtime_s > shadow:
+            est = job.est_runtime_s
+            end = now + (est if est >= MIN_HOLD_S else MIN_HOLD_S)
+            if end > shadow:
                 if procs > extra:
                     continue
                 extra -= procs
             spare -= procs
-            rel.append((now + job.est_runtime_s, procs))
+            rel.append((end, procs))
             started.append(board.placement(job, 0, now, _START))
             if spare == 0:
                 break
@@ -235,12 +243,13 @@ def _backfill(
         for k in board.choices(job):
             if procs > free[k]:
                 continue
-            if k == head_pool and now + boot[k] + job.est_runtime_s > shadow:
+            end = now + boot[k] + _hold(job)
+            if k == head_pool and end > shadow:
                 if procs > extra:
                     continue
                 extra -= procs
             free[k] -= procs
-            board.releases[k].append((now + boot[k] + job.est_runtime_s, procs))
+            board.releases[k].append((end, procs))
             started.append(board.placement(job, k, now, _START))
             break
     return tuple(started)

@@ -23,7 +23,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 
-__all__ = ["AvailabilityProfile", "Slot"]
+__all__ = ["MIN_HOLD_S", "AvailabilityProfile", "Slot"]
+
+MIN_HOLD_S = 1.0
+"""Shortest time a reservation holds its processors: a zero time limit is planned as this."""
 
 Slot = int
 """Opaque handle of a breakpoint returned by :meth:`AvailabilityProfile.earliest`."""
@@ -79,13 +82,14 @@ class AvailabilityProfile:
     def earliest(self, procs: int, duration_s: float, not_before_s: float | None = None) -> Slot:
         """The first slot where ``procs`` stay free for ``duration_s`` seconds.
 
-        A zero duration needs the processors at the start breakpoint only.
+        Durations under :data:`MIN_HOLD_S` are planned as that.
         With ``not_before_s`` the search starts there. ``procs`` must not
         exceed the capacity.
         """
         if procs > self.capacity:
             raise ValueError(f"procs={procs} exceeds the pool's capacity {self.capacity}")
         times, free = self._times, self._free
+        duration_s = max(duration_s, MIN_HOLD_S)
         hint = self._hint
         i = hint.get(procs, 0)
         while free[i] < procs:
@@ -109,10 +113,7 @@ class AvailabilityProfile:
 
     def reserve(self, slot: Slot, duration_s: float, procs: int) -> None:
         """Take ``procs`` from ``slot`` on, for ``duration_s`` seconds."""
-        if duration_s > 0:
-            end = self._split(self._times[slot] + duration_s, slot + 1)
-        else:
-            end = slot + 1
+        end = self._split(self._times[slot] + max(duration_s, MIN_HOLD_S), slot + 1)
         free = self._free
         for k in range(slot, end):
             free[k] -= procs

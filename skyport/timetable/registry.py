@@ -26,7 +26,7 @@ BUILTIN_POLICIES: dict[str, str] = {
     "easy-sjf": "policies.easy:EasySjfPolicy",
     "conservative": "policies.conservative:ConservativePolicy",
     "fairshare": "policies.fairshare:FairSharePolicy",
-    "easy-aged-sjf": "policies.aged_sjf:AgedSjfPolicy",
+    "easy-slowdown": "policies.slowdown:SlowdownPolicy",
 }
 
 

@@ -328,7 +328,7 @@ def test_init_start_stop_call_the_control_plane(
         },
     )
     assert one_json(run("--home", home, "start", "--json")) == {"url": "https://127.0.0.1:1"}
-    assert calls[-1][2] == {"address_": None, "foreground": False}
+    assert calls[-1][2] == {"address": None, "foreground": False}
     assert run("--home", home, "stop").stdout == "stopped: yes\n"
     result = run("--home", home, "init", "--local-gpus", "a,b")
     assert result.exit_code == 1 and "--local-gpus" in result.stderr

@@ -35,9 +35,7 @@ def test_several_options_on_one_line() -> None:
 
 
 def test_quoted_values_keep_their_spaces() -> None:
-    assert options(script("--env 'GREETING=hello world'")) == [
-        (2, "env", "GREETING=hello world")
-    ]
+    assert options(script("--env 'GREETING=hello world'")) == [(2, "env", "GREETING=hello world")]
 
 
 def test_reading_stops_at_the_first_command() -> None:
@@ -47,7 +45,9 @@ def test_reading_stops_at_the_first_command() -> None:
 
 
 def test_blank_lines_and_comments_do_not_stop_reading() -> None:
-    text = "#!/bin/sh\n\n# a comment\n   \n#SKYPORT --nodes=3\n#SBATCH -N 9\n#SKYPORT --name=x\nrun\n"
+    text = (
+        "#!/bin/sh\n\n# a comment\n   \n#SKYPORT --nodes=3\n#SBATCH -N 9\n#SKYPORT --name=x\nrun\n"
+    )
     assert options(text) == [(5, "nodes", "3"), (7, "name", "x")]
 
 
@@ -56,7 +56,9 @@ def test_shebang_is_ignored_and_not_needed() -> None:
     assert options("#SKYPORT --nodes=2\nrun\n") == [(1, "nodes", "2")]
 
 
-@pytest.mark.parametrize("line", ["#SKYPORTX --nodes=2", "#SKYPORT--nodes=2", "# SKYPORT --nodes=2"])
+@pytest.mark.parametrize(
+    "line", ["#SKYPORTX --nodes=2", "#SKYPORT--nodes=2", "# SKYPORT --nodes=2"]
+)
 def test_lookalike_prefixes_are_not_directives(line: str) -> None:
     assert options(f"#!/bin/bash\n{line}\nrun\n") == []
 

@@ -134,8 +134,9 @@ def test_requeue_counts_restarts(store: JobStore) -> None:
 def test_update_without_an_event(store: JobStore) -> None:
     store.add("j1", "alice", spec())
     plan = datetime.now(UTC) + timedelta(hours=1)
-    store.update("j1", gate="local", cluster_id="c1", node_names=["n0", "n1"],
-                 planned_start_at=plan)
+    store.update(
+        "j1", gate="local", cluster_id="c1", node_names=["n0", "n1"], planned_start_at=plan
+    )
     job = store.get("j1")
     assert (job.gate, job.cluster_id, job.node_names) == ("local", "c1", ["n0", "n1"])
     assert job.planned_start_at == plan

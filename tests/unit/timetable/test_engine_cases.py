@@ -68,11 +68,13 @@ def test_fairshare_prefers_the_owner_with_less_usage() -> None:
     assert [p.job_id for p in plan(snapshot, load_policy("fairshare")).to_start_now] == [2]
 
 
-def test_aged_sjf_puts_an_aged_job_first() -> None:
-    policy = load_policy("easy-aged-sjf", max_wait_s=100.0)
-    queue = (job(1, 10, 5000, 0), job(2, 10, 10, 150))
-    assert [p.job_id for p in plan(Snapshot(150.0, queue, (), POOL), policy).to_start_now] == [1]
-    assert [p.job_id for p in plan(Snapshot(50.0, queue, (), POOL), policy).to_start_now] == [2]
+def test_slowdown_prefers_short_jobs_until_a_job_ages() -> None:
+    queue = (job(1, 10, 5000, 0), job(2, 10, 10, 100))
+    snapshot = Snapshot(150.0, queue, (), POOL)
+    young = load_policy("easy-slowdown", max_wait_s=1000.0)
+    assert [p.job_id for p in plan(snapshot, young).to_start_now] == [2]
+    aged = load_policy("easy-slowdown", max_wait_s=100.0)
+    assert [p.job_id for p in plan(snapshot, aged).to_start_now] == [1]
 
 
 def test_pools_price_boot_and_unplaceable() -> None:

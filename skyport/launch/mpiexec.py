@@ -1,0 +1,128 @@
+"""``python -m skyport.launch.mpiexec [options] -- CMD``: start the job's ranks.
+
+``$SKYPORT_MPIEXEC`` and ``skyport mpiexec -- CMD`` run this.  It starts
+nodes x ranks-per-node ranks, in node order (ranks 0..r-1 on node 0, r..2r-1
+on node 1, ...), with the job's MPI.  Each rank is ``skyport.launch.rank``
+around CMD: bound to its block of its node's cores, with ``OMP_NUM_THREADS``,
+``OMP_PLACES=cores`` and ``OMP_PROC_BIND=close``.  The MPI daemons on every
+node, node 0 included, are started through the rsh relay
+(``skyport.launch.rsh``), so each runs under its own node's agent with that
+node's cores, GPUs and ``SKYPORT_NODE_*`` variables.  The rest of the launch
+environment is passed on to every rank, except the node's own variables
+(``skyport.launch.layout.NODE_LOCAL_VARS``).
+
+Defaults come from the variables the agent sets for the batch script:
+``SKYPORT_NODE_NAMES``, ``SKYPORT_RANKS_PER_NODE``, ``SKYPORT_THREADS_PER_RANK``,
+``SKYPORT_MPI``, ``SKYPORT_RSH``, ``SKYPORT_PYTHON``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from skyport.launch.layout import propagated_names
+from skyport.launch.mpi import missing_mpi, mpich_mpiexec, openmpi_mpirun
+
+__all__ = ["build_command", "main", "write_shims"]
+
+
+OPENMPI_NET_ARGS = "--mca pml ob1 --mca btl self,tcp --mca coll ^han"
+"""Open MPI's transports unless ``$SKYPORT_OPENMPI_ARGS`` says otherwise: TCP between
+ranks, because its shared-memory transport crashes when two "hosts" (nodes of
+the local gate) are in fact one machine."""
+
+
+def build_command(mpi: str, nodes: Sequence[str], ranks_per_node: int, cmd: Sequence[str], *,
+                  env: Mapping[str, str], rsh: str, python: str,
+                  launcher: str) -> tuple[list[str], dict[str, str]]:
+    """The MPI launcher's argv and environment for ``cmd`` on ``nodes``."""
+    total = len(nodes) * ranks_per_node
+    rank = [python, "-m", "skyport.launch.rank", "--", *cmd]
+    names = propagated_names(env)
+    out_env = dict(env)
+    if mpi == "mpich":
+        hosts = ",".join(f"{n}:{ranks_per_node}" for n in nodes)
+        argv = [launcher, "-launcher", "ssh", "-launcher-exec", rsh, "-hosts", hosts,
+                "-n", str(total), "-bind-to", "none"]
+        if names:
+            argv += ["-genvlist", ",".join(names)]
+        return argv + rank, out_env
+    if mpi == "openmpi":
+        home = str(Path(launcher).parent.parent)
+        out_env["OPAL_PREFIX"] = home
+        if os.geteuid() == 0:  # Open MPI refuses root unless told twice
+            out_env["OMPI_ALLOW_RUN_AS_ROOT"] = out_env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        hosts = ",".join(f"{n}:{ranks_per_node}" for n in nodes)
+        argv = [launcher, "--prefix", home, "--mca", "plm_rsh_agent", rsh,
+                "--mca", "plm_rsh_no_tree_spawn", "1", "--host", hosts, "-np", str(total),
+                "--map-by", f"ppr:{ranks_per_node}:node", "--bind-to", "none",
+                *env.get("SKYPORT_OPENMPI_ARGS", OPENMPI_NET_ARGS).split()]
+        for name in names:
+            argv += ["-x", name]
+        return argv + rank, out_env
+    raise ValueError(f"unknown MPI implementation {mpi!r} (known: mpich, openmpi)")
+
+
+def write_shims(bin_dir: Path, python: str) -> dict[str, str]:
+    """Executables ``skyport-mpiexec`` and ``skyport-rsh`` that run this interpreter."""
+    bin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    made = {}
+    for name, module, sep in (("skyport-mpiexec", "skyport.launch.mpiexec", " --"),
+                              ("skyport-rsh", "skyport.launch.rsh", "")):
+        path = bin_dir / name
+        path.write_text(f'#!/bin/sh\nexec "{python}" -m {module}{sep} "$@"\n')
+        path.chmod(stat.S_IRWXU)
+        made[name] = str(path)
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = dict(os.environ)
+    parser = argparse.ArgumentParser(
+        prog="skyport mpiexec",
+        description="Start the job's MPI ranks on its nodes: skyport mpiexec -- CMD [ARGS]")
+    parser.add_argument("--mpi", default=env.get("SKYPORT_MPI", "mpich"),
+                        choices=["mpich", "openmpi"])
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="use the first N nodes (default: all of the job's)")
+    parser.add_argument("--ranks-per-node", type=int,
+                        default=int(env.get("SKYPORT_RANKS_PER_NODE") or 1))
+    parser.add_argument("--threads-per-rank", type=int,
+                        default=int(env.get("SKYPORT_THREADS_PER_RANK") or 1))
+    parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        parser.error("no command given")
+    nodes = [n for n in env.get("SKYPORT_NODE_NAMES", "").split(",") if n]
+    rsh = env.get("SKYPORT_RSH", "")
+    if not nodes or not rsh:
+        print("skyport mpiexec: SKYPORT_NODE_NAMES/SKYPORT_RSH are not set: run it inside a "
+              "Sky Port job", file=sys.stderr)
+        return 2
+    if args.nodes is not None:
+        if not 1 <= args.nodes <= len(nodes):
+            parser.error(f"--nodes={args.nodes}: the job has {len(nodes)} nodes")
+        nodes = nodes[:args.nodes]
+    problem = missing_mpi(args.mpi)
+    if problem:
+        print(f"skyport mpiexec: {problem}", file=sys.stderr)
+        return 2
+    launcher = mpich_mpiexec() if args.mpi == "mpich" else openmpi_mpirun()
+    assert launcher is not None  # missing_mpi said it is there
+    env["SKYPORT_THREADS_PER_RANK"] = str(args.threads_per_rank)
+    env["SKYPORT_RANKS_PER_NODE"] = str(args.ranks_per_node)
+    python = env.get("SKYPORT_PYTHON") or sys.executable
+    full, full_env = build_command(args.mpi, nodes, args.ranks_per_node, cmd, env=env,
+                                   rsh=rsh, python=python, launcher=launcher)
+    sys.stdout.flush()
+    os.execve(full[0], full, full_env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
