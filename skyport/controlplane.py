@@ -40,6 +40,7 @@ def init_state(
     local_cpus: int | None = None,
     local_gpus: list[int] | None = None,
     storage: str | None = None,
+    storage_options: dict[str, Any] | None = None,
     policy: str = "fcfs",
     port: int | None = None,
 ) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def init_state(
     config = ControlPlaneConfig(
         api_port=port or free_port(),
         storage_url=storage or "",
+        storage_options=storage_options or {},
         policy=policy,
         gates=[GateEntry(name="local", type="local", config=local)],
     )

@@ -24,6 +24,7 @@ _TMP_SUFFIX = ".skyport-part"
 class JobStorage:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
@@ -145,20 +146,34 @@ class JobStorage:
             out.append({"path": rel, "size": int(info.get("size") or 0)})
         return out
 
+    def _input_fs(self, url: str) -> tuple[Any, str]:
+        """The filesystem for an input URL: the storage's own options for its protocol.
+
+        So an ``s3://`` input on the same (possibly private) endpoint as the job
+        storage is read with the storage's credentials, which stay here.
+        """
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        ours = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        options = self.storage_options if protocol in ours else {}
+        return fsspec.core.url_to_fs(url, **options)
+
+    def check_input(self, url: str) -> str | None:
+        """None if the input URL can be read; else why not."""
+        try:
+            fs, path = self._input_fs(url)
+            if not fs.isfile(path):
+                return "no such file"
+        except Exception as exc:  # any client's own error: it is the user's answer
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def copy_in(self, job_id: str, url: str, rel: str) -> int:
         """Fetch an input URL (any fsspec protocol) into the job's prefix."""
         try:
-            with fsspec.open(url, "rb") as f:
+            fs, path = self._input_fs(url)
+            with fs.open(path, "rb") as f:
                 data = f.read()
-        except (OSError, ValueError, ImportError) as exc:
-            raise StorageError(f"cannot read input {url!r}: {exc}") from exc
+        except Exception as exc:
+            raise StorageError(f"cannot read input {url!r}: {type(exc).__name__}: {exc}") from exc
         self.put(job_id, rel, data)
         return len(data)
-
-
-def input_exists(url: str) -> bool:
-    try:
-        fs, path = fsspec.core.url_to_fs(url)
-        return bool(fs.exists(path))
-    except (OSError, ValueError, ImportError):
-        return False

@@ -11,6 +11,7 @@ tests, an ``ActorProxy`` around the Core actor in the control plane.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -30,6 +31,7 @@ from skyport.errors import (
 from skyport.models import JobState, SubmitRequest
 from skyport.storage import JobStorage
 
+log = logging.getLogger("skyport.api")
 MAX_BODY_BYTES = 96 * 1024 * 1024
 MAX_LOG_CHUNK = 4 * 1024 * 1024
 AGENT_READABLE = ("script.sh", "inputs/", "checkpoints/")
@@ -127,6 +129,17 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
     @app.exception_handler(SkyportError)
     async def _skyport_error(_: Request, exc: SkyportError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug or a failing dependency: logged in full here, one clear line for the caller
+        cause = getattr(exc, "cause", None) or exc  # Ray wraps an actor's exception
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": "SkyportError",
+             "message": f"internal error: {type(cause).__name__}: {cause}"},
+            status_code=500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -36,7 +36,7 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.scheduler import PlanEntry, UsageCharge
-from skyport.storage import JobStorage, input_exists
+from skyport.storage import JobStorage
 from skyport.store import JobStore, utcnow
 from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
 
@@ -226,8 +226,9 @@ class CoreService:
             if base in names:
                 raise ValidationError("input", url, "inputs with distinct file names")
             names.add(base)
-            if not input_exists(url):
-                raise ValidationError("input", url, "a URL that exists and can be read")
+            why = self.storage.check_input(url)
+            if why is not None:
+                raise ValidationError("input", url, f"a URL that exists and can be read ({why})")
         if spec.layout.mpi != "mpich" or spec.layout.ranks_per_node > 1 or r.nodes > 1:
             from skyport.launch.mpi import missing_mpi  # a parallel layout needs its MPI
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from skyport.errors import NotFoundError, StorageError, ValidationError
-from skyport.storage import JobStorage, input_exists
+from skyport.storage import JobStorage
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -217,7 +217,9 @@ def test_file_storage_layout(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "jobs" / "j1" / "out").iterdir()] == ["x"]
 
 
-def test_input_exists(input_file: Path, tmp_path: Path) -> None:
-    assert input_exists(input_file.as_uri())
-    assert not input_exists((tmp_path / "missing").as_uri())
-    assert not input_exists("nosuchproto://x")
+def test_check_input_says_why_an_input_cannot_be_read(input_file: Path, tmp_path: Path) -> None:
+    storage = JobStorage((tmp_path / "store").as_uri())
+    assert storage.check_input(input_file.as_uri()) is None
+    assert storage.check_input((tmp_path / "missing").as_uri()) == "no such file"
+    assert storage.check_input(tmp_path.as_uri()) == "no such file"  # a directory is no input
+    assert "nosuchproto" in (storage.check_input("nosuchproto://x") or "")
