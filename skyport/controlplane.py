@@ -43,8 +43,12 @@ def init_state(
     storage_options: dict[str, Any] | None = None,
     policy: str = "fcfs",
     port: int | None = None,
+    gates: list[GateEntry] | None = None,
 ) -> dict[str, Any]:
-    """Create the state directory: CA, server and admin certificates, config, storage."""
+    """Create the state directory: CA, server and admin certificates, config, storage.
+
+    ``gates`` replaces the default (one local gate sized by ``local_cpus``/``local_gpus``).
+    """
     if state.exists() and not force:
         raise ConflictError(
             f"{state.root} is already a Sky Port state directory "
@@ -71,7 +75,7 @@ def init_state(
         storage_url=storage or "",
         storage_options=storage_options or {},
         policy=policy,
-        gates=[GateEntry(name="local", type="local", config=local)],
+        gates=list(gates) if gates else [GateEntry(name="local", type="local", config=local)],
     )
     _check_policy(config.policy)
     state.save_config(config)

@@ -16,6 +16,19 @@ The decorator checks its arguments at once (a bad one raises
 cloudpickled ``(fn, args, kwargs)``; the server stores that payload as the
 job's input ``skyport-payload.pkl`` and the job's output
 ``skyport-result.pkl`` carries the outcome back.
+
+A layout of more than one rank (``nodes`` x ``ranks_per_node`` > 1) runs the
+function on every rank under ``$SKYPORT_MPIEXEC``; each rank's outcome comes
+back as ``skyport-results/skyport-result.<rank>.pkl``.  ``result()`` is rank
+0's value, ``results()`` every rank's in rank order, and inside the function
+``skyport.context()`` tells the rank where it is (``ctx.comm`` for MPI)::
+
+    @skyport.job(nodes=2, ranks_per_node=2, threads_per_rank=1)
+    def part(n: int) -> int:
+        ctx = skyport.context()
+        return ctx.comm.allreduce(ctx.rank * n)
+
+    part.submit(3).results()   # [18, 18, 18, 18]
 """
 
 from __future__ import annotations
@@ -47,6 +60,16 @@ FUNCTION_SCRIPT = f"""\
 #!/bin/bash
 # Sky Port function job: call the pickled function, store its outcome.
 exec "${{SKYPORT_PYTHON:-python3}}" -m skyport.runtime.function {PAYLOAD_FILE} {RESULT_FILE}
+"""
+
+RESULTS_DIR = "skyport-results"
+"""A multi-rank job's output: one ``skyport-result.<rank>.pkl`` per rank."""
+
+RANKS_SCRIPT = f"""\
+#!/bin/bash
+# Sky Port function job: call the pickled function on every rank, store each outcome.
+exec "$SKYPORT_MPIEXEC" "${{SKYPORT_PYTHON:-python3}}" -m skyport.runtime.function \\
+    {PAYLOAD_FILE} {RESULTS_DIR}/
 """
 
 # spec field (the last part of pydantic's error location) -> decorator argument
@@ -99,10 +122,11 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
         "threads_per_rank": options.threads_per_rank,
         "env": options.env,
     }
+    ranks = _total_ranks(options)
     data = {
         "name": options.name if options.name is not None else _default_name(fn),
         "kind": "function",
-        "script": FUNCTION_SCRIPT,
+        "script": RANKS_SCRIPT if ranks > 1 else FUNCTION_SCRIPT,
         "resources": {
             "nodes": options.nodes,
             "cpus_per_node": options.cpus,
@@ -116,7 +140,7 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
         },
         "gate": options.gate,
         "flavor": options.flavor,
-        "outputs": (RESULT_FILE,),
+        "outputs": (RESULTS_DIR,) if ranks > 1 else (RESULT_FILE,),
         "env": dict(options.env),
     }
     try:
@@ -132,6 +156,19 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
         else:
             value = given[arg]
         raise ValidationError(arg, value, msg) from exc
+
+
+def _total_ranks(options: JobOptions) -> int:
+    """``nodes`` x ``ranks_per_node``, or 1 while they are not valid (the spec says why)."""
+    n, r = options.nodes, options.ranks_per_node
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, r)):
+        return n * r
+    return 1
+
+
+def rank_result_path(rank: int) -> str:
+    """Where rank ``rank``'s outcome is stored: ``outputs/skyport-results/...``."""
+    return f"outputs/{RESULTS_DIR}/skyport-result.{rank}.pkl"
 
 
 def _time_s(value: str | int) -> int:
@@ -215,29 +252,74 @@ class JobHandle(Generic[R]):
             if not chunk.data or offset >= chunk.size:
                 return b"".join(chunks).decode("utf-8", errors="replace")
 
+    @property
+    def ranks(self) -> int:
+        """How many ranks run the function (``nodes`` x ``ranks_per_node``)."""
+        spec = self._job.spec
+        return spec.resources.nodes * spec.layout.ranks_per_node
+
     def result(self, timeout: float | None = None) -> R:
-        """Wait for the job and return the function's value.
+        """Wait for the job and return the function's value (rank 0's in a multi-rank job).
 
         Raises ``JobFailedError``: with ``remote_type``, ``remote_message`` and
-        ``remote_traceback`` if the function raised; naming the state and
-        reason if the job ended without a result (cancelled, timed out, ...).
+        ``remote_traceback`` if the function raised (on any rank; the message
+        names it); naming the state and reason if the job ended without a
+        result (cancelled, timed out, ...).
         """
+        if self.ranks > 1:
+            return self.results(timeout)[0]
         job = self.wait(timeout)
-        outcome = self._outcome(job)
+        outcome = self._outcome(job, RESULT_STORED_AS) \
+            if job.state is not JobState.CANCELLED else None
         if outcome is None:
-            raise JobFailedError(
-                f"job {job.id} ended {job.state.value} without a result"
-                + (f": {job.reason}" if job.reason else "")
-                + (f" (exit code {job.exit_code})" if job.exit_code is not None else ""),
-                job_id=job.id,
-                state=job.state.value,
-                exit_code=job.exit_code,
-            )
+            raise self._no_result(job)
         if outcome[0] == "ok":
             return outcome[1]  # type: ignore[no-any-return]
+        raise self._remote_error(job, outcome)
+
+    def results(self, timeout: float | None = None) -> list[R]:
+        """Wait for the job and return every rank's value, in rank order.
+
+        A rank whose function raised makes this raise ``JobFailedError``
+        naming that rank (the lowest, if several did).
+        """
+        job = self.wait(timeout)
+        if self.ranks == 1:
+            return [self.result(timeout)]
+        outcomes: list[tuple[Any, ...] | None] = [None] * self.ranks
+        if job.state is not JobState.CANCELLED:
+            stored = {f.path for f in self._client.files(job.id)}
+            for rank in range(self.ranks):
+                if rank_result_path(rank) in stored:
+                    outcomes[rank] = self._outcome(job, rank_result_path(rank))
+        for rank, outcome in enumerate(outcomes):
+            if outcome is not None and outcome[0] == "error":
+                raise self._remote_error(job, outcome, rank)
+        missing = [rank for rank, outcome in enumerate(outcomes) if outcome is None]
+        if missing:
+            raise self._no_result(job, missing)
+        return [outcome[1] for outcome in outcomes]  # type: ignore[index]
+
+    def _no_result(self, job: Job, missing: list[int] | None = None) -> JobFailedError:
+        which = ""
+        if missing and len(missing) < self.ranks:
+            which = " from rank" + ("s " if len(missing) > 1 else " ") + \
+                ", ".join(map(str, missing))
+        return JobFailedError(
+            f"job {job.id} ended {job.state.value} without a result{which}"
+            + (f": {job.reason}" if job.reason else "")
+            + (f" (exit code {job.exit_code})" if job.exit_code is not None else ""),
+            job_id=job.id,
+            state=job.state.value,
+            exit_code=job.exit_code,
+        )
+
+    def _remote_error(self, job: Job, outcome: tuple[Any, ...],
+                      rank: int | None = None) -> JobFailedError:
         _, remote_type, remote_message, remote_tb = outcome
-        raise JobFailedError(
-            f"job {job.id} failed: {remote_type}: {remote_message}\n"
+        where = f" on rank {rank} of {self.ranks}" if rank is not None else ""
+        return JobFailedError(
+            f"job {job.id} failed{where}: {remote_type}: {remote_message}\n"
             f"remote traceback:\n{remote_tb.rstrip()}",
             job_id=job.id,
             state=job.state.value,
@@ -247,16 +329,13 @@ class JobHandle(Generic[R]):
             remote_traceback=remote_tb,
         )
 
-    def _outcome(self, job: Job) -> tuple[Any, ...] | None:
-        """The stored ``("ok", v)`` / ``("error", ...)`` tuple, or None if there is none."""
-        if job.state is JobState.CANCELLED:
-            return None
-        stored = {f.path for f in self._client.files(job.id)}
-        if RESULT_STORED_AS not in stored:
+    def _outcome(self, job: Job, path: str) -> tuple[Any, ...] | None:
+        """The stored ``("ok", v)`` / ``("error", ...)`` tuple at ``path``, or None."""
+        if path == RESULT_STORED_AS and path not in {f.path for f in self._client.files(job.id)}:
             return None
         import cloudpickle
 
-        data = self._client.download(job.id, RESULT_STORED_AS)
+        data = self._client.download(job.id, path)
         try:
             outcome = cloudpickle.loads(data)
         except Exception as exc:  # unpickling may need modules this side lacks

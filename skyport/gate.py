@@ -221,6 +221,9 @@ def with_retries(
 
 BUILTIN_GATES = {
     "local": "gates.local:LocalGate",
+    "libcloud": "gates.libcloud:LibcloudGate",
+    "chaos": "gates.chaos:ChaosGate",
+    "ray": "gates.ray:RayGate",
 }
 
 

@@ -81,6 +81,10 @@ class JobSpec(BaseModel):
     outputs: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
     priority: int = Field(0, ge=-1000, le=1000)
+    # checkpoints and restarts (skyport.checkpoint, skyport.core.recovery)
+    checkpoint_every_s: int | None = Field(None, ge=1, le=366 * 24 * 3600)
+    max_restarts: int | None = Field(None, ge=0, le=1000)  # None: the control plane's default
+    signal: str | None = None  # "SIGUSR1@60": that signal, that many seconds before the limit
 
     @field_validator("name")
     @classmethod
@@ -98,6 +102,16 @@ class JobSpec(BaseModel):
         for key in v:
             check_env_key(key)
         return v
+
+    @field_validator("signal")
+    @classmethod
+    def _signal(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from skyport.checkpoint import parse_signal  # one parser for the spec and the agent
+
+        name, before_s = parse_signal(v)
+        return f"{name}@{before_s}"
 
     @field_validator("outputs")
     @classmethod
@@ -185,6 +199,7 @@ class Job(BaseModel):
     ended_at: datetime | None = None
     gate: str | None = None
     flavor: str | None = None
+    price_per_hour: float | None = None  # the whole cluster's, as its gate priced it
     cluster_id: str | None = None
     node_names: list[str] = Field(default_factory=list)
     planned_start_at: datetime | None = None
@@ -198,6 +213,13 @@ class Job(BaseModel):
     @property
     def nodes(self) -> int:
         return self.spec.resources.nodes
+
+    def cost(self, now: datetime) -> float | None:
+        """What its cluster has cost so far: price per hour x hours from start to end."""
+        if self.price_per_hour is None or self.started_at is None:
+            return None
+        hours = max(0.0, ((self.ended_at or now) - self.started_at).total_seconds()) / 3600
+        return self.price_per_hour * hours
 
     def summary(self) -> dict[str, Any]:
         """The JSON form every door shows (``--json``)."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import shlex
-from pathlib import Path
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -53,6 +53,10 @@ OPTIONS: dict[str, Option] = {
         Option("output", "outputs", "path", repeatable=True, help="output path (repeatable)"),
         Option("env", "env", "env", repeatable=True, help="KEY=VALUE (repeatable)"),
         Option("priority", "priority", "int", help="priority, -1000..1000"),
+        Option("checkpoint-every", "checkpoint_every_s", "duration",
+               help="copy $SKYPORT_CHECKPOINT_DIR to storage this often"),
+        Option("max-restarts", "max_restarts", "int", help="restarts after a lost node"),
+        Option("signal", "signal", "str", help="SIG[@seconds] before the time limit"),
     )
 }
 

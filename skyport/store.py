@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     ended_at TEXT,
     gate TEXT,
     flavor TEXT,
+    price_per_hour REAL,
     cluster_id TEXT,
     node_names TEXT NOT NULL DEFAULT '[]',
     planned_start_at TEXT,
@@ -59,6 +60,7 @@ _UPDATABLE = {
     "ended_at",
     "gate",
     "flavor",
+    "price_per_hour",
     "cluster_id",
     "node_names",
     "planned_start_at",
@@ -87,6 +89,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if "price_per_hour" not in columns:  # a store written before prices were kept
+            self._db.execute("ALTER TABLE jobs ADD COLUMN price_per_hour REAL")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -236,6 +241,7 @@ class JobStore:
             ended_at=_dt(row["ended_at"]),
             gate=row["gate"],
             flavor=row["flavor"],
+            price_per_hour=row["price_per_hour"],
             cluster_id=row["cluster_id"],
             node_names=json.loads(row["node_names"]),
             planned_start_at=_dt(row["planned_start_at"]),

@@ -2,6 +2,7 @@
 
   python -m benchmarks.timetable --trace T.swf --policy easy [--json]
   python -m benchmarks.timetable --trace T.swf --policy easy --windows 10 --window-len 1024 --seed 1
+  python -m benchmarks.timetable --trace T.swf --policy conservative --overcommit
   python -m benchmarks.timetable compare --trace T.swf [--trace ...] --out results/ [--windows 10]
   python -m benchmarks.timetable speed --trace T.swf [--queued 10000 --running 1000]
 
@@ -57,6 +58,11 @@ def _parser(command: str) -> _Parser:
     if command == "":
         parser.add_argument("--policy", type=_policy, default="easy")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--overcommit",
+            action="store_true",
+            help="treat processors of jobs past their requested time as free (not the product)",
+        )
     if command in ("", "compare"):
         parser.add_argument("--windows", type=_positive("--windows"), default=0)
         parser.add_argument("--window-len", type=_positive("--window-len"), default=1024)
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             windows=args.windows,
             window_len=args.window_len,
             seed=args.seed,
+            overcommit=args.overcommit,
         )
     except (TraceError, UnknownPolicyError) as exc:
         _fail(str(exc))

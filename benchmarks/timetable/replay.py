@@ -50,8 +50,15 @@ def replay(
     *,
     half_life_s: float = 86_400.0,
     record_busy: bool = False,
+    overcommit: bool = False,
 ) -> ReplayResult:
-    """Replay ``jobs`` (sorted by submit time) on ``capacity`` processors under ``policy``."""
+    """Replay ``jobs`` (sorted by submit time) on ``capacity`` processors under ``policy``.
+
+    ``overcommit`` leaves jobs running past their requested time out of the
+    snapshot, so their processors look free and may be given to other jobs
+    while they still run. The product never does this; it is here to compare
+    with simulators that do (see ``benchmarks/RESULTS.md``).
+    """
     wall0 = time.perf_counter()
     pools = (Pool(POOL, capacity),)
     ledger = UsageLedger(half_life_s) if Capability.NEEDS_USAGE in policy.capabilities else None
@@ -68,6 +75,7 @@ def replay(
     nxt = 0
     n = len(jobs)
     clock = time.perf_counter
+    no_usage: dict[str, float] = {}
     while nxt < n or ends:
         now = jobs[nxt].submit_s if nxt < n else ends[0][0]
         if ends and ends[0][0] < now:
@@ -83,8 +91,11 @@ def replay(
             nxt += 1
         if not queue:
             continue
-        usage = ledger.at(now, {job.owner for job in queue.values()}) if ledger else {}
-        snapshot = Snapshot(now, tuple(queue.values()), tuple(running.values()), pools, usage)
+        usage = ledger.at(now, {job.owner for job in queue.values()}) if ledger else no_usage
+        holding = tuple(running.values())
+        if overcommit:
+            holding = tuple(job for job in holding if job.start_s + job.est_runtime_s > now)
+        snapshot = Snapshot(now, tuple(queue.values()), holding, pools, usage)
         t0 = clock()
         to_start = plan(snapshot, policy).to_start_now
         pass_s.append(clock() - t0)

@@ -22,6 +22,7 @@ def run_policy(
     windows: int = 0,
     window_len: int = 1024,
     seed: int = 1,
+    overcommit: bool = False,
 ) -> dict[str, Any]:
     """Replay ``trace`` under ``policy_name``; window mode averages over the windows."""
     policy = load_policy(policy_name)
@@ -29,7 +30,7 @@ def run_policy(
     samples = pick_windows(trace.jobs, windows, window_len, seed) if windows else [trace.jobs]
     results = []
     for jobs in samples:
-        replayed = replay(jobs, trace.capacity, policy)
+        replayed = replay(jobs, trace.capacity, policy, overcommit=overcommit)
         metrics: dict[str, Any] = score(jobs, replayed.starts, trace.capacity)
         passes = replayed.pass_s
         metrics["passes"] = len(passes)
@@ -44,5 +45,7 @@ def run_policy(
     out["max_pass_ms"] = max(r["max_pass_ms"] for r in results)
     if windows:
         out.update(windows=windows, window_len=window_len, seed=seed)
+    if overcommit:
+        out["overcommit"] = True
     out["wall_s"] = time.perf_counter() - wall0
     return out

@@ -26,6 +26,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -39,7 +40,7 @@ import skyport
 from gates.local.config import LocalGateConfig, detect_gpus, host_cpus, host_mem_mb
 from gates.local.records import ClusterRecord, NodeRecord, RecordStore
 from skyport.agent.bootstrap import Bootstrap
-from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
+from skyport.agent.procfs import is_alive, kill_sessions, members, proc_stat
 from skyport.errors import CapacityError, ConfigError, GateError
 from skyport.gate import (
     Capacity,
@@ -144,6 +145,43 @@ class LocalGate(Gate):
     def list_clusters(self) -> list[ClusterInfo]:
         with self._locked():
             return [self._info(r) for r in self._records.all()]
+
+    # -- provider extras: failures on demand (``skyport debug kill-node|preempt``) --
+
+    def ex_kill_node(self, cluster_id: str, rank: int) -> bool:
+        """SIGKILL every process of one node's session, as if the machine had died.
+
+        The record stays: the cluster then describes itself as ``failed`` with
+        that node not running, which is how the Core learns of the loss.
+        """
+        with self._locked():
+            record = self._records.get(cluster_id) if _CLUSTER_ID_RE.match(cluster_id) \
+                else None
+        if record is None:
+            raise GateError(f"gate {self.name}: no cluster {cluster_id}")
+        node = next((n for n in record.nodes if n.rank == rank), None)
+        if node is None or node.pid is None:
+            raise GateError(f"gate {self.name}: cluster {cluster_id} has no started node {rank}")
+        return _sigkill_session(node.pid, node.start_time)
+
+    def ex_preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
+        """A preemption: every node of the cluster is SIGKILLed ``reclaim_after_s`` from now.
+
+        The notice itself reaches the agents through the Core (their heartbeat
+        answer); this is the cloud taking the machines back.  Returns the time
+        (epoch seconds) of the reclaim.
+        """
+        def reclaim() -> None:
+            with self._locked():
+                record = self._records.get(cluster_id)
+            for n in record.nodes if record is not None else ():
+                if n.pid is not None:
+                    _sigkill_session(n.pid, n.start_time)
+
+        timer = threading.Timer(max(0.0, reclaim_after_s), reclaim)
+        timer.daemon = True
+        timer.start()
+        return time.time() + reclaim_after_s
 
     # -- internals ------------------------------------------------------------
 
@@ -276,6 +314,16 @@ _DETACH = (
     " stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
     "print(p.pid)\n"
 )
+
+
+def _sigkill_session(leader: int, start_time: int | None) -> bool:
+    """SIGKILL (no SIGTERM first) every process of the session led by ``leader``."""
+    if not is_alive(leader, start_time):
+        return False
+    for p in members(sessions={leader}):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, signal.SIGKILL)
+    return True
 
 
 def _agent_env() -> dict[str, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
 from skyport.agent.main import Agent, AgentSettings, install_signal_handlers
+from skyport.agent.procfs import set_child_subreaper
 from skyport.errors import ConfigError
 
 
@@ -43,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = AgentSettings(heartbeat_s=args.heartbeat_s, retry_for_s=args.retry_for_s,
-                             grace_s=args.grace_s)
+                             grace_s=args.grace_s,
+                             sweep_session=True)
     try:
         client = AgentClient(boot.control_url, boot.job_id, boot.token, ca_pem=boot.ca_pem,
                              retry_for_s=settings.retry_for_s)
     except ConfigError as exc:
         logging.getLogger("skyport.agent").error("cannot start: %s", exc)
         return 2
+    set_child_subreaper()  # orphans of the payload stay ours to find and kill
     with client:
         agent = Agent(boot, client, settings)
         install_signal_handlers(agent)

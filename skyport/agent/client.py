@@ -52,6 +52,7 @@ class AgentClient:
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
         self._clock = clock
+        self.log_base: dict[str, int] = {}  # set by the checkpointer on a restart
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
                                   headers={"Authorization": f"Bearer {token}"},
                                   transport=transport)
@@ -85,6 +86,7 @@ class AgentClient:
         return list(self._json("GET", "/inputs"))
 
     def post_log(self, stream: str, offset: int, data: bytes) -> dict[str, Any]:
+        offset += self.log_base.get(stream, 0)  # a restarted job's logs go on after the old
         return self._json("POST", f"/logs/{stream}", params={"offset": offset}, content=data)
 
     def download(self, path: str, dest: Path) -> int:
@@ -149,6 +151,19 @@ class AgentClient:
 
     def launch_cancel(self, launch_id: str) -> dict[str, Any]:
         return self._json("POST", f"/launches/{launch_id}/cancel")
+
+    # -- checkpoints (skyport.agent.checkpointer; PROTOCOL.md) ---------------------
+
+    def checkpoint_request(self, reason: str = "") -> dict[str, Any]:
+        return self._json("POST", "/checkpoints", json={"reason": reason})
+
+    def checkpoint_part(self, version: int, ck_id: str, rank: int,
+                        files: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._json("POST", f"/checkpoints/{version}/parts/{rank}",
+                          json={"id": ck_id, "files": files})
+
+    def checkpoint_latest(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/checkpoints"))
 
     # -- plumbing -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from skyport.agent.client import AgentClient
 from skyport.errors import SkyportError
@@ -40,6 +41,8 @@ class LaunchSocket:
         self.node_names = node_names
         self.read_wait_s = read_wait_s
         self.served = 0
+        # other request types ({"type": name, ...}) -> handler returning one answer frame
+        self.requests: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self._sock: socket.socket | None = None
         self._closed = threading.Event()
 
@@ -80,6 +83,9 @@ class LaunchSocket:
                 return
             try:
                 request = json.loads(conn.makefile("rb").readline())
+                if isinstance(request, dict) and request.get("type") in self.requests:
+                    self._send(conn, self.requests[str(request["type"])](request))
+                    return
                 host, argv, cwd = str(request["host"]), list(request["argv"]), \
                     str(request.get("cwd", ""))
             except (ValueError, KeyError, TypeError, OSError) as exc:

@@ -6,6 +6,13 @@ streams its logs, stages the outputs out and reports the exit.  Other nodes
 heartbeat until ``stop`` or until the job is terminal.  ``stop`` (or losing
 the control plane for longer than the client retries) kills the payload's
 process group and ends the agent.
+
+The command-line agent (``AgentSettings.sweep_session``) also kills every
+other process it started when its payload ends and when it stops: its
+descendants (it adopts orphans as a child subreaper) and, when it leads its
+session (the local gate starts it so), that whole session, whatever process
+group or session they moved to: launched ranks, MPI proxies and relays
+included.  Node 0 does this before it reports the exit.
 """
 
 from __future__ import annotations
@@ -18,14 +25,18 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from skyport.agent.bootstrap import Bootstrap
+from skyport.agent.checkpointer import Checkpointer
 from skyport.agent.client import AgentClient
 from skyport.agent.launchrun import LaunchRunner
 from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult
+from skyport.agent.procfs import kill_own_processes, own_processes
 from skyport.errors import (
     AuthenticationError,
     ControlPlaneError,
@@ -52,6 +63,8 @@ class AgentSettings:
     retry_for_s: float = 600.0
     grace_s: float = 5.0
     log_interval_s: float = 0.5
+    sweep_session: bool = False
+    """Kill every other process of the agent's session when its work ends (see above)."""
 
 
 def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str],
@@ -99,6 +112,7 @@ class Agent:
         self._action = "wait"
         self._beat_changed = threading.Event()
         self._done = threading.Event()
+        self.beat_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -121,7 +135,15 @@ class Agent:
         self.spec = spec
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
+        try:  # this node's part of the latest checkpoint, before any payload or launch
+            self.checkpoints = Checkpointer.restored(self.client, self.workdir, b.node_rank,
+                                                     int(hello.get("restart_count", 0)))
+        except (SkyportError, OSError) as exc:
+            log.error("restoring the checkpoint failed: %s", exc)
+            self._done.set()
+            return 1
         self._start_launch_services(spec)
+        self.checkpoints.attach(self._launch_vars, self._socket, self.beat_listeners)
         try:
             if b.node_rank == 0:
                 return self._run_job(spec)
@@ -134,7 +156,21 @@ class Agent:
         finally:
             self._done.set()
             self._stop_launch_services()
+            self._sweep_session("the agent is stopping")
             beat.join(timeout=self.settings.heartbeat_s + 1)
+
+    def _sweep_session(self, why: str) -> None:
+        """Kill what is left of this agent's session (ranks, proxies, relays); never itself."""
+        if not self.settings.sweep_session:
+            return
+        left = [p.pid for p in own_processes()]
+        if not left:
+            return
+        log.info("%s: killing %d leftover process(es) of this node: %s", why, len(left),
+                 left[:20])
+        if not kill_own_processes(self.settings.grace_s):
+            log.error("processes of this node survived SIGKILL: %s",
+                      [p.pid for p in own_processes()])
 
     # -- parallel launch: ranks on every node through the agents (skyport.launch) ----
 
@@ -197,6 +233,8 @@ class Agent:
         while not self._done.is_set():
             try:
                 answer = self.client.heartbeat(self.boot.node_rank)
+                for listen in self.beat_listeners:
+                    listen(answer)
                 self._action = str(answer.get("action", "wait"))
                 state = JobState(answer.get("state", JobState.QUEUED.value))
                 if self._action == "stop" or state.is_terminal():
@@ -279,6 +317,7 @@ class Agent:
                                  grace_s=self.settings.grace_s, should_stop=self.stop.is_set)
         finally:
             payload.kill(self.settings.grace_s)
+            self._sweep_session("the payload ended")
             if not pump.stop(flush_timeout_s=self.settings.retry_for_s):
                 log.error("some log output could not be delivered")
         log.info("payload ended: %s", result)

@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 
-__all__ = ["ProcStat", "is_alive", "kill_group", "kill_sessions", "members", "proc_stat"]
+__all__ = ["ProcStat", "is_alive", "kill_group", "kill_own_processes", "kill_sessions", "members",
+           "own_processes", "proc_stat", "set_child_subreaper", "set_parent_death_signal",
+           "descendants"]
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,26 @@ def _signal_groups(pgids: set[int], sig: int) -> None:
             pass
 
 
+def _signal_each(procs: Iterable[ProcStat], sig: int) -> None:
+    for p in procs:
+        try:
+            os.kill(p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _kill(find: Callable[[], list[ProcStat]], grace_s: float, reap: Callable[[], object],
-          poll_s: float = 0.05, kill_wait_s: float = 5.0) -> bool:
+          poll_s: float = 0.05, kill_wait_s: float = 5.0,
+          signal_all: Callable[[list[ProcStat], int], None] | None = None) -> bool:
     """SIGTERM every group found, wait ``grace_s``, SIGKILL what is left."""
+    if signal_all is None:
+        def signal_all(procs: list[ProcStat], sig: int) -> None:
+            _signal_groups({p.pgrp for p in procs}, sig)
     procs = find()
     if not procs:
         reap()
         return True
-    _signal_groups({p.pgrp for p in procs}, signal.SIGTERM)
+    signal_all(procs, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while True:
         reap()
@@ -100,7 +114,7 @@ def _kill(find: Callable[[], list[ProcStat]], grace_s: float, reap: Callable[[],
         time.sleep(poll_s)
     deadline = time.monotonic() + kill_wait_s
     while procs and time.monotonic() < deadline:
-        _signal_groups({p.pgrp for p in procs}, signal.SIGKILL)
+        signal_all(procs, signal.SIGKILL)
         time.sleep(poll_s)
         reap()
         procs = find()
@@ -141,3 +155,75 @@ def kill_sessions(leaders: Iterable[tuple[int, int | None]], grace_s: float = 5.
         return found
 
     return _kill(find, grace_s, reap)
+
+
+def _running() -> list[ProcStat]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = proc_stat(int(name))
+            if st is not None and st.running:
+                found.append(st)
+    return found
+
+
+def descendants(pid: int, procs: Iterable[ProcStat] | None = None) -> list[ProcStat]:
+    """Running processes below ``pid`` in the parent tree (``pid`` itself not included)."""
+    children: dict[int, list[ProcStat]] = {}
+    for p in _running() if procs is None else procs:
+        children.setdefault(p.ppid, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child.pid)
+    return found
+
+
+def set_child_subreaper() -> bool:
+    """Make the caller adopt its orphaned descendants (``PR_SET_CHILD_SUBREAPER``), so that
+    ``descendants`` still finds them after their parent died; False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Have the kernel send ``sig`` to the caller when its parent dies (kept across
+    ``exec``); False where unsupported or when the parent is already gone."""
+    ppid = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    return os.getppid() == ppid  # the parent may have died before the call
+
+
+def own_processes() -> list[ProcStat]:
+    """What the caller started: its descendants and, if it leads its session, every other
+    member of that session (MPI launchers move ranks to sessions of their own, so the
+    session alone is not enough, and a process may leave its parent's tree by daemonising,
+    which the subreaper (``set_child_subreaper``) undoes)."""
+    me = os.getpid()
+    procs = _running()
+    mine = {p.pid: p for p in descendants(me, procs)}
+    if os.getsid(0) == me:
+        mine.update({p.pid: p for p in procs if p.session == me and p.pid != me})
+    return list(mine.values())
+
+
+def kill_own_processes(grace_s: float = 5.0, reap: Callable[[], object] = lambda: None) -> bool:
+    """Kill every process the caller started (``own_processes``); True when none is left.
+
+    Each is signalled by pid, never through ``killpg``, so the caller (and anything else
+    in a group it shares) survives to report.
+    """
+    return _kill(own_processes, grace_s, reap, signal_all=_signal_each)

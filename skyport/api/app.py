@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skyport.api.agent_launch import launch_router
+from skyport.api.checkpoint_routes import check_agent_checkpoint_path, checkpoint_router
 from skyport.api.tls import peer_identity
 from skyport.errors import (
     AuthenticationError,
@@ -210,6 +211,11 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
     async def gates(who: User) -> list[dict[str, Any]]:
         return await core.gate_info()
 
+    @app.get("/v1/clusters")
+    async def clusters(who: User) -> list[dict[str, Any]]:
+        """Every gate's clusters with job, age, state and cost so far (users: their own)."""
+        return list(await core.clusters(who))
+
     @app.get("/v1/timetable")
     async def timetable(who: User) -> dict[str, Any]:
         return await core.timetable()
@@ -223,7 +229,7 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
         return await core.agent_hello(job_id, token, rank, body.node_name)
 
     @app.post(agent + "/nodes/{rank}/heartbeat")
-    async def heartbeat(job_id: str, rank: int, token: Token) -> dict[str, str]:
+    async def heartbeat(job_id: str, rank: int, token: Token) -> dict[str, Any]:
         return await core.agent_heartbeat(job_id, token, rank)
 
     @app.post(agent + "/state")
@@ -250,6 +256,7 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
     async def agent_put(job_id: str, path: str, request: Request, token: Token) -> dict:
         await core.agent_auth(job_id, token)
         _check_prefix(path, AGENT_WRITABLE)
+        check_agent_checkpoint_path(path)  # latest.json is the server's alone
         data = await request.body()
         storage.put(job_id, path, data)
         return {"size": len(data)}
@@ -269,6 +276,7 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
         return {"size": storage.append(job_id, f"logs/{stream}", offset, data)}
 
     app.include_router(launch_router(core))
+    app.include_router(checkpoint_router(core))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     return app
 

@@ -9,6 +9,7 @@ import click
 
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
+from skyport.units import format_duration
 
 
 def _names(items: Any) -> str:
@@ -66,6 +67,27 @@ def gates_cmd(out: Output) -> None:
             render.table(("NAME", "TYPE", "HEALTHY", "FLAVORS", "CAPACITY"), rows)
             if rows
             else "no gates"
+        ),
+    )
+
+
+@command(cli, "clusters")
+def clusters_cmd(out: Output) -> None:
+    """Every gate's clusters: job, gate, age, state, cost so far (yours; admins: all)."""
+    clusters = get_client().clusters()
+    rows = [
+        (c.get("cluster_id"), c.get("job_id"), c.get("gate"), c.get("flavor"), c.get("nodes"),
+         format_duration(int(c.get("age_s") or 0)), c.get("state"),
+         f"{float(c.get('cost') or 0):.4f}")
+        for c in clusters
+    ]
+    out.emit(
+        clusters,
+        lambda: (
+            render.table(("CLUSTER", "JOB", "GATE", "FLAVOR", "NODES", "AGE", "STATE", "COST"),
+                         rows)
+            if rows
+            else "no clusters"
         ),
     )
 

@@ -116,6 +116,8 @@ def _show_text(job: Job, files: list[Any]) -> str:
         ),
         ("gate", job.gate),
         ("flavor", job.flavor),
+        ("price", f"{job.price_per_hour:.4f}/h" if job.price_per_hour is not None else None),
+        ("cost so far", f"{c:.4f}" if (c := job.cost(now)) is not None else None),
         ("nodes", ", ".join(job.node_names) or None),
         ("submitted", render.format_when(job.submitted_at, now)),
         (
@@ -199,9 +201,11 @@ def wait_cmd(out: Output, job_id: str, timeout: float | None) -> None:
 
 @command(cli, "cancel")
 @click.argument("job_id")
-def cancel_cmd(out: Output, job_id: str) -> None:
+@click.option("--checkpoint", is_flag=True, help="store a last checkpoint first")
+def cancel_cmd(out: Output, job_id: str, checkpoint: bool) -> None:
     """Cancel a job (its cluster is torn down)."""
-    job = get_client().cancel(job_id)
+    client = get_client()
+    job = client.cancel_after_checkpoint(job_id) if checkpoint else client.cancel(job_id)
     out.emit(job.summary(), f"{job.id} {job.state.value}")
 
 

@@ -164,6 +164,36 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         return Job.model_validate(self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
 
+    # -- checkpoints, requeues, injected failures (skyport.core.recovery) ----------
+
+    def checkpoint(self, job_id: str) -> dict[str, Any]:
+        """Ask a RUNNING job for a checkpoint now: ``{"version", "id"}`` of the one opened."""
+        return dict(self._json("POST", f"/v1/jobs/{_seg(job_id)}/checkpoints"))
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        """``{"latest": <latest.json or None>, "pending": version or None}``."""
+        return dict(self._json("GET", f"/v1/jobs/{_seg(job_id)}/checkpoints"))
+
+    def requeue(self, job_id: str) -> Job:
+        """Requeue a job by hand (a RUNNING one checkpoints first); it resumes from there."""
+        return Job.model_validate(self._json("POST", f"/v1/jobs/{_seg(job_id)}/requeue"))
+
+    def cancel_after_checkpoint(self, job_id: str) -> Job:
+        """Cancel a job once a last checkpoint is stored (at once if it is not RUNNING)."""
+        return Job.model_validate(
+            self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel-checkpointed"))
+
+    def debug_kill_node(self, job_id: str, node: int | None = None) -> dict[str, Any]:
+        """Admins: SIGKILL one node of the job's cluster (default: its last node)."""
+        params = {} if node is None else {"node": node}
+        return dict(self._json("POST", f"/v1/debug/jobs/{_seg(job_id)}/kill-node",
+                               params=params))
+
+    def debug_preempt(self, job_id: str, notice_s: float = 20.0) -> dict[str, Any]:
+        """Admins: a preemption notice; the nodes are reclaimed a little after ``notice_s``."""
+        return dict(self._json("POST", f"/v1/debug/jobs/{_seg(job_id)}/preempt",
+                               params={"notice_s": notice_s}))
+
     def logs(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
         """Log bytes from ``offset`` (at most 1 MiB), the stream's size and the job's state."""
         if stream not in LOG_STREAMS:
@@ -213,6 +243,10 @@ class Client:
 
     def timetable(self) -> dict[str, Any]:
         return dict(self._json("GET", "/v1/timetable"))
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """Every gate's clusters (yours; an admin's: all) with job, age, state, cost so far."""
+        return list(self._json("GET", "/v1/clusters"))
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Job:
         """Block until the job is terminal and return it.

@@ -14,6 +14,7 @@ import ray
 
 from skyport.config import StateDir
 from skyport.core.service import CoreService, CoreSettings
+from skyport.errors import GateError
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, make_gate, with_retries
 from skyport.models import JobSpec, JobState
 from skyport.pki import Identity
@@ -68,6 +69,19 @@ class GateActor:
 
     def list_clusters(self) -> list[ClusterInfo]:
         return self.gate.list_clusters()
+
+    # provider extras (``ex_*``) used to inject failures; GateError if the gate lacks one
+    def ex_kill_node(self, cluster_id: str, rank: int) -> Any:
+        return self._extra("kill_node")(cluster_id, rank)
+
+    def ex_preempt(self, cluster_id: str, reclaim_after_s: float) -> Any:
+        return self._extra("preempt")(cluster_id, reclaim_after_s)
+
+    def _extra(self, name: str) -> Any:
+        fn = getattr(self.gate, f"ex_{name}", None)
+        if fn is None:
+            raise GateError(f"gate {self.gate.name} ({self.gate.type_name}) has no ex_{name}")
+        return fn
 
 
 @ray.remote(num_cpus=0)
@@ -133,6 +147,9 @@ class CoreActor:
     async def timetable(self) -> dict[str, Any]:
         return await self.service.timetable()
 
+    async def clusters(self, who: Identity) -> list[dict[str, Any]]:
+        return await self.service.clusters(who)
+
     async def agent_auth(self, job_id: str, token: str) -> Any:
         return await self.service.agent_auth(job_id, token)
 
@@ -152,6 +169,9 @@ class CoreActor:
 
     async def reap(self) -> list[str]:
         return await self.service.reap()
+
+    async def recovery_call(self, name: str, *args: Any) -> Any:
+        return await self.service.recovery_call(name, *args)
 
     async def shutdown(self) -> None:
         await self.service.stop()

@@ -78,6 +78,8 @@ class CoreSettings:
     max_node_loss_restarts: int = 3
     replan_interval_s: float = 0.2
     reap_interval_s: float = 60.0
+    reap_retry_s: float = 3.0  # a failed delete is tried again this soon
+    gate_failure_memory_s: float = 600.0  # a gate that failed a job is avoided this long
 
 
 @dataclass
@@ -116,6 +118,8 @@ class CoreService:
         self._releases = 0  # clusters dropped so far: capacity may have come free
         self._capacity_wait: dict[str, int] = {}
         self._charges: list[UsageCharge] = []  # usage of jobs ended since the last pass
+        self._gate_failures: dict[str, dict[str, float]] = {}  # job -> gate -> when it failed
+        self._reap_soon = False  # a delete failed: reap before reap_interval_s is up
 
     # -- start-up ------------------------------------------------------------
 
@@ -355,7 +359,7 @@ class CoreService:
             "restart_count": job.restarts,
         }
 
-    async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> dict[str, str]:
+    async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> dict[str, Any]:
         job = await self.agent_auth(job_id, token)
         live = self._live.get(job_id)
         if live is not None:
@@ -366,7 +370,7 @@ class CoreService:
             action = "wait"
         else:
             action = "run"
-        return {"state": job.state.value, "action": action}
+        return self.recovery.beat_answer(job, rank, {"state": job.state.value, "action": action})
 
     async def agent_state(self, job_id: str, token: str, state: JobState, reason: str) -> Job:
         await self.agent_auth(job_id, token)
@@ -410,8 +414,11 @@ class CoreService:
                 if now - last_watch >= 1.0:
                     last_watch = now
                     await self._watch()
-                if now - last_reap >= self.settings.reap_interval_s:
+                due = self.settings.reap_retry_s if self._reap_soon \
+                    else self.settings.reap_interval_s
+                if now - last_reap >= due:
                     last_reap = now
+                    self._reap_soon = False
                     await self.reap()
             except asyncio.CancelledError:
                 raise
@@ -448,7 +455,7 @@ class CoreService:
                     est_runtime_s=float(j.spec.resources.time_limit_s),
                     nodes=j.spec.resources.nodes,
                     priority=j.spec.priority,
-                    allowed_pools=(j.spec.gate,) if j.spec.gate else (),
+                    allowed_pools=self._allowed_gates(j),
                 )
                 for j in queued
             ),
@@ -491,7 +498,20 @@ class CoreService:
             if job.state in (S.SCHEDULED, S.PROVISIONING):
                 await self._drop_cluster(job)
                 self.store.transition(job.id, S.QUEUED, f"waiting for capacity: {exc.message}")
-        except (GateError, StorageError) as exc:
+        except GateError as exc:
+            job = self.store.get(job.id, events=False)
+            await self._drop_cluster(job)
+            if job.state.is_terminal():
+                return
+            self._gate_failures.setdefault(job.id, {})[gate_name] = time.monotonic()
+            if self._allowed_gates(job):
+                self.store.transition(
+                    job.id, S.QUEUED, f"gate {gate_name} failed: {exc.message}; "
+                    "re-planned on another gate", cluster_id=None)
+            else:
+                self._gate_failures.pop(job.id, None)
+                self.store.transition(job.id, S.FAILED, exc.message)
+        except StorageError as exc:
             job = self.store.get(job.id, events=False)
             await self._drop_cluster(job)
             if not job.state.is_terminal():
@@ -534,7 +554,27 @@ class CoreService:
             token=token,
         )
         info = await gate.create_cluster(request)
-        self.store.update(job.id, flavor=info.flavor)
+        self.store.update(job.id, flavor=info.flavor, price_per_hour=info.price_per_hour)
+        self._gate_failures.pop(job.id, None)
+
+    def _allowed_gates(self, job: Job) -> tuple[str, ...]:
+        """The gates a job may be planned on; () means any.
+
+        A job that names its gate gets that one.  Otherwise the gates that failed
+        to create its cluster lately (``gate_failure_memory_s``) are left out;
+        ``()`` when none failed lately or when every gate did (``_begin`` fails
+        the job then).
+        """
+        if job.spec.gate:
+            return (job.spec.gate,)
+        failed = self._gate_failures.get(job.id)
+        if not failed:
+            return ()
+        now = time.monotonic()
+        for name, when in list(failed.items()):
+            if now - when > self.settings.gate_failure_memory_s:
+                del failed[name]
+        return tuple(g for g in sorted(self.gates) if g not in failed) if failed else ()
 
     async def _drop_cluster(self, job: Job) -> None:
         self._live.pop(job.id, None)
@@ -550,25 +590,16 @@ class CoreService:
         try:
             await gate.delete_cluster(job.cluster_id)
         except Exception:
-            # the reaper deletes it later: it is tagged with a job that is no longer live
+            # the reaper deletes it soon: it is tagged with a job that is no longer live
             log.exception("deleting cluster %s failed", job.cluster_id)
+            self._reap_soon = True
 
     async def _requeue_lost(self, job: Job, reason: str) -> None:
-        await self._drop_cluster(job)
-        job = self.store.get(job.id, events=False)
-        if job.state.is_terminal():
-            return
-        if job.restarts >= self.settings.max_node_loss_restarts:
-            self.store.transition(
-                job.id, S.FAILED, f"{reason}; gave up after {job.restarts} restarts"
-            )
-        else:
-            self.store.transition(
-                job.id, S.QUEUED, f"{reason}; requeued", restarts=job.restarts + 1, cluster_id=None
-            )
-        self._dirty.set()
+        # the restart policy (revoke the token, drop the cluster, QUEUED or FAILED)
+        await self.recovery.lose(job.id, reason)
 
     async def _watch(self) -> None:
+        await self.recovery.watch()  # checkpoints, lost nodes seen by the gates
         now = time.monotonic()
         for job in self.store.list(states=[s for s in S if s.has_cluster()]):
             live = self._live.setdefault(job.id, _Live())
@@ -618,12 +649,58 @@ class CoreService:
                         reaped.append(info.cluster_id)
                     except Exception:
                         log.exception("reaping %s failed", info.cluster_id)
+                        self._reap_soon = True
         return reaped
+
+    async def clusters(self, who: Identity) -> list[dict[str, Any]]:
+        """Every gate's clusters (a user sees those of their own jobs) with cost so far."""
+        out = []
+        now = time.time()
+        for name, gate in sorted(self.gates.items()):
+            try:
+                infos = await gate.list_clusters()
+            except Exception as exc:
+                log.warning("gate %s cannot list clusters: %s", name, exc)
+                continue
+            for info in infos:
+                try:
+                    job: Job | None = self.store.get(info.job_id, events=False)
+                except NotFoundError:
+                    job = None
+                if not who.is_admin and (job is None or job.owner != who.username):
+                    continue
+                age_s = max(0.0, now - info.created_at) if info.created_at else 0.0
+                out.append({
+                    "cluster_id": info.cluster_id, "gate": name, "job_id": info.job_id,
+                    "owner": job.owner if job else None,
+                    "job_state": job.state.value if job else None,
+                    "state": info.state, "flavor": info.flavor, "nodes": len(info.nodes),
+                    "age_s": age_s, "price_per_hour": info.price_per_hour,
+                    "cost": info.price_per_hour * age_s / 3600, "reason": info.reason,
+                })
+        return out
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- checkpoints, requeues, injected failures (skyport.core.recovery)
+
+    @property
+    def recovery(self) -> Any:
+        from skyport.core.recovery import Recovery
+
+        if "_recovery" not in self.__dict__:
+            self.__dict__["_recovery"] = Recovery(self)
+        return self.__dict__["_recovery"]
+
+    async def recovery_call(self, name: str, *args: Any) -> Any:
+        from skyport.core.recovery import CALLS
+
+        if name not in CALLS:
+            raise ValidationError("call", name, "one of " + ", ".join(CALLS))
+        return await getattr(self.recovery, name)(*args)
 
     # -- launches: node 0 runs commands on node k through its agent (skyport.core.launches)
 

@@ -4,14 +4,18 @@ It reads the rank's place on its node from the MPI launcher
 (``MPI_LOCALRANKID`` from Hydra, ``OMPI_COMM_WORLD_LOCAL_RANK`` from Open
 MPI), pins itself to its block of the node's cores (``SKYPORT_NODE_CORES``,
 set by the node's own agent), sets the OpenMP variables, and execs CMD, so
-the rank keeps this process's pid and parent.
+the rank keeps this process's pid and parent.  The rank dies with its parent
+(``PR_SET_PDEATHSIG``, kept across exec): the MPI proxy moves it to a session
+of its own, so the node agent's session kill would otherwise miss it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
+from skyport.agent.procfs import set_parent_death_signal
 from skyport.launch.layout import omp_env, rank_cores
 
 __all__ = ["local_rank", "main"]
@@ -35,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print("usage: python -m skyport.launch.rank -- CMD [ARGS...]", file=sys.stderr)
         return 2
+    # MPI launchers put each rank in a session of its own, out of reach of its node agent's
+    # session: die with the launcher's proxy instead, whoever kills it and however.
+    set_parent_death_signal(signal.SIGKILL)
     env = dict(os.environ)
     threads = int(env.get("SKYPORT_THREADS_PER_RANK") or "1")
     cores_text = env.get("SKYPORT_NODE_CORES", "")

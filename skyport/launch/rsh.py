@@ -24,6 +24,8 @@ import signal
 import socket
 import sys
 
+from skyport.agent.procfs import set_parent_death_signal
+
 __all__ = ["main", "parse_ssh_args", "undaemonize"]
 
 # ssh options that take a value (OpenSSH); all other "-x" style flags take none
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     # a TERM/HUP from the launcher ends us; closing the socket cancels the remote command
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: os._exit(128 + 15))
+    set_parent_death_signal(signal.SIGTERM)  # the launcher gone, nobody reads us
     request = {"host": host, "argv": ["/bin/sh", "-c", undaemonize(command)],
                "cwd": os.getcwd()}
     sock.sendall(json.dumps(request).encode() + b"\n")

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from skyport.timetable.errors import InvalidSnapshotError
 from skyport.timetable.policy import Discipline, Policy
-from skyport.timetable.profile import MIN_HOLD_S, AvailabilityProfile
+from skyport.timetable.profile import MIN_HOLD_S, AvailabilityProfile, Slot
 from skyport.timetable.snapshot import JobId, Pool, QueuedJob, Snapshot
 from skyport.timetable.timetable import Placement, PlacementKind, Timetable, Unplaceable
 
@@ -73,16 +74,13 @@ def plan(snapshot: Snapshot, policy: Policy) -> Timetable:
     if pos == len(ordered):
         return Timetable(snapshot.now_s, policy.name, starts, (), unplaceable)
     if discipline is Discipline.STRICT:
-        rest = ordered[pos:]
-        project = _projector(board, (), rest, monotone=True)
+        project = _projector(board, ordered, pos, (), monotone=True)
         return Timetable(snapshot.now_s, policy.name, starts, (), unplaceable, project)
     head = ordered[pos]
     reservation = _shadow(board, head)
     backfilled = _backfill(board, policy.backfill_order(snapshot, ordered[pos + 1 :]), reservation)
-    started = {p.job_id for p in backfilled}
-    rest = [job for job in ordered[pos + 1 :] if job.id not in started]
     placement = board.placement(head, reservation[0], reservation[1], _RESERVED)
-    project = _projector(board, (head,), rest, monotone=False)
+    project = _projector(board, ordered, pos, backfilled, monotone=False)
     return Timetable(
         snapshot.now_s, policy.name, starts + backfilled, (placement,), unplaceable, project
     )
@@ -98,20 +96,30 @@ def _hold(job: QueuedJob) -> float:
 
 def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceable, ...]]:
     pools = snapshot.pools
-    if not pools:
-        raise InvalidSnapshotError("snapshot has no pools; at least one pool is needed")
-    index = {pool.name: k for k, pool in enumerate(pools)}
-    if len(index) != len(pools):
-        raise InvalidSnapshotError(f"pool names must be unique, got {[p.name for p in pools]}")
-    for pool in pools:
-        if pool.capacity <= 0:
-            raise InvalidSnapshotError(
-                f"pool {pool.name!r} has capacity {pool.capacity}; capacity must be > 0"
-            )
+    index, every_pool, smallest, boot = _pool_facts(pools)
     now = snapshot.now_s
-    free = [pool.capacity for pool in pools]
-    releases: list[list[tuple[float, int]]] = [[] for _ in pools]
-    for job in snapshot.running:
+    running = snapshot.running
+    releases: list[list[tuple[float, int]]]
+    if len(pools) == 1:
+        # One pool: comprehensions instead of a loop (this runs at every event of a replay).
+        name = pools[0].name
+        releases = [
+            [
+                (end if (end := job.start_s + job.est_runtime_s) > now else now, job.procs)
+                for job in running
+                if job.pool == name
+            ]
+        ]
+        free = [pools[0].capacity - sum([procs for _, procs in releases[0]])]
+        # Left for the loop below: only jobs on unknown pools, which it refuses.
+        if len(releases[0]) < len(running):
+            running = tuple(job for job in running if job.pool != name)
+        else:
+            running = ()
+    else:
+        free = [pool.capacity for pool in pools]
+        releases = [[] for _ in pools]
+    for job in running:
         k = index.get(job.pool)
         if k is None:
             raise InvalidSnapshotError(
@@ -120,16 +128,20 @@ def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceab
         free[k] -= job.procs
         end = job.start_s + job.est_runtime_s
         releases[k].append((end if end > now else now, job.procs))
-    order = sorted(
-        range(len(pools)),
-        key=lambda k: (pools[k].price_per_hour or 0.0, pools[k].boot_s, k),
-    )
-    every_pool = tuple(order)
-    smallest = min(pool.capacity for pool in pools)
     special: dict[JobId, tuple[int, ...]] = {}
-    placeable: list[QueuedJob] = []
+    queued = snapshot.queued
+    placeable = [
+        job
+        for job in queued
+        if not job.allowed_pools and 0 < job.procs <= smallest and job.est_runtime_s >= 0
+    ]
+    if len(placeable) == len(queued):
+        # Every job may use every pool: the common case, one comprehension.
+        board = _Board(now, pools, free, releases, list(boot), every_pool, special)
+        return board, placeable, ()
+    placeable = []
     unplaceable: list[Unplaceable] = []
-    for job in snapshot.queued:
+    for job in queued:
         procs = job.procs
         if not job.allowed_pools and 0 < procs <= smallest and job.est_runtime_s >= 0:
             placeable.append(job)
@@ -140,11 +152,39 @@ def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceab
             continue
         allowed = set(job.allowed_pools) if job.allowed_pools else set(index)
         special[job.id] = tuple(
-            k for k in order if pools[k].name in allowed and pools[k].capacity >= procs
+            k for k in every_pool if pools[k].name in allowed and pools[k].capacity >= procs
         )
         placeable.append(job)
-    board = _Board(now, pools, free, releases, [pool.boot_s for pool in pools], every_pool, special)
+    board = _Board(now, pools, free, releases, list(boot), every_pool, special)
     return board, placeable, tuple(unplaceable)
+
+
+@lru_cache(maxsize=64)
+def _pool_facts(
+    pools: tuple[Pool, ...],
+) -> tuple[dict[str, int], tuple[int, ...], int, tuple[float, ...]]:
+    """Checked once per distinct pool set (they rarely change between passes).
+
+    Returns the index of each pool name, the pool indices in preference order
+    (price, then boot time, then position), the smallest capacity and the
+    boot times. The index dict is shared between calls: read it, never change it.
+    """
+    if not pools:
+        raise InvalidSnapshotError("snapshot has no pools; at least one pool is needed")
+    index = {pool.name: k for k, pool in enumerate(pools)}
+    if len(index) != len(pools):
+        raise InvalidSnapshotError(f"pool names must be unique, got {[p.name for p in pools]}")
+    for pool in pools:
+        if pool.capacity <= 0:
+            raise InvalidSnapshotError(
+                f"pool {pool.name!r} has capacity {pool.capacity}; capacity must be > 0"
+            )
+    order = sorted(
+        range(len(pools)),
+        key=lambda k: (pools[k].price_per_hour or 0.0, pools[k].boot_s, k),
+    )
+    smallest = min(pool.capacity for pool in pools)
+    return index, tuple(order), smallest, tuple(pool.boot_s for pool in pools)
 
 
 def _why_unplaceable(job: QueuedJob, pools: tuple[Pool, ...], index: dict[str, int]) -> str | None:
@@ -176,6 +216,20 @@ def _start_in_order(
     free, now, boot = board.free, board.now_s, board.boot
     starts: list[Placement] = []
     pos = 0
+    if len(free) == 1 and not board.special:
+        # One pool, every job allowed: the hot loop of trace replays.
+        spare, rel, name, hold0 = free[0], board.releases[0], board.pools[0].name, now + boot[0]
+        for job in ordered:
+            procs = job.procs
+            if procs > spare:
+                break
+            spare -= procs
+            est = job.est_runtime_s
+            rel.append((hold0 + (est if est >= MIN_HOLD_S else MIN_HOLD_S), procs))
+            starts.append(Placement(job.id, now, name, procs, job.nodes, _START))
+            pos += 1
+        free[0] = spare
+        return tuple(starts), pos
     for job in ordered:
         procs = job.procs
         for k in board.choices(job):
@@ -259,62 +313,92 @@ def _conservative(
     board: _Board, ordered: Sequence[QueuedJob]
 ) -> tuple[tuple[Placement, ...], tuple[Placement, ...]]:
     """Give every job, in order, the earliest reservation that fits around earlier ones."""
-    profiles = board.profiles()
+    placed = _reserve_in_order(board, board.profiles(), ordered, (_START, _RESERVED))
+    starts = tuple(p for p in placed if p.kind is _START)
+    if not starts:
+        return (), tuple(placed)
+    return starts, tuple(p for p in placed if p.kind is _RESERVED)
+
+
+def _reserve_in_order(
+    board: _Board,
+    profiles: list[AvailabilityProfile],
+    jobs: Sequence[QueuedJob],
+    kinds: tuple[PlacementKind, PlacementKind],
+    *,
+    skip: int = 0,
+    monotone: bool = False,
+) -> list[Placement]:
+    """Reserve each job, in order, at its earliest fit on the profiles.
+
+    A placement's kind is ``kinds[0]`` where the job's processors are free now,
+    else ``kinds[1]``. The first ``skip`` jobs are reserved but not reported;
+    ``monotone`` starts no job before the one reserved just before it.
+    """
+    now_kind, later_kind = kinds
+    out: list[Placement] = []
+    floor: float | None = None
+    if len(profiles) == 1 and not board.special and board.boot[0] == 0.0:
+        # One pool, every job allowed: the hot loop of large queues.
+        profile = profiles[0]
+        earliest, reserve, pool = profile.earliest, profile.reserve, board.pools[0].name
+        for n, job in enumerate(jobs):
+            procs, est = job.procs, job.est_runtime_s
+            slot = earliest(procs, est, floor)
+            reserve(slot, est, procs)
+            if monotone:
+                floor = slot[0]
+            if n >= skip:
+                kind = now_kind if slot[1] else later_kind
+                out.append(Placement(job.id, slot[0], pool, procs, job.nodes, kind))
+        return out
     boot = board.boot
-    starts: list[Placement] = []
-    reserved: list[Placement] = []
-    for job in ordered:
-        best: tuple[float, int, int] | None = None
+    for n, job in enumerate(jobs):
+        best: tuple[float, int, Slot] | None = None
         for k in board.choices(job):
-            slot = profiles[k].earliest(job.procs, boot[k] + job.est_runtime_s)
-            start = profiles[k].start_of(slot)
+            slot = profiles[k].earliest(job.procs, boot[k] + job.est_runtime_s, floor)
+            start = AvailabilityProfile.start_of(slot)
             if best is None or start < best[0]:
                 best = (start, k, slot)
         assert best is not None
         start, k, slot = best
         profiles[k].reserve(slot, boot[k] + job.est_runtime_s, job.procs)
-        if AvailabilityProfile.is_now(slot):
-            starts.append(board.placement(job, k, start, _START))
-        else:
-            reserved.append(board.placement(job, k, start, _RESERVED))
-    return tuple(starts), tuple(reserved)
+        if monotone:
+            floor = start
+        if n >= skip:
+            kind = now_kind if AvailabilityProfile.is_now(slot) else later_kind
+            out.append(board.placement(job, k, start, kind))
+    return out
 
 
 def _projector(
-    board: _Board, heads: Sequence[QueuedJob], rest: Sequence[QueuedJob], *, monotone: bool
+    board: _Board,
+    ordered: Sequence[QueuedJob],
+    pos: int,
+    backfilled: Sequence[Placement],
+    *,
+    monotone: bool,
 ) -> Callable[[], tuple[Placement, ...]]:
-    """A function that places ``heads`` (unreported) then ``rest`` as projections.
+    """A function that projects the jobs from ``ordered[pos]`` on that did not start.
 
-    The board is captured as it is now (after this pass's starts); ``monotone``
-    keeps starts in order (no job projected before an earlier one).
+    Under EASY (``backfilled`` given, ``monotone`` false) ``ordered[pos]`` is
+    the head: it is placed first and not reported (it holds a reservation).
+    Under a strict discipline ``monotone`` keeps starts in order (no job
+    projected before an earlier one). The board is this pass's own and is not
+    changed after this point, so it is captured without copies; the work is
+    done only if somebody asks for the projection.
     """
-    free = list(board.free)
-    releases = [list(r) for r in board.releases]
-    heads = tuple(heads)
-    rest = tuple(rest)
 
     def project() -> tuple[Placement, ...]:
-        profiles = [
-            AvailabilityProfile(board.now_s, pool.capacity, free[k], releases[k])
-            for k, pool in enumerate(board.pools)
-        ]
-        boot = board.boot
-        out: list[Placement] = []
-        floor: float | None = None
-        for n, job in enumerate(heads + rest):
-            best: tuple[float, int, int] | None = None
-            for k in board.choices(job):
-                slot = profiles[k].earliest(job.procs, boot[k] + job.est_runtime_s, floor)
-                start = profiles[k].start_of(slot)
-                if best is None or start < best[0]:
-                    best = (start, k, slot)
-            assert best is not None
-            start, k, slot = best
-            profiles[k].reserve(slot, boot[k] + job.est_runtime_s, job.procs)
-            if monotone:
-                floor = start
-            if n >= len(heads):
-                out.append(board.placement(job, k, start, _PROJECTED))
-        return tuple(out)
+        if monotone:
+            jobs: Sequence[QueuedJob] = ordered[pos:]
+            skip = 0
+        else:
+            started = {p.job_id for p in backfilled}
+            jobs = [job for job in ordered[pos:] if job.id not in started]
+            skip = 1
+        profiles = board.profiles()
+        kinds = (_PROJECTED, _PROJECTED)
+        return tuple(_reserve_in_order(board, profiles, jobs, kinds, skip=skip, monotone=monotone))
 
     return project

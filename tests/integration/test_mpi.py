@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,65 @@ def test_layout_beyond_the_cores_is_rejected_at_submit(admin) -> None:
     with pytest.raises(ValidationError, match="exceeds cpus-per-node"):
         admin.submit(build_spec("#SKYPORT --nodes=2 --cpus-per-node=2 --ranks-per-node=2 "
                                 "--threads-per-rank=2\necho\n"))
+
+
+STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('stubborn', flush=True); time.sleep(600)")
+
+
+def _launch_processes_of(job_id: str, workdirs: list[str]) -> list[tuple[int, str]]:
+    """MPI proxies and Sky Port launch processes that belong to ``job_id``: by their
+    environment or by a node working directory on their command line."""
+    marker = f"SKYPORT_JOB_ID={job_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not any(w in cmdline for w in ("hydra_pmi_proxy", "skyport.launch", "skyport-rsh")):
+            continue
+        if marker in env or any(w and w in cmdline for w in workdirs):
+            found.append((int(entry), cmdline[:200]))
+    return found
+
+
+def test_cancel_kills_every_rank_proxy_and_relay_even_if_they_ignore_sigterm(admin) -> None:
+    script = ("#!/bin/bash\n#SKYPORT --name=stubborn --time=5m\n"
+              "#SKYPORT --nodes=2 --cpus-per-node=2 --ranks-per-node=2 --threads-per-rank=1\n"
+              "trap '' TERM\n"
+              f'$SKYPORT_MPIEXEC "$SKYPORT_PYTHON" -c "{STUBBORN}"\n')
+    job = admin.submit(build_spec(script))
+    deadline = time.monotonic() + 90
+    while admin.logs(job.id).data.count(b"stubborn") < 4:
+        assert time.monotonic() < deadline, admin.logs(job.id, "stderr").data
+        assert not admin.job(job.id).state.is_terminal(), admin.job(job.id).reason
+        time.sleep(0.5)
+    running = processes_of_job(job.id)
+    workdirs = [d for d in {_cwd(p) for p in running} if d]
+    assert len(_launch_processes_of(job.id, workdirs)) >= 2  # proxies/launches exist now
+    admin.cancel(job.id)
+    deadline = time.monotonic() + GRACE_S + 10
+    while (processes_of_job(job.id) or _launch_processes_of(job.id, workdirs)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert processes_of_job(job.id) == []
+    assert _launch_processes_of(job.id, workdirs) == []
+
+
+GRACE_S = 5.0  # the agent's SIGTERM-to-SIGKILL grace (the local gate's is shorter)
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""

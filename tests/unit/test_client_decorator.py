@@ -9,7 +9,7 @@ import pytest
 
 import skyport
 from skyport.client.fake import FakeControlPlane
-from skyport.decorator import FUNCTION_SCRIPT, JobHandle
+from skyport.decorator import FUNCTION_SCRIPT, RANKS_SCRIPT, JobHandle, rank_result_path
 from skyport.errors import ValidationError
 from skyport.models import JobState
 
@@ -21,7 +21,8 @@ def fake() -> FakeControlPlane:
 
 def test_public_api() -> None:
     assert skyport.__version__ == "0.1.0"
-    for name in ("job", "connect", "Client", "JobHandle", "JobFailedError", "SkyportError"):
+    for name in ("job", "context", "connect", "Client", "JobHandle", "JobFailedError",
+                 "SkyportError"):
         assert hasattr(skyport, name)
     assert issubclass(skyport.JobFailedError, skyport.SkyportError)
 
@@ -51,7 +52,8 @@ def test_spec_of_a_decorated_function() -> None:
     ) == (2, 3, 1, 2048, 600)
     assert spec.layout.ranks_per_node == 2 and spec.gate == "local"
     assert spec.env == {"OMP_PLACES": "cores"}
-    assert spec.outputs == ("skyport-result.pkl",)
+    assert spec.outputs == ("skyport-results",)  # 3 nodes x 2 ranks: one file per rank
+    assert spec.script == RANKS_SCRIPT
     assert square(7) == 49  # still a plain function when called
     assert square.__name__ == "square"
 
@@ -63,6 +65,82 @@ def test_function_script_golden() -> None:
         'exec "${SKYPORT_PYTHON:-python3}" -m skyport.runtime.function '
         "skyport-payload.pkl skyport-result.pkl\n"
     )
+
+
+def test_ranks_script_golden() -> None:
+    assert RANKS_SCRIPT == (
+        "#!/bin/bash\n"
+        "# Sky Port function job: call the pickled function on every rank, store each "
+        "outcome.\n"
+        'exec "$SKYPORT_MPIEXEC" "${SKYPORT_PYTHON:-python3}" -m skyport.runtime.function \\\n'
+        "    skyport-payload.pkl skyport-results/\n"
+    )
+
+
+def test_single_rank_spec_keeps_one_result_file() -> None:
+    spec = skyport.job(cpus=4, threads_per_rank=4)(lambda: 1).spec
+    assert spec.script == FUNCTION_SCRIPT and spec.outputs == ("skyport-result.pkl",)
+
+
+def _finish_ranks(fake: FakeControlPlane, job_id: str, outcomes: dict[int, tuple]) -> None:
+    for rank, outcome in outcomes.items():
+        fake.put_file(job_id, rank_result_path(rank), cloudpickle.dumps(outcome))
+    failed = any(o[0] == "error" for o in outcomes.values())
+    fake.set_state(job_id, JobState.FAILED if failed else JobState.SUCCEEDED,
+                   "exit code 1" if failed else "exit code 0",
+                   exit_code=1 if failed else 0)
+
+
+def test_multi_rank_results_in_rank_order(fake: FakeControlPlane) -> None:
+    @skyport.job(nodes=2, ranks_per_node=2, client=fake.client())
+    def f() -> int:
+        return 0
+
+    handle = f.submit()
+    assert handle.ranks == 4
+    _finish_ranks(fake, handle.id, {r: ("ok", r * 10) for r in (3, 1, 0, 2)})
+    assert handle.results() == [0, 10, 20, 30]
+    assert handle.result() == 0
+
+
+def test_a_rank_that_raised_is_named(fake: FakeControlPlane) -> None:
+    @skyport.job(nodes=2, ranks_per_node=2, client=fake.client())
+    def f() -> int:
+        return 0
+
+    handle = f.submit()
+    _finish_ranks(fake, handle.id, {0: ("ok", 0), 2: ("error", "KeyError", "'k'", "tb\n")})
+    for call in (handle.result, handle.results):
+        with pytest.raises(skyport.JobFailedError, match="failed on rank 2 of 4: KeyError") \
+                as info:
+            call()
+        assert info.value.remote_type == "KeyError"
+
+
+def test_missing_ranks_are_named(fake: FakeControlPlane) -> None:
+    @skyport.job(nodes=2, ranks_per_node=2, client=fake.client())
+    def f() -> int:
+        return 0
+
+    handle = f.submit()
+    fake.put_file(handle.id, rank_result_path(0), cloudpickle.dumps(("ok", 0)))
+    fake.set_state(handle.id, JobState.TIMEOUT, "time limit reached")
+    with pytest.raises(skyport.JobFailedError, match="TIMEOUT without a result from ranks 1, 2, 3"):
+        handle.results()
+
+
+def test_context_outside_and_inside_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SKYPORT_JOB_ID", raising=False)
+    with pytest.raises(skyport.SkyportError, match="only inside a Sky Port job"):
+        skyport.context()
+    ctx = skyport.context({"SKYPORT_JOB_ID": "j1", "PMI_RANK": "3", "PMI_SIZE": "4",
+                           "SKYPORT_LOCAL_RANK": "1", "SKYPORT_NODE_NAME": "n1",
+                           "SKYPORT_NODE_RANK": "1", "SKYPORT_NUM_NODES": "2",
+                           "SKYPORT_THREADS_PER_RANK": "2"})
+    assert (ctx.rank, ctx.size, ctx.local_rank, ctx.node_name, ctx.node_rank, ctx.num_nodes,
+            ctx.threads) == (3, 4, 1, "n1", 1, 2, 2)
+    with pytest.raises(AttributeError):
+        ctx.rank = 0  # type: ignore[misc]
 
 
 def test_bare_decorator_and_name_of_a_lambda() -> None:

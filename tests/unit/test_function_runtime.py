@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import pytest
 
 
 def run_payload(tmp_path: Path, fn: Any, *args: Any, **kwargs: Any) -> tuple[int, Any, str]:
@@ -73,3 +75,53 @@ def test_bad_command_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def _ranks_payload(tmp_path: Path, fn: Any) -> list[str]:
+    from skyport.launch.mpi import mpich_mpiexec
+
+    mpiexec = mpich_mpiexec()
+    if mpiexec is None:
+        pytest.skip("MPICH is not installed")
+    (tmp_path / "skyport-payload.pkl").write_bytes(cloudpickle.dumps((fn, (), {})))
+    return [mpiexec, "-n", "3", sys.executable, "-m", "skyport.runtime.function",
+            "skyport-payload.pkl", "results/"]
+
+
+@pytest.mark.timeout(60)
+def test_every_rank_writes_its_outcome(tmp_path: Path) -> None:
+    def where() -> tuple[int, int, int]:
+        import skyport
+
+        ctx = skyport.context()
+        return ctx.rank, ctx.size, ctx.comm.allreduce(ctx.rank)
+
+    argv = _ranks_payload(tmp_path, where)
+    env = {**os.environ, "SKYPORT_JOB_ID": "j1"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = [cloudpickle.loads((tmp_path / "results" / f"skyport-result.{r}.pkl").read_bytes())
+           for r in range(3)]
+    assert got == [("ok", (r, 3, 3)) for r in range(3)]
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_that_raises_aborts_the_others(tmp_path: Path) -> None:
+    def wait_for_rank_1() -> int:
+        import skyport
+
+        ctx = skyport.context()
+        if ctx.rank == 1:
+            raise ValueError("rank 1 gives up")
+        ctx.comm.barrier()  # would hang forever without the abort
+        return 0
+
+    argv = _ranks_payload(tmp_path, wait_for_rank_1)
+    env = {**os.environ, "SKYPORT_JOB_ID": "j1"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert "rank 1 of 3 raised" in proc.stderr
+    outcome = cloudpickle.loads((tmp_path / "results" / "skyport-result.1.pkl").read_bytes())
+    assert outcome[:3] == ("error", "ValueError", "rank 1 gives up")

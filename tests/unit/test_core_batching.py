@@ -1,0 +1,96 @@
+"""A burst of submissions is planned in a handful of passes, not one per job.
+
+The Core runs as a plain ``CoreService`` on a fake gate (no Ray, no clusters)
+with a planner that records every pass; 2,000 jobs arrive one after another
+as fast as the Core takes them, yielding to the event loop in between (as
+separate REST calls would), so a loop that planned after every change would
+run hundreds of passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from skyport.core.service import CoreService, CoreSettings
+from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
+from skyport.models import JobSpec
+from skyport.pki import Identity
+from skyport.scheduler import PlanEntry, UsageCharge
+from skyport.storage import JobStorage
+from skyport.store import JobStore
+from skyport.timetable import Snapshot
+
+JOBS = 2_000
+REPLAN_S = 0.5
+
+
+class FakeGate:
+    """The async methods of ``GatePort``; every call yields to the event loop once."""
+
+    async def flavors(self) -> list[Flavor]:
+        await asyncio.sleep(0)
+        return [Flavor("small", cpus=4, mem_mb=8_192)]
+
+    async def capacity(self) -> Capacity:
+        await asyncio.sleep(0)
+        return Capacity(total_cpus=64, free_cpus=64)
+
+    async def can_ever_fit(
+        self,
+        nodes: int,
+        cpus_per_node: int,
+        gpus_per_node: int,
+        mem_mb: int | None,
+        flavor: str | None,
+    ) -> str | None:
+        await asyncio.sleep(0)
+        return None
+
+    async def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
+        raise AssertionError("the planner starts nothing, so no cluster is created")
+
+    async def describe_cluster(self, cluster_id: str) -> ClusterInfo:
+        raise AssertionError("no cluster exists")
+
+    async def delete_cluster(self, cluster_id: str) -> None:
+        raise AssertionError("no cluster exists")
+
+    async def list_clusters(self) -> list[ClusterInfo]:
+        await asyncio.sleep(0)
+        return []
+
+
+async def _burst(tmp_path: Path) -> list[int]:
+    """Submit ``JOBS`` jobs at once; return the queue length each planning pass saw."""
+    seen: list[int] = []
+
+    async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+        seen.append(len(snapshot.queued))
+        return []  # start nothing: every job stays queued
+
+    store = JobStore(tmp_path / "jobs.db")
+    storage = JobStorage((tmp_path / "storage").as_uri())
+    settings = CoreSettings(control_url="", ca_pem="", replan_interval_s=REPLAN_S)
+    core = CoreService(store, storage, {"fake": FakeGate()}, planner, settings)
+    try:
+        await core.start()
+        alice = Identity("alice", "user")
+        spec = JobSpec(script="#!/bin/bash\ntrue\n")
+        for _ in range(JOBS):
+            await core.submit(alice, spec)
+            await asyncio.sleep(0)  # the Core's loop may run between two requests
+        for _ in range(200):  # the loop plans what arrived within a pause or two
+            if seen and seen[-1] == JOBS:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await core.stop()
+        store.close()
+    return seen
+
+
+def test_a_burst_of_submissions_is_planned_in_a_few_passes(tmp_path: Path) -> None:
+    seen = asyncio.run(_burst(tmp_path))
+    assert seen and seen[-1] == JOBS, f"the last pass saw {seen[-1:]} queued jobs, not {JOBS}"
+    assert len(seen) <= 10, f"{len(seen)} planning passes for {JOBS} submissions: {seen}"
