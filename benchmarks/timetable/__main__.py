@@ -4,7 +4,7 @@
   python -m benchmarks.timetable --trace T.swf --policy easy --windows 10 --window-len 1024 --seed 1
   python -m benchmarks.timetable --trace T.swf --policy conservative --overcommit
   python -m benchmarks.timetable compare --trace T.swf [--trace ...] --out results/ [--windows 10]
-  python -m benchmarks.timetable speed --trace T.swf [--queued 10000 --running 1000]
+  python -m benchmarks.timetable speed --trace T.swf [--queued 10000 --running 1000 --repeats 3]
 
 Bad input gives a one-line error on stderr and exit status 2.
 """
@@ -73,6 +73,7 @@ def _parser(command: str) -> _Parser:
     if command == "speed":
         parser.add_argument("--queued", type=_positive("--queued"), default=10_000)
         parser.add_argument("--running", type=_positive("--running"), default=1_000)
+        parser.add_argument("--repeats", type=_positive("--repeats"), default=3)
         parser.add_argument("--policy", type=_policy, action="append", help="default: all")
     return parser
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "speed":
             from benchmarks.timetable.speed import speed
 
-            print(json.dumps(speed(traces, args.policy, args.queued, args.running), indent=1))
+            report = speed(traces, args.policy, args.queued, args.running, args.repeats)
+            print(json.dumps(report, indent=1))
             return 0
         if len(traces) != 1:
             _fail(f"--trace: given {len(traces)} times; a single run takes exactly one trace")

@@ -504,7 +504,7 @@ class CoreService:
             if job.state.is_terminal():
                 return
             self._gate_failures.setdefault(job.id, {})[gate_name] = time.monotonic()
-            if self._allowed_gates(job):
+            if job.spec.gate is None and self._allowed_gates(job):
                 self.store.transition(
                     job.id, S.QUEUED, f"gate {gate_name} failed: {exc.message}; "
                     "re-planned on another gate", cluster_id=None)

@@ -68,6 +68,9 @@ class FakeControlPlane:
                 return httpx.Response(200, json={})
             if path == "/inputs":
                 return httpx.Response(200, json=[k for k in self.files if k.startswith("in")])
+            if path == "/checkpoints":  # no checkpoint yet: nothing to restore
+                return httpx.Response(200, json={"latest": None, "pending": None,
+                                                 "log_sizes": {}})
             if parts[0] == "files":
                 name = "/".join(parts[1:])
                 if request.method == "PUT":

@@ -275,6 +275,9 @@ EXPECTED = {
     "outputs": ["out/history.nc", "out/restart"],
     "env": {"OMP_PLACES": "cores", "RUN_LABEL": "test run"},
     "priority": 10,
+    "checkpoint_every_s": None,
+    "max_restarts": None,
+    "signal": None,
 }
 
 
