@@ -8,11 +8,12 @@ reaping)::
         "create_failure_rate": 0.3, "delete_failure_rate": 0.3, "seed": 7}}
 
 A failed create raises ``GateError`` either before the inner gate is asked
-(nothing is left) or *after* the inner gate built the cluster (``leave_behind_fraction`` of the failures, default half), which
-is then left behind on purpose: a half-created cluster the
-system must clean up.  A failed delete raises before the inner gate deletes
-anything.  Everything else (flavors, capacity, describe, list) is the inner
-gate's; the inner gate gets the chaos gate's name, so its state folder is
+(nothing is left) or *after* the inner gate built the cluster
+(``leave_behind_fraction`` of the failures, default half), which is then
+left behind on purpose: a half-created cluster the system must clean up.
+A failed delete raises before the inner gate deletes anything.
+Everything else (flavors, capacity, describe, list) is the inner gate's;
+the inner gate gets the chaos gate's name, so its state folder is
 ``gates/<name>/``.  The draws come from one seeded generator: the same seed
 and the same sequence of calls fail the same way.
 """
