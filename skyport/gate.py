@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -111,6 +112,18 @@ class Gate(abc.ABC):
         self.name = name
         self.config = config
         self.state_dir = state_dir
+
+    def gate_dir(self) -> Path:
+        """This gate's own durable folder, created if missing.
+
+        ``state_dir`` is a StateDir in the control plane; tests may pass a path.
+        """
+        if hasattr(self.state_dir, "gate_dir"):
+            path = Path(self.state_dir.gate_dir(self.name))
+        else:
+            path = Path(self.state_dir) / "gates" / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @abc.abstractmethod
     def flavors(self) -> list[Flavor]: ...

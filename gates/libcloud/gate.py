@@ -24,7 +24,6 @@ import hashlib
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
@@ -69,9 +68,7 @@ class LibcloudGate(Gate):
     def __init__(self, name: str, config: LibcloudGateConfig, state_dir: Any) -> None:
         super().__init__(name, config, state_dir)
         self.cfg = config
-        gate_dir = Path(state_dir.gate_dir(name) if hasattr(state_dir, "gate_dir")
-                        else Path(state_dir) / "gates" / name)
-        gate_dir.mkdir(parents=True, exist_ok=True)
+        gate_dir = self.gate_dir()
         self.scope = hashlib.sha256(str(gate_dir.resolve()).encode()).hexdigest()[:12]
         self.prices = load_prices(config)
         cls = driver_class(config.provider)

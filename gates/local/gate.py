@@ -75,9 +75,7 @@ class LocalGate(Gate):
         self.gpu_ids = list(config.gpus) if config.gpus is not None else detect_gpus()
         if len(set(self.gpu_ids)) != len(self.gpu_ids):
             raise ConfigError(f"gate {name}: gpus {self.gpu_ids} lists an id twice")
-        self.dir = Path(state_dir.gate_dir(name) if hasattr(state_dir, "gate_dir")
-                        else Path(state_dir) / "gates" / name)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = self.gate_dir()
         self.workdir_root = Path(config.workdir_root) if config.workdir_root \
             else self.dir / "nodes"
         self.agent_command = list(config.agent_command or

@@ -9,10 +9,11 @@ rename), so a crash leaves the old record or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from skyport.gate_records import RecordStore as GenericRecordStore
 
 RecordState = Literal["creating", "running"]
 
@@ -66,39 +67,8 @@ class ClusterRecord:
         return cls(**raw, nodes=nodes)
 
 
-class RecordStore:
+class RecordStore(GenericRecordStore[ClusterRecord]):
     """The ``clusters/`` folder of one gate's directory."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, cluster_id: str) -> Path:
-        return self.root / f"{cluster_id}.json"
-
-    def get(self, cluster_id: str) -> ClusterRecord | None:
-        try:
-            return ClusterRecord.from_json(self.path(cluster_id).read_text())
-        except FileNotFoundError:
-            return None
-
-    def all(self) -> list[ClusterRecord]:
-        records = []
-        for p in sorted(self.root.glob("*.json")):
-            try:
-                records.append(ClusterRecord.from_json(p.read_text()))
-            except FileNotFoundError:
-                continue
-        return records
-
-    def put(self, record: ClusterRecord) -> None:
-        path = self.path(record.cluster_id)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(record.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def remove(self, cluster_id: str) -> None:
-        self.path(cluster_id).unlink(missing_ok=True)
+        super().__init__(root, ClusterRecord.from_json)

@@ -31,7 +31,6 @@ import re
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -78,9 +77,7 @@ class RayGate(Gate):
         super().__init__(name, config, state_dir)
         self.cfg = config
         self._connect()
-        self.dir = Path(state_dir.gate_dir(name) if hasattr(state_dir, "gate_dir")
-                        else Path(state_dir) / "gates" / name)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = self.gate_dir()
         self._records = RecordStore(self.dir / "clusters")
         self._lock = threading.Lock()
         self._creating: set[str] = set()  # creates in progress in this process

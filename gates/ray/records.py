@@ -10,10 +10,11 @@ the agent's pid and start time); never the job token.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from skyport.gate_records import RecordStore as GenericRecordStore
 
 
 @dataclass(frozen=True)
@@ -51,39 +52,8 @@ class ClusterRecord:
         return cls(**{**raw, "nodes": tuple(NodeRecord(**n) for n in raw["nodes"])})
 
 
-class RecordStore:
+class RecordStore(GenericRecordStore[ClusterRecord]):
     """The ``clusters/`` folder of one ray gate's directory."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, cluster_id: str) -> Path:
-        return self.root / f"{cluster_id}.json"
-
-    def get(self, cluster_id: str) -> ClusterRecord | None:
-        try:
-            return ClusterRecord.from_json(self._path(cluster_id).read_text())
-        except FileNotFoundError:
-            return None
-
-    def all(self) -> list[ClusterRecord]:
-        out = []
-        for p in sorted(self.root.glob("*.json")):
-            try:
-                out.append(ClusterRecord.from_json(p.read_text()))
-            except FileNotFoundError:
-                continue
-        return out
-
-    def put(self, record: ClusterRecord) -> None:
-        path = self._path(record.cluster_id)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(record.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def remove(self, cluster_id: str) -> None:
-        self._path(cluster_id).unlink(missing_ok=True)
+        super().__init__(root, ClusterRecord.from_json)
