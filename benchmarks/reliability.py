@@ -1,7 +1,7 @@
 """Reliability benchmark: a batch of checkpointing jobs under injected failures.
 
     python -m benchmarks.reliability --jobs 40 --kill-rate 0.02 --preempt-rate 0.02 \\
-        --controlplane-kills 2 --seed 1 [--json]
+        --controlplane-kills 2 --seed 1 [--baseline] [--json]
 
 On a fresh control plane (local gate, a temporary state directory) it submits
 ``--jobs`` counter jobs (1 or 2 nodes; each counts to a random N, keeping its
@@ -19,7 +19,10 @@ followed by a restart.  It then reports:
 * clusters leaked (must be 0): local-gate cluster records left once every job
   ended and the reaper ran;
 * time lost to failures: running time beyond the uninterrupted time, and the
-  gaps between attempts (restart overheads).
+  gaps between attempts (restart overheads).  With ``--baseline`` the same
+  batch (the same ``--seed``) first runs on its own fresh control plane with
+  no injected failure, and the table shows both runs side by side plus their
+  difference: time lost to failures = failure run - baseline run.
 
 The issue's full run (``--jobs 200 --controlplane-kills 3``) takes a while on
 a 2-core machine; it is an option, not a test.
@@ -105,8 +108,17 @@ def _runs(job: Job) -> list[tuple[float, float]]:
     return out
 
 
-def run(args: argparse.Namespace) -> Report:
+def batch(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The jobs of a run, ``(nodes, steps)`` each: the same for the same ``--seed``."""
     rng = random.Random(args.seed)
+    return [
+        (rng.choice((1, 2)), rng.randint(args.min_steps, args.max_steps)) for _ in range(args.jobs)
+    ]
+
+
+def run(args: argparse.Namespace, *, failures: bool = True) -> Report:
+    """Run ``batch(args)`` on a fresh control plane; ``failures=False``: inject none."""
+    rng = random.Random(f"{args.seed}-failures")  # what is injected, apart from the batch
     home = Path(tempfile.mkdtemp(prefix="sp-rel-", dir="/tmp"))
     state = StateDir(home)
     init_state(state, local_cpus=args.cpus)
@@ -116,16 +128,22 @@ def run(args: argparse.Namespace) -> Report:
     try:
         client: Client = connect(home)
         want: dict[str, int] = {}
-        for i in range(args.jobs):
-            n = rng.randint(args.min_steps, args.max_steps)
-            nodes = rng.choice((1, 2))
-            spec = build_spec(SCRIPT.format(nodes=nodes, every=args.checkpoint_every, i=i, n=n,
-                                            step=STEP_S, max_restarts=args.max_restarts))
+        for i, (nodes, n) in enumerate(batch(args)):
+            spec = build_spec(
+                SCRIPT.format(
+                    nodes=nodes,
+                    every=args.checkpoint_every,
+                    i=i,
+                    n=n,
+                    step=STEP_S,
+                    max_restarts=args.max_restarts,
+                )
+            )
             want[client.submit(spec).id] = n
         report.submitted = len(want)
         report.ideal_running_s = sum(want.values()) * STEP_S
-        cp_kills_at = [args.duration_s * (k + 1) / (args.controlplane_kills + 1)
-                       for k in range(args.controlplane_kills)]
+        cp_kills = args.controlplane_kills if failures else 0
+        cp_kills_at = [args.duration_s * (k + 1) / (cp_kills + 1) for k in range(cp_kills)]
         deadline = t0 + args.timeout_s
         while time.monotonic() < deadline:
             elapsed = time.monotonic() - t0
@@ -147,7 +165,7 @@ def run(args: argparse.Namespace) -> Report:
             if all(j.state.is_terminal() for j in jobs) and not cp_kills_at:
                 break
             for j in jobs:
-                if j.state != JobState.RUNNING:
+                if j.state != JobState.RUNNING or not failures:
                     continue
                 try:
                     if rng.random() < args.kill_rate:
@@ -170,8 +188,7 @@ def run(args: argparse.Namespace) -> Report:
                 continue
             runs = _runs(job)
             report.running_s += sum(b - a for a, b in runs)
-            report.restart_gaps_s += sum(runs[k + 1][0] - runs[k][1]
-                                         for k in range(len(runs) - 1))
+            report.restart_gaps_s += sum(runs[k + 1][0] - runs[k][1] for k in range(len(runs) - 1))
             overlap = any(runs[k + 1][0] < runs[k][1] for k in range(len(runs) - 1))
             if job.state == JobState.SUCCEEDED:
                 report.completed += 1
@@ -197,22 +214,54 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def _table(report: Report) -> str:
-    rows = [(k, v) for k, v in asdict(report).items() if k != "failed_reasons"]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k.replace('_', ' '):<{width}}  {round(v, 2) if isinstance(v, float) else v}"
-             for k, v in rows]
-    lines += [f"  {job_id}: {why}" for job_id, why in report.failed_reasons.items()]
+def _fmt(v: Any) -> str:
+    return str(round(v, 2) if isinstance(v, float) else v)
+
+
+def _table(report: Report, baseline: Report | None = None) -> str:
+    rows = [k for k in asdict(report) if k != "failed_reasons"]
+    width = max(len(k) for k in rows)
+    if baseline is None:
+        lines = [f"{k.replace('_', ' '):<{width}}  {_fmt(getattr(report, k))}" for k in rows]
+    else:
+        lines = [f"{'':<{width}}  {'failures':>10}  {'baseline':>10}"]
+        lines += [
+            f"{k.replace('_', ' '):<{width}}  {_fmt(getattr(report, k)):>10}  "
+            f"{_fmt(getattr(baseline, k)):>10}"
+            for k in rows
+        ]
+        lost = lost_to_failures(report, baseline)
+        lines.append("time lost to failures (failure run - baseline run):")
+        lines += [f"  {k.replace('_', ' '):<{width}}  {v:>10.2f}" for k, v in lost.items()]
+    for name, r in (("", report), ("baseline ", baseline)):
+        if r is not None and r.failed_reasons:
+            lines.append(f"{name}failed jobs:")
+            lines += [f"  {job_id}: {why}" for job_id, why in r.failed_reasons.items()]
     return "\n".join(lines)
 
 
+def lost_to_failures(report: Report, baseline: Report) -> dict[str, float]:
+    """What the failures cost: the failure run minus the baseline run."""
+    return {
+        "wall_s": report.wall_s - baseline.wall_s,
+        "running_s": report.running_s - baseline.running_s,
+        "restart_gaps_s": report.restart_gaps_s - baseline.restart_gaps_s,
+    }
+
+
+def _ok(report: Report) -> bool:
+    return report.lost == 0 and report.duplicated == 0 and not report.clusters_leaked
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.reliability",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--jobs", type=int, default=40)
     p.add_argument("--kill-rate", type=float, default=0.02, help="per running job per second")
-    p.add_argument("--preempt-rate", type=float, default=0.02,
-                   help="per running job per second")
+    p.add_argument("--preempt-rate", type=float, default=0.02, help="per running job per second")
     p.add_argument("--controlplane-kills", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cpus", type=int, default=8, help="cores the local gate hands out")
@@ -221,17 +270,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=3, help="seconds")
     p.add_argument("--max-restarts", type=int, default=10)
     p.add_argument("--notice-s", type=float, default=5.0)
-    p.add_argument("--duration-s", type=float, default=60.0,
-                   help="the control-plane kills are spread over this long")
+    p.add_argument(
+        "--duration-s",
+        type=float,
+        default=60.0,
+        help="the control-plane kills are spread over this long",
+    )
     p.add_argument("--timeout-s", type=float, default=1800.0)
     p.add_argument("--keep", action="store_true", help="keep the state directory")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first run the same batch with no injected failure, to subtract",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    baseline = run(args, failures=False) if args.baseline else None
     report = run(args)
-    print(json.dumps(asdict(report), indent=2) if args.json else _table(report))
-    return 0 if report.lost == 0 and report.duplicated == 0 and not report.clusters_leaked \
-        else 1
+    if args.json:
+        out: dict[str, Any] = {"failures": asdict(report)}
+        if baseline is not None:
+            out["baseline"] = asdict(baseline)
+            out["lost_to_failures"] = lost_to_failures(report, baseline)
+        print(json.dumps(out, indent=2))
+    else:
+        print(_table(report, baseline))
+    return 0 if _ok(report) and (baseline is None or _ok(baseline)) else 1
 
 
 if __name__ == "__main__":

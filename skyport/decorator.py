@@ -85,6 +85,8 @@ _ARGUMENT_OF = {
     "gate": "gate",
     "flavor": "flavor",
     "env": "env",
+    "checkpoint_every_s": "checkpoint_every",
+    "max_restarts": "max_restarts",
 }
 
 
@@ -103,6 +105,8 @@ class JobOptions:
     ranks_per_node: int = 1
     threads_per_rank: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    checkpoint_every: str | int | None = None
+    max_restarts: int | None = None
     home: str | Path | None = None
     user: str | None = None
 
@@ -121,6 +125,8 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
         "ranks_per_node": options.ranks_per_node,
         "threads_per_rank": options.threads_per_rank,
         "env": options.env,
+        "checkpoint_every": options.checkpoint_every,
+        "max_restarts": options.max_restarts,
     }
     ranks = _total_ranks(options)
     data = {
@@ -142,6 +148,8 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
         "flavor": options.flavor,
         "outputs": (RESULTS_DIR,) if ranks > 1 else (RESULT_FILE,),
         "env": dict(options.env),
+        "checkpoint_every_s": _checkpoint_every_s(options.checkpoint_every),
+        "max_restarts": _max_restarts(options.max_restarts),
     }
     try:
         return JobSpec.model_validate(data, strict=False)
@@ -182,6 +190,29 @@ def _time_s(value: str | int) -> int:
     if value <= 0:
         raise ValidationError("time", value, "a positive number of seconds")
     return int(value)
+
+
+def _checkpoint_every_s(value: str | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValidationError(
+            "checkpoint_every", value, "seconds as a whole number, or " + DURATION_FORMS
+        )
+    if isinstance(value, str):
+        try:
+            value = parse_duration_s(value)
+        except ValueError as exc:
+            raise ValidationError("checkpoint_every", value, DURATION_FORMS) from exc
+    if value < 1:
+        raise ValidationError("checkpoint_every", value, "at least 1 second")
+    return value  # the upper bound is the spec's (its error names this argument too)
+
+
+def _max_restarts(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValidationError("max_restarts", value, "a whole number of restarts, 0 or more")
+    return value  # the range is the spec's
 
 
 def _mem_mb(value: str | int | None) -> int | None:
@@ -423,6 +454,8 @@ def job(
     ranks_per_node: int = ...,
     threads_per_rank: int | None = ...,
     env: Mapping[str, str] | None = ...,
+    checkpoint_every: str | int | None = ...,
+    max_restarts: int | None = ...,
     home: str | Path | None = ...,
     user: str | None = ...,
     client: Client | None = ...,
@@ -444,6 +477,8 @@ def job(
     ranks_per_node: int = 1,
     threads_per_rank: int | None = None,
     env: Mapping[str, str] | None = None,
+    checkpoint_every: str | int | None = None,
+    max_restarts: int | None = None,
     home: str | Path | None = None,
     user: str | None = None,
     client: Client | None = None,
@@ -451,7 +486,11 @@ def job(
     """Make a function submittable as a job: ``@job`` or ``@job(cpus=4, time="2h")``.
 
     ``cpus`` is per node (default 2), ``time`` a duration (default ``"10m"``; or
-    ``"1:30:00"``, or seconds), ``mem`` per node (``"2G"`` or MB).  ``home`` and ``user`` pick the
+    ``"1:30:00"``, or seconds), ``mem`` per node (``"2G"`` or MB).  ``checkpoint_every``
+    (a duration like ``"5m"``, or seconds) has Sky Port store the job's checkpoint
+    directory that often (``skyport.checkpoint``); ``max_restarts`` is how many times a
+    job whose node was lost or preempted is restarted from its latest checkpoint before it
+    fails (default: the control plane's).  ``home`` and ``user`` pick the
     control plane and certificate as ``skyport.connect`` does; ``client``
     reuses an existing connection instead.
     """
@@ -469,6 +508,8 @@ def job(
         ranks_per_node=ranks_per_node,
         threads_per_rank=threads_per_rank,
         env=dict(env or {}),
+        checkpoint_every=checkpoint_every,
+        max_restarts=max_restarts,
         home=home,
         user=user,
     )

@@ -149,6 +149,17 @@ class Gate(abc.ABC):
 
     # -- helpers written once, on the primitives ---------------------------
 
+    def warm_idle_timeout_s(self) -> float:
+        """How long a finished job's cluster may wait for the next job of its owner
+        and shape (``skyport.core.warm``); 0 when this gate never keeps one.
+
+        A gate that can keep nodes warm declares ``capabilities.warm_reuse`` and
+        an ``idle_timeout_s`` in its config (0, the default, turns it off).
+        """
+        if not self.capabilities.warm_reuse:
+            return 0.0
+        return float(getattr(self.config, "idle_timeout_s", 0.0) or 0.0)
+
     def can_ever_fit(
         self,
         nodes: int,

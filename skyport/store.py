@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,21 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL,
     PRIMARY KEY (job_id, n)
 );
+CREATE TABLE IF NOT EXISTS warm_clusters (
+    cluster_id TEXT PRIMARY KEY,
+    gate TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    from_job TEXT NOT NULL,
+    flavor TEXT,
+    price_per_hour REAL,
+    nodes INTEGER NOT NULL,
+    cpus_per_node INTEGER NOT NULL,
+    gpus_per_node INTEGER NOT NULL,
+    mem_mb INTEGER,
+    since REAL NOT NULL,
+    idle_hashes TEXT NOT NULL DEFAULT '[]',
+    assigned_job TEXT
+);
 """
 
 _UPDATABLE = {
@@ -67,6 +83,30 @@ _UPDATABLE = {
     "restarts",
     "token_hash",
 }
+
+
+@dataclass(frozen=True)
+class WarmCluster:
+    """A finished job's cluster kept for the next job of its owner and shape.
+
+    ``idle_hashes[rank]`` is the hash of the idle credential handed to that
+    node's agent (None until handed out); ``assigned_job`` is the job the
+    cluster was handed to, until every node has picked that job up.
+    """
+
+    cluster_id: str
+    gate: str
+    owner: str
+    from_job: str
+    flavor: str | None
+    price_per_hour: float | None
+    nodes: int
+    cpus_per_node: int
+    gpus_per_node: int
+    mem_mb: int | None
+    since: float
+    idle_hashes: tuple[str | None, ...] = ()
+    assigned_job: str | None = None
 
 
 def utcnow() -> datetime:
@@ -178,6 +218,26 @@ class JobStore:
             "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, ?, ?, ?, ?)",
             (job_id, n, _ts(now), state.value, reason),
         )
+
+    # -- warm clusters (skyport.core.warm) ------------------------------------
+
+    def put_warm(self, warm: WarmCluster) -> None:
+        row = list(astuple(warm))
+        names = [f.name for f in fields(WarmCluster)]
+        row[names.index("idle_hashes")] = json.dumps(list(warm.idle_hashes))
+        with self._tx() as db:
+            db.execute(f"INSERT OR REPLACE INTO warm_clusters ({', '.join(names)})"
+                       f" VALUES ({', '.join('?' * len(names))})", row)
+
+    def drop_warm(self, cluster_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM warm_clusters WHERE cluster_id = ?", (cluster_id,))
+
+    def warm_clusters(self) -> list[WarmCluster]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM warm_clusters ORDER BY since").fetchall()
+        return [WarmCluster(**{**dict(r), "idle_hashes": tuple(json.loads(r["idle_hashes"]))})
+                for r in rows]
 
     # -- reads --------------------------------------------------------------
 

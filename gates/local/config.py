@@ -34,6 +34,9 @@ class LocalGateConfig(GateConfig):
         "[sys.executable, '-m', 'skyport.agent']; '--bootstrap PATH' is appended")
     kill_grace_s: float = Field(3.0, ge=0, le=60)
     boot_s: float = Field(1.0, ge=0)
+    idle_timeout_s: float = Field(
+        0.0, ge=0, le=86400, description="keep a finished job's cluster this long for the "
+        "next job of the same owner and shape; 0 (default): delete it at once")
 
     @field_validator("gpus", mode="before")
     @classmethod

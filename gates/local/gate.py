@@ -65,7 +65,7 @@ _SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVA
 class LocalGate(Gate):
     type_name = "local"
     config_model = LocalGateConfig
-    capabilities = GateCapabilities(gpus=True, multi_node=True, warm_reuse=False)
+    capabilities = GateCapabilities(gpus=True, multi_node=True, warm_reuse=True)
 
     def __init__(self, name: str, config: LocalGateConfig, state_dir: Any) -> None:
         super().__init__(name, config, state_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
+from skyport.agent.idle import wait_for_next_job
 from skyport.agent.main import Agent, AgentSettings, install_signal_handlers
 from skyport.agent.procfs import set_child_subreaper
 from skyport.errors import ConfigError
@@ -53,10 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("skyport.agent").error("cannot start: %s", exc)
         return 2
     set_child_subreaper()  # orphans of the payload stay ours to find and kill
-    with client:
-        agent = Agent(boot, client, settings)
-        install_signal_handlers(agent)
-        return agent.run()
+    while True:  # one job, then (on a warm cluster) the next job of its owner and shape
+        with client:
+            agent = Agent(boot, client, settings)
+            install_signal_handlers(agent)
+            rc = agent.run()
+        if agent.idle is None:
+            return rc
+        next_boot = wait_for_next_job(boot, agent.idle, settings.retry_for_s, settings.grace_s)
+        if next_boot is None:
+            return rc
+        boot = next_boot
+        client = AgentClient(boot.control_url, boot.job_id, boot.token, ca_pem=boot.ca_pem,
+                             retry_for_s=settings.retry_for_s)
 
 
 if __name__ == "__main__":

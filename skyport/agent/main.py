@@ -113,6 +113,8 @@ class Agent:
         self._beat_changed = threading.Event()
         self._done = threading.Event()
         self.beat_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.warm = False  # the Core keeps this cluster warm after the job (skyport.agent.idle)
+        self.idle: dict[str, Any] | None = None  # this node's idle credential, once told
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -146,7 +148,11 @@ class Agent:
         self.checkpoints.attach(self._launch_vars, self._socket, self.beat_listeners)
         try:
             if b.node_rank == 0:
-                return self._run_job(spec)
+                rc = self._run_job(spec)
+                if self.warm:  # the Core's answer now says stop, or idle with a credential
+                    self._beat()
+                    self.stop.wait(3 * self.settings.heartbeat_s + 2)
+                return rc
             self.stop.wait()
             log.info("stopping: the job is over")
             return 0
@@ -231,27 +237,34 @@ class Agent:
 
     def _heartbeat_loop(self) -> None:
         while not self._done.is_set():
-            try:
-                answer = self.client.heartbeat(self.boot.node_rank)
-                for listen in self.beat_listeners:
-                    listen(answer)
-                self._action = str(answer.get("action", "wait"))
-                state = JobState(answer.get("state", JobState.QUEUED.value))
-                if self._action == "stop" or state.is_terminal():
-                    log.info("heartbeat says %s (job %s)", self._action, state.value)
-                    self.request_stop()
-                self._beat_changed.set()
-            except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
-                log.error("the control plane no longer knows this job: %s", exc)
-                self.request_stop()
-            except ControlPlaneError as exc:
-                log.error("lost the control plane: %s", exc)
-                self.request_stop()
-            except (SkyportError, ValueError) as exc:
-                log.warning("heartbeat failed: %s", exc)
+            self._beat()
             if self.stop.is_set():
                 return
             self._done.wait(self.settings.heartbeat_s)
+
+    def _beat(self) -> None:
+        """One heartbeat and what its answer says (stop, run, idle, checkpoint work)."""
+        try:
+            answer = self.client.heartbeat(self.boot.node_rank)
+            for listen in self.beat_listeners:
+                listen(answer)
+            self._action = str(answer.get("action", "wait"))
+            self.warm = self.warm or bool(answer.get("warm"))
+            if isinstance(answer.get("idle"), dict):
+                self.idle = answer["idle"]
+            state = JobState(answer.get("state", JobState.QUEUED.value))
+            if self._action == "stop" or state.is_terminal():
+                log.info("heartbeat says %s (job %s)", self._action, state.value)
+                self.request_stop()
+            self._beat_changed.set()
+        except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
+            log.error("the control plane no longer knows this job: %s", exc)
+            self.request_stop()
+        except ControlPlaneError as exc:
+            log.error("lost the control plane: %s", exc)
+            self.request_stop()
+        except (SkyportError, ValueError) as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     def _wait_for_run(self) -> bool:
         while not self.stop.is_set():

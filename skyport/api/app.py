@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skyport.api.agent_launch import launch_router
 from skyport.api.checkpoint_routes import check_agent_checkpoint_path, checkpoint_router
+from skyport.api.idle_routes import idle_router
 from skyport.api.tls import peer_identity
 from skyport.errors import (
     AuthenticationError,
@@ -277,6 +278,7 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
 
     app.include_router(launch_router(core))
     app.include_router(checkpoint_router(core))
+    app.include_router(idle_router(core))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     return app
 

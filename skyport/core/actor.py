@@ -70,6 +70,9 @@ class GateActor:
     def list_clusters(self) -> list[ClusterInfo]:
         return self.gate.list_clusters()
 
+    def warm_idle_timeout_s(self) -> float:
+        return self.gate.warm_idle_timeout_s()
+
     # provider extras (``ex_*``) used to inject failures; GateError if the gate lacks one
     def ex_kill_node(self, cluster_id: str, rank: int) -> Any:
         return self._extra("kill_node")(cluster_id, rank)
@@ -169,6 +172,10 @@ class CoreActor:
 
     async def reap(self) -> list[str]:
         return await self.service.reap()
+
+    async def agent_idle_next(self, cluster_id: str, credential: str, rank: int,
+                              wait_s: float) -> dict:
+        return await self.service.agent_idle_next(cluster_id, credential, rank, wait_s)
 
     async def recovery_call(self, name: str, *args: Any) -> Any:
         return await self.service.recovery_call(name, *args)

@@ -162,6 +162,35 @@ class Recovery:
         finally:
             self._losing.discard(job_id)
 
+    async def failed_exit(self, job: Job, exit_code: int) -> Job | None:
+        """A payload exited non-zero: if its cluster has lost a node, requeue it, not fail it.
+
+        For ``CoreService.agent_exit``, before it ends the job FAILED.  When one node
+        of a multi-node job dies, the launcher on the surviving node (``mpiexec``)
+        exits with an error at once, usually before the liveness check has seen the
+        loss: that exit is the lost node's doing.  Returns the job (requeued, or being
+        requeued by the liveness check) if so; None for an ordinary failure.
+        """
+        if job.nodes < 2 or not job.cluster_id or job.gate not in self.core.gates:
+            return None
+        try:
+            info = await self.core.gates[job.gate or ""].describe_cluster(job.cluster_id)
+        except Exception as exc:  # noqa: BLE001 - a sick gate: an ordinary failure, then
+            log.warning("job %s: could not look at cluster %s after exit code %d: %s",
+                        job.id, job.cluster_id, exit_code, exc)
+            return None
+        if info.state in ("creating", "running"):
+            return None
+        after = self._after.get(job.id)
+        if after is not None and after.notice == "preempt":
+            why = f"{after.reason}: nodes reclaimed before the checkpoint was complete"
+        else:
+            why = "node lost: " + (info.reason or "the cluster failed")
+        why += f" (the payload then exited with code {exit_code})"
+        log.info("job %s: %s", job.id, why)
+        await self.lose(job.id, why, cluster_id=job.cluster_id)
+        return self.core.store.get(job.id)
+
     def _forget(self, job_id: str) -> None:
         self._open.pop(job_id, None)
         self._after.pop(job_id, None)
@@ -336,7 +365,7 @@ class Recovery:
         if job.state == S.RUNNING:
             self._then(job, _After("requeue", reason, time.monotonic() + notice_s,
                                    notice="preempt"))
-        else:
+        elif job.state != S.STAGING_OUT:  # collecting outputs: it may be done before the reclaim
             await self.lose(job_id, reason)
         return {"job_id": job_id, "cluster_id": job.cluster_id, "notice_s": notice_s}
 
@@ -361,6 +390,11 @@ class Recovery:
             return
         job = self.core.store.get(job_id, events=False)
         if job.state.is_terminal():
+            return
+        if after.action == "requeue" and job.state == S.STAGING_OUT:
+            # the payload ended while its checkpoint was taken: its outcome stands, and
+            # running it again from the checkpoint would run its last steps twice
+            log.info("job %s: not %s: the payload has already exited", job_id, after.reason)
             return
         if after.action == "cancel":
             self._forget(job_id)

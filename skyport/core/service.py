@@ -22,6 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from skyport import tokens
+from skyport.core.launch_calls import LaunchCalls
+from skyport.core.launches import LaunchRegistry
+from skyport.core.recovery import Recovery
+from skyport.core.views import CoreViews
+from skyport.core.warm import WarmPool
 from skyport.errors import (
     CapacityError,
     ConflictError,
@@ -91,7 +96,7 @@ class _Live:
     since: float = field(default_factory=time.monotonic)
 
 
-class CoreService:
+class CoreService(CoreViews, LaunchCalls):
     def __init__(
         self,
         store: JobStore,
@@ -110,7 +115,6 @@ class CoreService:
         self.started_at = utcnow()
         self._live: dict[str, _Live] = {}
         self._plan: dict[str, PlanEntry] = {}
-        self._plan_at = 0.0
         self._dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -120,12 +124,17 @@ class CoreService:
         self._charges: list[UsageCharge] = []  # usage of jobs ended since the last pass
         self._gate_failures: dict[str, dict[str, float]] = {}  # job -> gate -> when it failed
         self._reap_soon = False  # a delete failed: reap before reap_interval_s is up
+        self.launches = LaunchRegistry()
+        self._launch_events: dict[str, asyncio.Event] = {}
+        self.warm = WarmPool(self)
+        self.recovery = Recovery(self)
 
     # -- start-up ------------------------------------------------------------
 
     async def start(self) -> dict[str, Any]:
         """Recover from whatever the last control plane left, then run the loop."""
         recovered = await self._recover()
+        await self.warm.recover()
         await self.reap()
         self._loop_task = asyncio.create_task(self._run())
         self._dirty.set()
@@ -272,67 +281,6 @@ class CoreService:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
         return job
 
-    async def status(self) -> dict[str, Any]:
-        counts: dict[str, int] = {}
-        for job in self.store.list():
-            counts[job.state.value] = counts.get(job.state.value, 0) + 1
-        return {
-            "policy": self.policy_name,
-            "started_at": self.started_at.isoformat(),
-            "storage_url": self.storage.url,
-            "counts": counts,
-            "passes": self._passes,
-            "gates": await self.gate_info(),
-        }
-
-    async def gate_info(self) -> list[dict[str, Any]]:
-        out = []
-        for name, gate in sorted(self.gates.items()):
-            try:
-                flavors = [f.__dict__ for f in await gate.flavors()]
-                cap = (await gate.capacity()).__dict__
-                clusters = len(await gate.list_clusters())
-                out.append(
-                    {
-                        "name": name,
-                        "flavors": flavors,
-                        "capacity": cap,
-                        "clusters": clusters,
-                        "healthy": True,
-                    }
-                )
-            except Exception as exc:  # a sick gate is reported, not fatal
-                out.append({"name": name, "healthy": False, "error": str(exc)})
-        return out
-
-    async def timetable(self) -> dict[str, Any]:
-        now = time.time()
-        entries = []
-        for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
-            limit = job.spec.resources.time_limit_s
-            if job.state == S.QUEUED:
-                plan = self._plan.get(job.id)
-                if plan is None:
-                    continue
-                start, gate = plan.start_s, plan.pool
-            else:
-                start = (job.started_at or job.submitted_at).timestamp()
-                gate = job.gate
-            entries.append(
-                {
-                    "job_id": job.id,
-                    "name": job.spec.name,
-                    "owner": job.owner,
-                    "state": job.state.value,
-                    "start": start,
-                    "end": start + limit,
-                    "gate": gate,
-                    "nodes": job.spec.resources.nodes,
-                    "procs": job.spec.total_cpus,
-                }
-            )
-        return {"now": now, "policy": self.policy_name, "entries": entries}
-
     # -- agent calls ---------------------------------------------------------
 
     async def agent_auth(self, job_id: str, token: str) -> Job:
@@ -364,13 +312,14 @@ class CoreService:
         live = self._live.get(job_id)
         if live is not None:
             live.last_seen[rank] = time.monotonic()
+        answer: dict[str, Any] = {"state": job.state.value}
         if job.state.is_terminal() or not job.state.has_cluster():
-            action = "stop"
-        elif job.state == S.PROVISIONING:
-            action = "wait"
+            answer.update(self.warm.beat(job, rank) or {"action": "stop"})
         else:
-            action = "run"
-        return self.recovery.beat_answer(job, rank, {"state": job.state.value, "action": action})
+            answer["action"] = "wait" if job.state == S.PROVISIONING else "run"
+            if await self.warm.idle_timeout(job.gate or "") > 0:
+                answer["warm"] = True  # node 0 waits for its idle answer after the exit
+        return self.recovery.beat_answer(job, rank, answer)
 
     async def agent_state(self, job_id: str, token: str, state: JobState, reason: str) -> Job:
         await self.agent_auth(job_id, token)
@@ -384,6 +333,7 @@ class CoreService:
         job = await self.agent_auth(job_id, token)
         if job.state.is_terminal():
             return job
+        idle_timeout_s = await self.warm.idle_timeout(job.gate or "")  # no await after the end
         if timed_out:
             new, why = S.TIMEOUT, reason or "time limit reached"
         elif exit_code == 0:
@@ -393,7 +343,10 @@ class CoreService:
         if new == S.SUCCEEDED and job.state != S.STAGING_OUT:
             self.store.transition(job_id, S.STAGING_OUT, "collecting outputs")
         job = self.store.transition(job_id, new, why, exit_code=exit_code)
-        self._spawn(self._drop_cluster(job))
+        if self.warm.park(job, idle_timeout_s):
+            self._let_go(job)  # the cluster stays, idle, for the next job of its shape
+        else:
+            self._spawn(self._drop_cluster(job))
         self._dirty.set()
         return job
 
@@ -470,7 +423,7 @@ class CoreService:
                 )
                 for j in holding
                 if j.gate in self.gates
-            ),
+            ) + tuple(self.warm.holding()),
             pools=tuple(pools),
         )
         charges, self._charges = self._charges, []
@@ -529,6 +482,9 @@ class CoreService:
         gate = self.gates[gate_name]
         for url in job.spec.inputs:
             self.storage.copy_in(job.id, url, "inputs/" + posixpath.basename(url.rstrip("/")))
+        if await self.warm.try_assign(job, gate_name):
+            self._gate_failures.pop(job.id, None)
+            return
         token = tokens.new_token()
         cluster_id = f"{job.id}-{job.restarts}"
         r = job.spec.resources
@@ -577,13 +533,7 @@ class CoreService:
         return tuple(g for g in sorted(self.gates) if g not in failed) if failed else ()
 
     async def _drop_cluster(self, job: Job) -> None:
-        self._live.pop(job.id, None)
-        self._releases += 1
-        self._dirty.set()
-        if job.started_at is not None and job.cluster_id:
-            now = utcnow()
-            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
-            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
+        self._let_go(job)
         gate = self.gates.get(job.gate or "")
         if gate is None or not job.cluster_id:
             return
@@ -594,12 +544,23 @@ class CoreService:
             log.exception("deleting cluster %s failed", job.cluster_id)
             self._reap_soon = True
 
+    def _let_go(self, job: Job) -> None:
+        """The job no longer holds its cluster: forget it, charge its use, re-plan."""
+        self._live.pop(job.id, None)
+        self._releases += 1
+        self._dirty.set()
+        if job.started_at is not None and job.cluster_id:
+            now = utcnow()
+            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
+            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
+
     async def _requeue_lost(self, job: Job, reason: str) -> None:
         # the restart policy (revoke the token, drop the cluster, QUEUED or FAILED)
         await self.recovery.lose(job.id, reason)
 
     async def _watch(self) -> None:
         await self.recovery.watch()  # checkpoints, lost nodes seen by the gates
+        await self.warm.expire()  # idle clusters past their gate's idle timeout
         now = time.monotonic()
         for job in self.store.list(states=[s for s in S if s.has_cluster()]):
             live = self._live.setdefault(job.id, _Live())
@@ -632,12 +593,15 @@ class CoreService:
                 clusters = await gate.list_clusters()
             except Exception:
                 continue
+            held = self.warm.kept(name) | {  # a warm cluster keeps its first job's tag
+                j.cluster_id for j in self.store.list(states=[s for s in S if s.has_cluster()])
+                if j.gate == name and j.cluster_id}
             for info in clusters:
                 try:
                     job = self.store.get(info.job_id, events=False)
                 except NotFoundError:
                     job = None
-                keep = (
+                keep = info.cluster_id in held or (
                     job is not None
                     and job.state.has_cluster()
                     and job.cluster_id == info.cluster_id
@@ -652,48 +616,19 @@ class CoreService:
                         self._reap_soon = True
         return reaped
 
-    async def clusters(self, who: Identity) -> list[dict[str, Any]]:
-        """Every gate's clusters (a user sees those of their own jobs) with cost so far."""
-        out = []
-        now = time.time()
-        for name, gate in sorted(self.gates.items()):
-            try:
-                infos = await gate.list_clusters()
-            except Exception as exc:
-                log.warning("gate %s cannot list clusters: %s", name, exc)
-                continue
-            for info in infos:
-                try:
-                    job: Job | None = self.store.get(info.job_id, events=False)
-                except NotFoundError:
-                    job = None
-                if not who.is_admin and (job is None or job.owner != who.username):
-                    continue
-                age_s = max(0.0, now - info.created_at) if info.created_at else 0.0
-                out.append({
-                    "cluster_id": info.cluster_id, "gate": name, "job_id": info.job_id,
-                    "owner": job.owner if job else None,
-                    "job_state": job.state.value if job else None,
-                    "state": info.state, "flavor": info.flavor, "nodes": len(info.nodes),
-                    "age_s": age_s, "price_per_hour": info.price_per_hour,
-                    "cost": info.price_per_hour * age_s / 3600, "reason": info.reason,
-                })
-        return out
-
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # -- warm reuse: idle clusters kept for the next job of a shape (skyport.core.warm)
+
+    async def agent_idle_next(
+        self, cluster_id: str, credential: str, rank: int, wait_s: float
+    ) -> dict[str, Any]:
+        return await self.warm.idle_next(cluster_id, credential, rank, wait_s)
+
     # -- checkpoints, requeues, injected failures (skyport.core.recovery)
-
-    @property
-    def recovery(self) -> Any:
-        from skyport.core.recovery import Recovery
-
-        if "_recovery" not in self.__dict__:
-            self.__dict__["_recovery"] = Recovery(self)
-        return self.__dict__["_recovery"]
 
     async def recovery_call(self, name: str, *args: Any) -> Any:
         from skyport.core.recovery import CALLS
@@ -701,120 +636,3 @@ class CoreService:
         if name not in CALLS:
             raise ValidationError("call", name, "one of " + ", ".join(CALLS))
         return await getattr(self.recovery, name)(*args)
-
-    # -- launches: node 0 runs commands on node k through its agent (skyport.core.launches)
-
-    @property
-    def launches(self) -> Any:
-        from skyport.core.launches import LaunchRegistry
-
-        if "_launch_registry" not in self.__dict__:
-            self.__dict__["_launch_registry"] = LaunchRegistry()
-            self.__dict__["_launch_events"] = {}
-        return self.__dict__["_launch_registry"]
-
-    async def _launch_job(self, job_id: str, token: str) -> Job:
-        """The job, if its cluster may launch now; launches die with their job."""
-        job = await self.agent_auth(job_id, token)
-        if job.state.is_terminal() or not job.state.has_cluster():
-            self.launches.drop_job(job_id)
-            self._launch_notify(job_id)
-            raise ConflictError(f"job {job_id} is {job.state.value}: no launches")
-        return job
-
-    def _launch_notify(self, job_id: str) -> None:
-        event = self.__dict__["_launch_events"].pop(job_id, None)
-        if event is not None:
-            event.set()
-
-    async def _launch_wait(self, job_id: str, ready: Callable[[], bool], wait_s: float) -> None:
-        deadline = time.monotonic() + min(max(wait_s, 0.0), 30.0)
-        while not ready():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            event = self.__dict__["_launch_events"].setdefault(job_id, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
-            except TimeoutError:
-                if self.store.get(job_id, events=False).state.is_terminal():
-                    return
-
-    async def agent_launch_nodes(self, job_id: str, token: str) -> dict[str, Any]:
-        job = await self._launch_job(job_id, token)
-        live = self._live.get(job_id)
-        names = job.node_names or (
-            [live.hellos.get(r, "") for r in range(job.nodes)] if live else []
-        )
-        return {"node_names": names}
-
-    async def agent_launch_create(
-        self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str
-    ) -> dict[str, Any]:
-        job = await self._launch_job(job_id, token)
-        launch = self.launches.create(job_id, node, job.nodes, argv, env, cwd)
-        self._launch_notify(job_id)
-        return {"launch_id": launch.id}
-
-    async def agent_launch_poll(
-        self, job_id: str, token: str, node: int, wait_s: float
-    ) -> dict[str, Any]:
-        """Node ``node``'s agent: launches to start and to kill (long-poll up to ``wait_s``)."""
-        try:
-            await self._launch_job(job_id, token)
-        except ConflictError:
-            return {"start": [], "cancel": [], "stop": True}
-        reg = self.launches
-        await self._launch_wait(job_id, lambda: reg.has_work(job_id, node), wait_s)
-        job = self.store.get(job_id, events=False)
-        if job.state.is_terminal():
-            return {"start": [], "cancel": [], "stop": True}
-        answer = reg.claim(job_id, node)
-        if answer["start"] or answer["cancel"]:
-            self._launch_notify(job_id)
-        return {**answer, "stop": False}
-
-    async def agent_launch_output(
-        self,
-        job_id: str,
-        token: str,
-        launch_id: str,
-        node: int,
-        stream: str,
-        offset: int,
-        data: bytes,
-    ) -> dict[str, int]:
-        await self._launch_job(job_id, token)
-        size = self.launches.append(job_id, launch_id, node, stream, offset, data)
-        self._launch_notify(job_id)
-        return {"size": size}
-
-    async def agent_launch_exit(
-        self, job_id: str, token: str, launch_id: str, node: int, exit_code: int
-    ) -> dict[str, Any]:
-        await self._launch_job(job_id, token)
-        self.launches.finish(job_id, launch_id, node, exit_code)
-        self._launch_notify(job_id)
-        return {}
-
-    async def agent_launch_read(
-        self, job_id: str, token: str, launch_id: str, offsets: dict[str, int], wait_s: float
-    ) -> dict[str, Any]:
-        """Output past ``offsets`` and, once all is read, the exit code (long-poll)."""
-        await self._launch_job(job_id, token)
-        reg = self.launches
-
-        def ready() -> bool:
-            la = reg.get(job_id, launch_id)
-            return la.state == "done" or any(
-                la.size(s) > offsets.get(s, 0) for s in ("stdout", "stderr")
-            )
-
-        await self._launch_wait(job_id, ready, wait_s)
-        return reg.read(job_id, launch_id, offsets)
-
-    async def agent_launch_cancel(self, job_id: str, token: str, launch_id: str) -> dict:
-        await self.agent_auth(job_id, token)
-        self.launches.cancel(job_id, launch_id)
-        self._launch_notify(job_id)
-        return {}

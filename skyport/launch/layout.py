@@ -13,6 +13,8 @@ __all__ = ["NODE_LOCAL_VARS", "omp_env", "propagated_names", "rank_cores"]
 NODE_LOCAL_VARS = frozenset({
     "SKYPORT_NODE_NAME", "SKYPORT_NODE_RANK", "SKYPORT_NODE_CORES", "SKYPORT_WORKDIR",
     "SKYPORT_LAUNCH_SOCKET", "CUDA_VISIBLE_DEVICES", "HOSTNAME",
+    # each node's own checkpoint directory and agent; SKYPORT_CHECKPOINT_DIR is node 0's alone
+    "SKYPORT_NODE_CHECKPOINT_DIR", "SKYPORT_CHECKPOINT_DIR", "SKYPORT_AGENT_PID",
     "PWD", "OLDPWD", "SHLVL", "_",
 })
 """Set by each node's agent for that node: never copied from node 0 to the ranks."""

@@ -152,6 +152,18 @@ def test_bare_decorator_and_name_of_a_lambda() -> None:
     assert skyport.job(lambda: 1).spec.name == "lambda"
 
 
+def test_checkpoint_every_and_max_restarts_map_to_the_spec() -> None:
+    @skyport.job(checkpoint_every="5m", max_restarts=2)
+    def step() -> int:
+        return 1
+
+    assert (step.spec.checkpoint_every_s, step.spec.max_restarts) == (300, 2)
+    assert skyport.job(checkpoint_every=90, max_restarts=0)(step.fn).spec.checkpoint_every_s == 90
+    assert skyport.job(max_restarts=0)(step.fn).spec.max_restarts == 0  # 0: never restart
+    plain = skyport.job(step.fn).spec  # unset: no periodic checkpoint, the control plane's limit
+    assert (plain.checkpoint_every_s, plain.max_restarts) == (None, None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field", "shown"),
     [
@@ -164,6 +176,16 @@ def test_bare_decorator_and_name_of_a_lambda() -> None:
         ({"name": "bad name!"}, "name", "'bad name!'"),
         ({"env": {"SKYPORT_X": "1"}}, "env", "SKYPORT_X"),
         ({"ranks_per_node": 4}, "ranks_per_node/threads_per_rank", "(4, None)"),
+        ({"checkpoint_every": "often"}, "checkpoint_every", "'often'"),
+        ({"checkpoint_every": 0}, "checkpoint_every", "at least 1 second"),
+        ({"checkpoint_every": "0s"}, "checkpoint_every", "'0s'"),
+        ({"checkpoint_every": 2.5}, "checkpoint_every", "2.5"),
+        ({"checkpoint_every": True}, "checkpoint_every", "True"),
+        ({"checkpoint_every": "1000d"}, "checkpoint_every", "'1000d'"),
+        ({"max_restarts": -1}, "max_restarts", "-1"),
+        ({"max_restarts": 5000}, "max_restarts", "5000"),
+        ({"max_restarts": "3"}, "max_restarts", "'3'"),
+        ({"max_restarts": True}, "max_restarts", "True"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict, field: str, shown: str) -> None:

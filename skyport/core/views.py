@@ -1,0 +1,124 @@
+"""Read-only views of the Core for terminals: status, gates, timetable, clusters.
+
+A mixin of ``CoreService``: these read the store, the last plan and the gates,
+and change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from skyport.errors import NotFoundError
+from skyport.models import Job
+from skyport.models import JobState as S
+from skyport.pki import Identity
+
+if TYPE_CHECKING:
+    from skyport.core.service import CoreService
+
+    _Base = CoreService
+else:
+    _Base = object
+
+log = logging.getLogger("skyport.core")
+
+
+class CoreViews(_Base):
+    async def status(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for job in self.store.list():
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        return {
+            "policy": self.policy_name,
+            "started_at": self.started_at.isoformat(),
+            "storage_url": self.storage.url,
+            "counts": counts,
+            "passes": self._passes,
+            "gates": await self.gate_info(),
+        }
+
+    async def gate_info(self) -> list[dict[str, Any]]:
+        out = []
+        for name, gate in sorted(self.gates.items()):
+            try:
+                flavors = [f.__dict__ for f in await gate.flavors()]
+                cap = (await gate.capacity()).__dict__
+                clusters = len(await gate.list_clusters())
+                out.append(
+                    {
+                        "name": name,
+                        "flavors": flavors,
+                        "capacity": cap,
+                        "clusters": clusters,
+                        "healthy": True,
+                    }
+                )
+            except Exception as exc:  # a sick gate is reported, not fatal
+                out.append({"name": name, "healthy": False, "error": str(exc)})
+        return out
+
+    async def timetable(self) -> dict[str, Any]:
+        now = time.time()
+        entries = []
+        for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
+            limit = job.spec.resources.time_limit_s
+            if job.state == S.QUEUED:
+                plan = self._plan.get(job.id)
+                if plan is None:
+                    continue
+                start, gate = plan.start_s, plan.pool
+            else:
+                start = (job.started_at or job.submitted_at).timestamp()
+                gate = job.gate
+            entries.append(
+                {
+                    "job_id": job.id,
+                    "name": job.spec.name,
+                    "owner": job.owner,
+                    "state": job.state.value,
+                    "start": start,
+                    "end": start + limit,
+                    "gate": gate,
+                    "nodes": job.spec.resources.nodes,
+                    "procs": job.spec.total_cpus,
+                }
+            )
+        return {"now": now, "policy": self.policy_name, "entries": entries}
+
+    async def clusters(self, who: Identity) -> list[dict[str, Any]]:
+        """Every gate's clusters (a user sees those of their own jobs) with cost so far."""
+        out = []
+        now = time.time()
+        for name, gate in sorted(self.gates.items()):
+            try:
+                infos = await gate.list_clusters()
+            except Exception as exc:
+                log.warning("gate %s cannot list clusters: %s", name, exc)
+                continue
+            for info in infos:
+                try:
+                    job: Job | None = self.store.get(info.job_id, events=False)
+                except NotFoundError:
+                    job = None
+                if not who.is_admin and (job is None or job.owner != who.username):
+                    continue
+                age_s = max(0.0, now - info.created_at) if info.created_at else 0.0
+                out.append(
+                    {
+                        "cluster_id": info.cluster_id,
+                        "gate": name,
+                        "job_id": info.job_id,
+                        "owner": job.owner if job else None,
+                        "job_state": job.state.value if job else None,
+                        "state": info.state,
+                        "flavor": info.flavor,
+                        "nodes": len(info.nodes),
+                        "age_s": age_s,
+                        "price_per_hour": info.price_per_hour,
+                        "cost": info.price_per_hour * age_s / 3600,
+                        "reason": info.reason,
+                    }
+                )
+        return out
