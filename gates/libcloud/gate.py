@@ -82,6 +82,7 @@ class LibcloudGate(Gate):
         except Exception as exc:  # never echo kwargs: they hold the credentials
             raise ConfigError(f"gate {name}: cannot make a {config.provider} driver: "
                               f"{type(exc).__name__}") from None
+        self._list_args = _list_filters(self.driver, self.scope, name)
         self._sizes: dict[str, NodeSize] | None = None
         self._lock = threading.Lock()
         self._pending = 0  # nodes being created by this instance, not yet listed
@@ -192,7 +193,8 @@ class LibcloudGate(Gate):
 
     def _flavor(self, size: NodeSize) -> Flavor:
         extra = size.extra or {}
-        cpus = next((int(extra[k]) for k in ("cpus", "cpu", "vcpus", "cores")
+        # EC2's sizes say "vcpu", others "cpus", "vcpus", "cores", ...
+        cpus = next((int(extra[k]) for k in ("cpus", "cpu", "vcpus", "vcpu", "cores")
                      if str(extra.get(k, "")).isdigit()), 1)
         gpus = next((int(extra[k]) for k in ("gpus", "gpu") if str(extra.get(k, "")).isdigit()),
                     0)
@@ -206,7 +208,7 @@ class LibcloudGate(Gate):
     def _nodes(self) -> list[Node]:
         """This gate's nodes that exist (not TERMINATED)."""
         try:
-            nodes = self.driver.list_nodes()
+            nodes = self.driver.list_nodes(**self._list_args)
         except Exception as exc:
             raise GateError(f"gate {self.name}: cannot list nodes: {_why(exc)}") from exc
         return [n for n in nodes if n.state != NodeState.TERMINATED
@@ -280,6 +282,23 @@ class LibcloudGate(Gate):
         return ClusterInfo(cluster_id=cluster_id, job_id=tags.get(T_JOB, ""), gate=self.name,
                            flavor=flavor, state=state, nodes=infos, created_at=created_at,
                            price_per_hour=price * len(nodes), reason=reason)
+
+
+def _list_filters(driver: NodeDriver, scope: str, gate: str) -> dict[str, Any]:
+    """``list_nodes`` keyword arguments that make the cloud itself pick this gate's nodes.
+
+    EC2-API drivers take DescribeInstances filters: without them every poll lists
+    (and parses, and looks up the addresses of) every instance of the account,
+    terminated ones included.  Other drivers list everything; ``_nodes`` filters
+    by tag in both cases.
+    """
+    from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
+
+    if not isinstance(driver, BaseEC2NodeDriver):
+        return {}
+    return {"ex_filters": {f"tag:{T_SCOPE}": scope, f"tag:{T_GATE}": gate,
+                           "instance-state-name": ["pending", "running", "shutting-down",
+                                                   "stopping", "stopped"]}}
 
 
 def _tags(node: Node) -> dict[str, str]:

@@ -117,9 +117,18 @@ class RayGate(Gate):
                        max_nodes=self.cfg.max_nodes)]
 
     def capacity(self) -> Capacity:
+        """What the Ray cluster holds now, or, where the worker shape is declared
+        (``node_cpus`` / ``node_gpus``: an autoscaling cluster), at least ``max_nodes``
+        such workers: the autoscaler brings them on demand.  Without this an autoscaling
+        cluster with no worker up has no capacity, and the scheduler never plans a job on
+        it (a pool of capacity 0 is refused, which fails every planning pass)."""
         total, free = ray.cluster_resources(), ray.available_resources()
-        return Capacity(total_cpus=int(total.get("CPU", 0)), free_cpus=int(free.get("CPU", 0)),
-                        total_gpus=int(total.get("GPU", 0)), free_gpus=int(free.get("GPU", 0)))
+        cpus, free_cpus = _grow(int(total.get("CPU", 0)), int(free.get("CPU", 0)),
+                                self.cfg.node_cpus, self.cfg.max_nodes)
+        gpus, free_gpus = _grow(int(total.get("GPU", 0)), int(free.get("GPU", 0)),
+                                self.cfg.node_gpus, self.cfg.max_nodes)
+        return Capacity(total_cpus=cpus, free_cpus=free_cpus, total_gpus=gpus,
+                        free_gpus=free_gpus)
 
     # -- clusters -------------------------------------------------------------
 
@@ -392,6 +401,15 @@ class RayGate(Gate):
     def _gone(self, cluster_id: str, reason: str) -> ClusterInfo:
         return ClusterInfo(cluster_id=cluster_id, job_id="", gate=self.name, flavor=FLAVOR,
                            state="gone", reason=reason)
+
+
+def _grow(total: int, free: int, per_node: int | None, nodes: int) -> tuple[int, int]:
+    """(total, free) raised to ``nodes`` declared workers of ``per_node`` where that is more:
+    the autoscaler's workers not up yet count as free."""
+    reach = (per_node or 0) * nodes
+    if reach <= total:
+        return total, free
+    return reach, free + reach - total
 
 
 def _fmt(resources: dict[str, float]) -> str:
