@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
@@ -133,6 +133,9 @@ class JobStore:
         if "price_per_hour" not in columns:  # a store written before prices were kept
             self._db.execute("ALTER TABLE jobs ADD COLUMN price_per_hour REAL")
         self._lock = threading.RLock()
+        # called after every committed state change, e.g. so the Core re-plans:
+        # whoever changed a job need not remember to say so
+        self.on_change: list[Callable[[str, JobState], None]] = []
 
     def close(self) -> None:
         self._db.close()
@@ -171,6 +174,7 @@ class JobStore:
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"job {job_id} already exists") from exc
             self._event(db, job_id, now, JobState.QUEUED, reason)
+        self._changed(job_id, JobState.QUEUED)
         return self.get(job_id)
 
     def transition(self, job_id: str, new: JobState, reason: str, **fields: Any) -> Job:
@@ -188,7 +192,12 @@ class JobStore:
             fields["reason"] = reason
             self._update(db, job_id, {"state": new.value, **fields})
             self._event(db, job_id, now, new, reason)
+        self._changed(job_id, new)
         return self.get(job_id)
+
+    def _changed(self, job_id: str, state: JobState) -> None:
+        for listener in self.on_change:
+            listener(job_id, state)
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Change bookkeeping fields without a state change (no event)."""

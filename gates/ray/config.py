@@ -23,7 +23,8 @@ class RayGateConfig(GateConfig):
 
     The flavor is the largest node of the Ray cluster as it is now; on an
     autoscaling cluster whose workers are not up yet, declare the worker shape
-    with ``node_cpus`` / ``node_mem_mb`` / ``node_gpus``.  ``strategy``
+    with ``node_cpus`` / ``node_mem_mb`` / ``node_gpus``; the gate's capacity is then
+    at least ``max_nodes`` such workers (the autoscaler brings them).  ``strategy``
     ``auto`` asks for STRICT_SPREAD (one bundle per Ray node) when the cluster
     has as many nodes that can each hold one bundle, else SPREAD.
     """

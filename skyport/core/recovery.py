@@ -13,6 +13,9 @@ store, storage and gates.  It does three things:
   pointed at.
 * notices lost nodes.  Besides the heartbeat check of ``CoreService._watch``, it
   asks the gates every ``LIVENESS_INTERVAL_S`` which clusters have dead nodes.
+  Once the payload has exited (STAGING_OUT) only node 0, which collects the
+  outputs, still matters; a non-zero exit of a job that has lost a node is a
+  lost node, not a failure (``failed_exit``).
 * applies the restart policy (``lose``): the old attempt's token is revoked
   first (so none of its agents can report for the next attempt), its cluster
   is deleted, then the job goes back to QUEUED with the reason in its events,
@@ -157,7 +160,6 @@ class Recovery:
                     else f"{reason}{_SEP}requeued {source}"
                 job = self.core.store.transition(job_id, S.QUEUED, why,
                                                  restarts=job.restarts + 1, cluster_id=None)
-            self.core._dirty.set()
             return job
         finally:
             self._losing.discard(job_id)
@@ -462,6 +464,12 @@ class Recovery:
                 continue
             info = clusters.get(job.cluster_id)
             if info is not None and info.state in ("creating", "running"):
+                continue
+            if job.state == S.STAGING_OUT and info is not None and \
+                    any(n.rank == 0 and n.alive for n in info.nodes):
+                # the payload has exited and node 0 alone collects the outputs: the other
+                # nodes are no longer needed (a non-zero exit caused by their loss is
+                # requeued by ``failed_exit`` when node 0 reports it)
                 continue
             after = self._after.get(job.id)
             if after is not None and after.notice == "preempt":

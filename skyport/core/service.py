@@ -116,6 +116,7 @@ class CoreService(CoreViews, LaunchCalls):
         self._live: dict[str, _Live] = {}
         self._plan: dict[str, PlanEntry] = {}
         self._dirty = asyncio.Event()
+        store.on_change.append(lambda _job_id, _state: self._dirty.set())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._passes = 0
@@ -198,7 +199,6 @@ class CoreService(CoreViews, LaunchCalls):
         if payload is not None:
             self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
         job = self.store.add(job_id, who.username, spec)
-        self._dirty.set()
         return job
 
     def _new_job_id(self) -> str:
@@ -272,7 +272,6 @@ class CoreService(CoreViews, LaunchCalls):
             raise ConflictError(f"job {job_id} is already {job.state.value}")
         job = self.store.transition(job_id, S.CANCELLED, f"cancelled by {who.username}")
         self._spawn(self._drop_cluster(job))
-        self._dirty.set()
         return job
 
     def _with_plan(self, job: Job) -> Job:
@@ -347,7 +346,6 @@ class CoreService(CoreViews, LaunchCalls):
             self._let_go(job)  # the cluster stays, idle, for the next job of its shape
         else:
             self._spawn(self._drop_cluster(job))
-        self._dirty.set()
         return job
 
     # -- the loop ------------------------------------------------------------
