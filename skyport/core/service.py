@@ -332,6 +332,10 @@ class CoreService(CoreViews, LaunchCalls):
         job = await self.agent_auth(job_id, token)
         if job.state.is_terminal():
             return job
+        if exit_code != 0 and not timed_out:  # a lost node's doing? then requeue, not fail
+            lost = await self.recovery.failed_exit(job, exit_code)
+            if lost is not None:
+                return lost
         idle_timeout_s = await self.warm.idle_timeout(job.gate or "")  # no await after the end
         if timed_out:
             new, why = S.TIMEOUT, reason or "time limit reached"
