@@ -8,8 +8,6 @@ process is its driver and the gate runs in it, as a gate does in its actor.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from skyport.errors import CapacityError, ConfigError
 from skyport.gate import ClusterInfo, ClusterRequest, Gate, make_gate
 from tests.conformance.gate_suite import GateConformance, NodeFacts, ca_pem_for_tests
+from tests.raytest import local_ray_cluster
 
 ray = pytest.importorskip("ray")
 
@@ -34,31 +33,9 @@ OBJECT_STORE = 80 * 1024**2
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[object]:
-    from ray.cluster_utils import Cluster
-
-    # Ray writes <RAY_TMPDIR>/ray/ray_current_cluster: keep it (and the session
-    # folders, whose Unix socket paths are limited to 107 bytes) in a short private folder
-    tmp = tempfile.mkdtemp(prefix="srg-", dir="/tmp")
-    old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "memory": 512 * 1024**2, "object_store_memory": OBJECT_STORE,
-        "include_dashboard": False})
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=WORKER_CPUS, memory=WORKER_MEM,
-                             object_store_memory=OBJECT_STORE)
-        cluster.wait_for_nodes(timeout=60)
-        ray.init(address=cluster.address, namespace="skyport-tests", log_to_driver=False)
+    with local_ray_cluster(head_mem=512 * 1024**2, workers=2, worker_cpus=WORKER_CPUS,
+                           worker_mem=WORKER_MEM) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if old is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class TestRayGateConformance(GateConformance):

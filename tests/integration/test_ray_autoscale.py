@@ -34,10 +34,10 @@ import yaml
 
 from skyport.agent.procfs import kill_sessions, members, proc_stat
 from skyport.client import connect
-from skyport.config import GateEntry, StateDir
-from skyport.controlplane import init_state, start, stop
+from skyport.config import StateDir
 from skyport.launch.mpi import missing_mpi
 from skyport.models import JobState
+from tests.raytest import joined_controlplane
 
 from .conftest import processes_of_job
 from .test_mpi import check_hybrid, hybrid_spec
@@ -126,27 +126,10 @@ def fake_cluster() -> Iterator[FakeCluster]:
 @pytest.fixture
 def autoscale_controlplane(fake_cluster: FakeCluster) -> Iterator[StateDir]:
     """A control plane joined to the fake cluster's head, with the ray gate its only gate."""
-    home = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
-    state = StateDir(home)
-    init_state(state)
-    config = state.load_config()
-    config.gates = [GateEntry(name=GATE, type="ray", config={
-        "namespace": NAMESPACE, "node_cpus": WORKER_CPUS, "node_mem_mb": 2048,
-        "ready_timeout_s": 120, "max_nodes": 2})]
-    state.save_config(config)
-    try:
-        start(state, address=fake_cluster.address)
+    config = {"namespace": NAMESPACE, "node_cpus": WORKER_CPUS, "node_mem_mb": 2048,
+              "ready_timeout_s": 120, "max_nodes": 2}
+    with joined_controlplane(fake_cluster.address, GATE, config) as state:
         yield state
-    finally:
-        try:
-            stop(state)
-        finally:
-            for name in ("core", "scheduler", f"gate:{GATE}"):  # left by a killed control plane
-                try:
-                    ray.kill(ray.get_actor(name, namespace="skyport"))
-                except ValueError:
-                    pass
-            shutil.rmtree(home, ignore_errors=True)
 
 
 def _alive() -> dict[str, dict[str, float]]:

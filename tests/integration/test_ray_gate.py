@@ -10,22 +10,20 @@ placement groups and at the gate actor the way an operator would.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from skyport.client import connect
-from skyport.config import GateEntry, StateDir
-from skyport.controlplane import init_state, read_pid, start, stop
+from skyport.config import StateDir
+from skyport.controlplane import read_pid
 from skyport.gate import make_gate
 from skyport.models import JobState
 from skyport.script import build_spec
+from tests.raytest import joined_controlplane, local_ray_cluster
 
 from .conftest import processes_of_job
 from .test_mpi import check_hybrid, hybrid_spec
@@ -45,32 +43,10 @@ TWO_NODES = "#!/bin/bash\n#SKYPORT --nodes=2 --cpus-per-node=2 --time=5m\n"
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    from ray.cluster_utils import Cluster
-
-    # Ray writes <RAY_TMPDIR>/ray/ray_current_cluster: keep it (and the session
-    # folders, whose Unix socket paths are limited to 107 bytes) in a short private folder
-    tmp = tempfile.mkdtemp(prefix="srg-", dir="/tmp")
-    old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "memory": 1024**3, "object_store_memory": OBJECT_STORE,
-        "include_dashboard": False})
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=WORKER_CPUS, memory=2 * 1024**3,
-                             object_store_memory=OBJECT_STORE)
-        cluster.wait_for_nodes(timeout=60)
-        ray.init(address=cluster.address, namespace="skyport-tests", log_to_driver=False)
+def ray_cluster() -> Iterator[object]:
+    with local_ray_cluster(head_mem=1024**3, workers=2, worker_cpus=WORKER_CPUS,
+                           worker_mem=2 * 1024**3) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if old is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _gate_config(cluster: Any) -> dict[str, Any]:
@@ -80,25 +56,8 @@ def _gate_config(cluster: Any) -> dict[str, Any]:
 @pytest.fixture
 def ray_controlplane(ray_cluster: Any) -> Iterator[StateDir]:
     """A control plane joined to the Ray cluster, with the ray gate as its only gate."""
-    home = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
-    state = StateDir(home)
-    init_state(state)
-    config = state.load_config()
-    config.gates = [GateEntry(name=GATE, type="ray", config=_gate_config(ray_cluster))]
-    state.save_config(config)
-    try:
-        start(state, address=ray_cluster.address)
+    with joined_controlplane(ray_cluster.address, GATE, _gate_config(ray_cluster)) as state:
         yield state
-    finally:
-        try:
-            stop(state)
-        finally:
-            for name in ("core", "scheduler", f"gate:{GATE}"):  # left by a killed control plane
-                try:
-                    ray.kill(ray.get_actor(name, namespace="skyport"))
-                except ValueError:
-                    pass
-            shutil.rmtree(home, ignore_errors=True)
 
 
 def _group(cluster_id: str) -> dict[str, Any] | None:

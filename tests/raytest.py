@@ -1,0 +1,77 @@
+"""Ray scaffolding shared by the ray-gate tests: a multi-node Ray cluster on this
+machine, and a Sky Port control plane joined to a Ray cluster with a ``ray`` gate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from skyport.config import GateEntry, StateDir
+from skyport.controlplane import init_state, start, stop
+
+OBJECT_STORE = 80 * 1024**2
+
+
+@contextmanager
+def local_ray_cluster(*, head_mem: int, workers: int, worker_cpus: int,
+                      worker_mem: int) -> Iterator[Any]:
+    """A head with no CPUs for jobs and ``workers`` worker nodes; this process a driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # Ray writes <RAY_TMPDIR>/ray/ray_current_cluster: keep it (and the session
+    # folders, whose Unix socket paths are limited to 107 bytes) in a short private folder
+    tmp = tempfile.mkdtemp(prefix="srg-", dir="/tmp")
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "memory": head_mem, "object_store_memory": OBJECT_STORE,
+        "include_dashboard": False})
+    try:
+        for _ in range(workers):
+            cluster.add_node(num_cpus=worker_cpus, memory=worker_mem,
+                             object_store_memory=OBJECT_STORE)
+        cluster.wait_for_nodes(timeout=60)
+        ray.init(address=cluster.address, namespace="skyport-tests", log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if old is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def joined_controlplane(address: str, gate_name: str,
+                        gate_config: dict[str, Any]) -> Iterator[StateDir]:
+    """A control plane joined to the Ray cluster at ``address``, a ``ray`` gate its only gate."""
+    import ray
+
+    home = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
+    state = StateDir(home)
+    init_state(state)
+    config = state.load_config()
+    config.gates = [GateEntry(name=gate_name, type="ray", config=gate_config)]
+    state.save_config(config)
+    try:
+        start(state, address=address)
+        yield state
+    finally:
+        try:
+            stop(state)
+        finally:
+            for name in ("core", "scheduler", f"gate:{gate_name}"):  # left by a killed one
+                try:
+                    ray.kill(ray.get_actor(name, namespace="skyport"))
+                except ValueError:
+                    pass
+            shutil.rmtree(home, ignore_errors=True)
