@@ -101,16 +101,6 @@ def _retry(fn: Any, *args: Any, tries: int = 120, **kwargs: Any) -> Any:
     raise last
 
 
-def _runs(job: Job) -> list[tuple[float, float]]:
-    out, begin = [], None
-    for e in job.events:
-        t = e.time.timestamp()
-        if e.state == JobState.RUNNING:
-            begin = t
-        elif begin is not None:
-            out.append((begin, t))
-            begin = None
-    return out
 
 
 def batch(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -203,7 +193,7 @@ def run(args: argparse.Namespace, *, failures: bool = True) -> Report:
             if not job.state.is_terminal():
                 report.lost += 1
                 continue
-            runs = _runs(job)
+            runs = job.running_spans()
             report.running_s += sum(b - a for a, b in runs)
             report.restart_gaps_s += sum(runs[k + 1][0] - runs[k][1] for k in range(len(runs) - 1))
             overlap = any(runs[k + 1][0] < runs[k][1] for k in range(len(runs) - 1))

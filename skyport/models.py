@@ -221,6 +221,18 @@ class Job(BaseModel):
         hours = max(0.0, ((self.ended_at or now) - self.started_at).total_seconds()) / 3600
         return self.price_per_hour * hours
 
+    def running_spans(self) -> list[tuple[float, float]]:
+        """(start, end) in epoch seconds of each attempt's RUNNING stretch, from the events."""
+        spans, begin = [], None
+        for e in self.events:
+            t = e.time.timestamp()
+            if e.state == JobState.RUNNING:
+                begin = t
+            elif begin is not None:
+                spans.append((begin, t))
+                begin = None
+        return spans
+
     def summary(self) -> dict[str, Any]:
         """The JSON form every door shows (``--json``)."""
         data = self.model_dump(mode="json")

@@ -59,17 +59,6 @@ def _checkpointed(client, job_id: str, version: int, timeout: float = 30) -> dic
         time.sleep(0.2)
 
 
-def _runs(job: Job) -> list[tuple[float, float]]:
-    """(start, end) of each RUNNING stretch, in seconds."""
-    out, start = [], None
-    for e in job.events:
-        t = e.time.timestamp()
-        if e.state == JobState.RUNNING:
-            start = t
-        elif start is not None:
-            out.append((start, t))
-            start = None
-    return out
 
 
 @pytest.mark.timeout(150)
@@ -95,7 +84,7 @@ def test_counter_survives_kill_node_and_preemption(admin) -> None:
     assert starts[0] == 0 and all(s > 0 for s in starts[1:]), out  # resumed, not restarted
     reasons = [e.reason for e in done.events if e.state == JobState.QUEUED][1:]
     assert len(reasons) == 2 and "node lost" in reasons[0] and "preempted" in reasons[1]
-    runs = _runs(done)
+    runs = done.running_spans()
     busy = sum(b - a for a, b in runs)
     total = runs[-1][1] - runs[0][0]
     uninterrupted = N * STEP_S
@@ -167,9 +156,9 @@ def test_mpi_counter_survives_kill_node_and_preemption(admin) -> None:
     base = admin.wait(plain.id, timeout=60)
     assert base.state == JobState.SUCCEEDED and base.restarts == 0, base.events
     assert _starts(admin.logs(plain.id).data.decode()) == [0]
-    (b0, b1), = _runs(base)
+    (b0, b1), = base.running_spans()
     uninterrupted = b1 - b0
-    runs = _runs(done)
+    runs = done.running_spans()
     assert len(runs) == 3, events
     total = runs[-1][1] - runs[0][0]  # first start to the end, the restarts included
     busy = sum(b - a for a, b in runs)

@@ -138,3 +138,21 @@ def test_states_with_a_cluster() -> None:
         JobState.RUNNING,
         JobState.STAGING_OUT,
     }
+
+
+def test_running_spans_are_each_attempts_running_stretch() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from skyport.models import Event, Job
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    states = [(0, JobState.QUEUED), (1, JobState.RUNNING), (3, JobState.QUEUED),
+              (4, JobState.RUNNING), (9, JobState.STAGING_OUT), (10, JobState.SUCCEEDED)]
+    job = Job(id="j", owner="o", spec=JobSpec(script="true"), state=JobState.SUCCEEDED,
+              submitted_at=t0,
+              events=[Event(time=t0 + timedelta(seconds=s), state=st, reason="r")
+                      for s, st in states])
+    base = t0.timestamp()
+    assert [(a - base, b - base) for a, b in job.running_spans()] == [(1.0, 3.0), (4.0, 9.0)]
+    still_running = job.model_copy(update={"events": job.events[:4]})
+    assert still_running.running_spans() == [(base + 1, base + 3)]
