@@ -83,6 +83,12 @@ class JobStorage:
     def exists(self, job_id: str, rel: str) -> bool:
         return bool(self.fs.exists(self._fresh(self._path(job_id, rel))))
 
+    def remove(self, job_id: str, rel: str) -> None:
+        """Delete a file or a whole directory under the job's prefix (absent: nothing)."""
+        path = self._path(job_id, rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
     def size(self, job_id: str, rel: str) -> int:
         path = self._fresh(self._path(job_id, rel))
         try:

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     node_names TEXT NOT NULL DEFAULT '[]',
     planned_start_at TEXT,
     restarts INTEGER NOT NULL DEFAULT 0,
-    token_hash TEXT
+    token_hash TEXT,
+    lost_attempts TEXT NOT NULL DEFAULT '[]',
+    checkpoint_version INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -67,6 +69,10 @@ CREATE TABLE IF NOT EXISTS warm_clusters (
     idle_hashes TEXT NOT NULL DEFAULT '[]',
     assigned_job TEXT
 );
+CREATE TABLE IF NOT EXISTS open_checkpoints (
+    job_id TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
 """
 
 _UPDATABLE = {
@@ -82,6 +88,13 @@ _UPDATABLE = {
     "planned_start_at",
     "restarts",
     "token_hash",
+    "lost_attempts",
+    "checkpoint_version",
+}
+_ADDED_COLUMNS = {  # columns a store written by an earlier version lacks
+    "price_per_hour": "REAL",
+    "lost_attempts": "TEXT NOT NULL DEFAULT '[]'",
+    "checkpoint_version": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -109,6 +122,9 @@ class WarmCluster:
     assigned_job: str | None = None
 
 
+StoreChange = tuple[Any, ...]  # see JobStore.apply
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -130,8 +146,9 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-        if "price_per_hour" not in columns:  # a store written before prices were kept
-            self._db.execute("ALTER TABLE jobs ADD COLUMN price_per_hour REAL")
+        for name, decl in _ADDED_COLUMNS.items():
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         self._lock = threading.RLock()
         # called after every committed state change, e.g. so the Core re-plans:
         # whoever changed a job need not remember to say so
@@ -181,19 +198,65 @@ class JobStore:
         """Move a job to ``new``, with its event, atomically; ConflictError if not allowed."""
         now = utcnow()
         with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
-            check_transition(job_id, JobState(row["state"]), new)
-            if new == JobState.RUNNING and "started_at" not in fields:
-                fields["started_at"] = now
-            if new.is_terminal() and "ended_at" not in fields:
-                fields["ended_at"] = now
-            fields["reason"] = reason
-            self._update(db, job_id, {"state": new.value, **fields})
-            self._event(db, job_id, now, new, reason)
+            self._transition(db, now, job_id, new, reason, fields)
         self._changed(job_id, new)
         return self.get(job_id)
+
+    def _transition(self, db: sqlite3.Connection, now: datetime, job_id: str, new: JobState,
+                    reason: str, fields: dict[str, Any]) -> None:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no job {job_id}")
+        check_transition(job_id, JobState(row["state"]), new)
+        if new == JobState.RUNNING and "started_at" not in fields:
+            fields["started_at"] = now
+        if new.is_terminal() and "ended_at" not in fields:
+            fields["ended_at"] = now
+        fields["reason"] = reason
+        self._update(db, job_id, {"state": new.value, **fields})
+        self._event(db, job_id, now, new, reason)
+
+    def apply(self, changes: Iterable[StoreChange]) -> list[str]:
+        """Several changes in ONE transaction: all of them or none.
+
+        ``("transition", job_id, state, reason, fields)``, ``("update", job_id,
+        fields)``, ``("put_warm", WarmCluster)``, ``("drop_warm", cluster_id)``,
+        ``("open_checkpoint", job_id, data or None)``.  A transition that the
+        lifecycle does not allow raises ConflictError and nothing is written.
+        Returns the ids of the jobs whose state changed.
+        """
+        now = utcnow()
+        changed: list[tuple[str, JobState]] = []
+        with self._tx() as db:
+            for change in changes:
+                kind = change[0]
+                if kind == "transition":
+                    _, job_id, new, reason, fields = change
+                    self._transition(db, now, job_id, new, reason, dict(fields))
+                    changed.append((job_id, new))
+                elif kind == "update":
+                    self._update(db, change[1], dict(change[2]))
+                elif kind == "put_warm":
+                    self._put_warm(db, change[1])
+                elif kind == "drop_warm":
+                    db.execute("DELETE FROM warm_clusters WHERE cluster_id = ?", (change[1],))
+                elif kind == "open_checkpoint":
+                    if change[2] is None:
+                        db.execute("DELETE FROM open_checkpoints WHERE job_id = ?", (change[1],))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO open_checkpoints (job_id, data)"
+                                   " VALUES (?, ?)", (change[1], json.dumps(change[2])))
+                else:
+                    raise ValueError(f"unknown store change {kind!r}")
+        for job_id, state in changed:
+            self._changed(job_id, state)
+        return [job_id for job_id, _ in changed]
+
+    def open_checkpoints(self) -> dict[str, dict[str, Any]]:
+        """Checkpoints being uploaded when the last control plane stopped, by job."""
+        with self._lock:
+            rows = self._db.execute("SELECT job_id, data FROM open_checkpoints").fetchall()
+        return {r["job_id"]: json.loads(r["data"]) for r in rows}
 
     def _changed(self, job_id: str, state: JobState) -> None:
         for listener in self.on_change:
@@ -211,7 +274,7 @@ class JobStore:
                 raise KeyError(key)
             if isinstance(value, datetime):
                 value = _ts(value)
-            elif key == "node_names":
+            elif key in ("node_names", "lost_attempts"):
                 value = json.dumps(list(value))
             cols.append(f"{key} = ?")
             values.append(value)
@@ -231,12 +294,16 @@ class JobStore:
     # -- warm clusters (skyport.core.warm) ------------------------------------
 
     def put_warm(self, warm: WarmCluster) -> None:
+        with self._tx() as db:
+            self._put_warm(db, warm)
+
+    @staticmethod
+    def _put_warm(db: sqlite3.Connection, warm: WarmCluster) -> None:
         row = list(astuple(warm))
         names = [f.name for f in fields(WarmCluster)]
         row[names.index("idle_hashes")] = json.dumps(list(warm.idle_hashes))
-        with self._tx() as db:
-            db.execute(f"INSERT OR REPLACE INTO warm_clusters ({', '.join(names)})"
-                       f" VALUES ({', '.join('?' * len(names))})", row)
+        db.execute(f"INSERT OR REPLACE INTO warm_clusters ({', '.join(names)})"
+                   f" VALUES ({', '.join('?' * len(names))})", row)
 
     def drop_warm(self, cluster_id: str) -> None:
         with self._tx() as db:
@@ -315,5 +382,7 @@ class JobStore:
             node_names=json.loads(row["node_names"]),
             planned_start_at=_dt(row["planned_start_at"]),
             restarts=row["restarts"],
+            lost_attempts=json.loads(row["lost_attempts"]),
+            checkpoint_version=row["checkpoint_version"],
             events=events,
         )

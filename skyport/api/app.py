@@ -31,6 +31,7 @@ from skyport.errors import (
     ValidationError,
 )
 from skyport.models import JobState, SubmitRequest
+from skyport.protocol import HeartbeatAnswer
 from skyport.storage import JobStorage
 
 log = logging.getLogger("skyport.api")
@@ -230,8 +231,8 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
         return await core.agent_hello(job_id, token, rank, body.node_name)
 
     @app.post(agent + "/nodes/{rank}/heartbeat")
-    async def heartbeat(job_id: str, rank: int, token: Token) -> dict[str, Any]:
-        return await core.agent_heartbeat(job_id, token, rank)
+    async def heartbeat(job_id: str, rank: int, token: Token) -> HeartbeatAnswer:
+        return HeartbeatAnswer.model_validate(await core.agent_heartbeat(job_id, token, rank))
 
     @app.post(agent + "/state")
     async def agent_state(job_id: str, body: StateBody, token: Token) -> dict[str, Any]:

@@ -3,31 +3,31 @@
 ``$SKYPORT_MPIEXEC`` on node 0 asks for a launch on node k; node k's agent
 long-polls for it, runs it and sends its output and exit code back; node 0's
 relay reads them.  The registry (``skyport.core.launches``) lives in the
-Core's memory: launches die with their job.  A mixin of ``CoreService``.
+Core's memory: launches die with their job.  ``LaunchDesk`` adds the
+authentication and the long-polls around it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from skyport.core.launches import LaunchRegistry
 from skyport.errors import ConflictError
 from skyport.models import Job
-
-if TYPE_CHECKING:
-    from skyport.core.service import CoreService
-
-    _Base = CoreService
-else:
-    _Base = object
+from skyport.store import JobStore
 
 
-class LaunchCalls(_Base):
-    launches: LaunchRegistry
-    _launch_events: dict[str, asyncio.Event]
+class LaunchDesk:
+    def __init__(self, store: JobStore, auth: Callable[[str, str], Awaitable[Job]],
+                 node_names: Callable[[Job], list[str]]) -> None:
+        self.store = store
+        self.agent_auth = auth
+        self._node_names = node_names
+        self.launches = LaunchRegistry()
+        self._launch_events: dict[str, asyncio.Event] = {}
 
     async def _launch_job(self, job_id: str, token: str) -> Job:
         """The job, if its cluster may launch now; launches die with their job."""
@@ -56,15 +56,11 @@ class LaunchCalls(_Base):
                 if self.store.get(job_id, events=False).state.is_terminal():
                     return
 
-    async def agent_launch_nodes(self, job_id: str, token: str) -> dict[str, Any]:
+    async def nodes(self, job_id: str, token: str) -> dict[str, Any]:
         job = await self._launch_job(job_id, token)
-        live = self._live.get(job_id)
-        names = job.node_names or (
-            [live.hellos.get(r, "") for r in range(job.nodes)] if live else []
-        )
-        return {"node_names": names}
+        return {"node_names": self._node_names(job)}
 
-    async def agent_launch_create(
+    async def create(
         self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str
     ) -> dict[str, Any]:
         job = await self._launch_job(job_id, token)
@@ -72,7 +68,7 @@ class LaunchCalls(_Base):
         self._launch_notify(job_id)
         return {"launch_id": launch.id}
 
-    async def agent_launch_poll(
+    async def poll(
         self, job_id: str, token: str, node: int, wait_s: float
     ) -> dict[str, Any]:
         """Node ``node``'s agent: launches to start and to kill (long-poll up to ``wait_s``)."""
@@ -90,7 +86,7 @@ class LaunchCalls(_Base):
             self._launch_notify(job_id)
         return {**answer, "stop": False}
 
-    async def agent_launch_output(
+    async def output(
         self,
         job_id: str,
         token: str,
@@ -105,7 +101,7 @@ class LaunchCalls(_Base):
         self._launch_notify(job_id)
         return {"size": size}
 
-    async def agent_launch_exit(
+    async def exit(
         self, job_id: str, token: str, launch_id: str, node: int, exit_code: int
     ) -> dict[str, Any]:
         await self._launch_job(job_id, token)
@@ -113,7 +109,7 @@ class LaunchCalls(_Base):
         self._launch_notify(job_id)
         return {}
 
-    async def agent_launch_read(
+    async def read(
         self, job_id: str, token: str, launch_id: str, offsets: dict[str, int], wait_s: float
     ) -> dict[str, Any]:
         """Output past ``offsets`` and, once all is read, the exit code (long-poll)."""
@@ -129,7 +125,7 @@ class LaunchCalls(_Base):
         await self._launch_wait(job_id, ready, wait_s)
         return reg.read(job_id, launch_id, offsets)
 
-    async def agent_launch_cancel(self, job_id: str, token: str, launch_id: str) -> dict:
+    async def cancel(self, job_id: str, token: str, launch_id: str) -> dict:
         await self.agent_auth(job_id, token)
         self.launches.cancel(job_id, launch_id)
         self._launch_notify(job_id)

@@ -1,32 +1,78 @@
-"""The Core's logic, as a plain async class; ``skyport.core.actor`` is its Ray shell.
+"""The Core service: executes what the job machine decides; ``skyport.core.actor`` is its Ray shell.
 
-The Core is the only writer of the job store.  Everything that changes a job
-goes through one of its methods, which writes the transition (with its event)
-first and acts second.  A background loop re-plans when something changed
-(batched: a burst of submissions causes a handful of passes), starts the jobs
-the timetable says can start now, and watches running jobs for lost nodes,
-overrun time limits and stuck provisioning.
+Every call and every loop step goes the same way:
+
+1. read the facts the event needs (the job from the store, what a gate says);
+2. ``JobMachine.handle(event, now)`` decides, with no I/O and no await;
+3. ``_execute`` persists every store instruction in ONE transaction (a
+   transition with its event, a revoked token, a parked cluster, an open
+   checkpoint), and only then does the I/O (gates, storage) and feeds each
+   result back as the next event.
+
+Steps 1-3a run without an await in between, so two calls never decide on the
+same stale job.  The Core is the only writer of the job store.  A background
+loop re-plans when something changed (batched: a burst of submissions causes
+a handful of passes), starts what the timetable says can start now, and ticks
+the machine about once a second (lost nodes, time limits, checkpoints, idle
+clusters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import posixpath
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from skyport import tokens
-from skyport.core.launch_calls import LaunchCalls
-from skyport.core.launches import LaunchRegistry
-from skyport.core.recovery import Recovery
+from skyport.checkpoint import LATEST
+from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
+from skyport.core.launch_calls import LaunchDesk
+from skyport.core.machine import JobMachine, MachineSettings
+from skyport.core.messages import (
+    AgentExited,
+    AgentHello,
+    AgentState,
+    CancelAfterCheckpoint,
+    CancelAsked,
+    CheckpointAsked,
+    CheckpointPart,
+    ClusterCreated,
+    CreateCluster,
+    CreateFailed,
+    DeleteCluster,
+    DropWarm,
+    Event,
+    Heartbeat,
+    IdleNext,
+    Instruction,
+    Planned,
+    Preempted,
+    Provision,
+    ProvisionReady,
+    PruneCheckpoint,
+    PutWarm,
+    Released,
+    Replan,
+    Reply,
+    RequeueAsked,
+    SaveCheckpoint,
+    Started,
+    Tick,
+    Transition,
+    Update,
+    WakeIdle,
+    WriteLatest,
+)
 from skyport.core.views import CoreViews
-from skyport.core.warm import WarmPool
+from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
     CapacityError,
     ConflictError,
@@ -40,14 +86,16 @@ from skyport.errors import (
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
+from skyport.protocol import HeartbeatAnswer
 from skyport.scheduler import PlanEntry, UsageCharge
 from skyport.storage import JobStorage
-from skyport.store import JobStore, utcnow
+from skyport.store import JobStore, StoreChange, utcnow
 from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
 
 log = logging.getLogger("skyport.core")
 
 PAYLOAD_INPUT = "skyport-payload.pkl"
+LIVENESS_INTERVAL_S = 2.0  # how often the gates are asked which clusters have dead nodes
 S = JobState
 
 
@@ -73,7 +121,7 @@ class GatePort(Protocol):
 Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[list[PlanEntry]]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CoreSettings:
     control_url: str
     ca_pem: str
@@ -81,22 +129,22 @@ class CoreSettings:
     provisioning_timeout_s: float = 180.0
     time_limit_grace_s: float = 30.0
     max_node_loss_restarts: int = 3
+    gate_failure_memory_s: float = 600.0  # a gate that failed a job is avoided this long
     replan_interval_s: float = 0.2
     reap_interval_s: float = 60.0
     reap_retry_s: float = 3.0  # a failed delete is tried again this soon
-    gate_failure_memory_s: float = 600.0  # a gate that failed a job is avoided this long
+
+    def machine(self) -> MachineSettings:
+        return MachineSettings(
+            heartbeat_timeout_s=self.heartbeat_timeout_s,
+            provisioning_timeout_s=self.provisioning_timeout_s,
+            time_limit_grace_s=self.time_limit_grace_s,
+            max_node_loss_restarts=self.max_node_loss_restarts,
+            gate_failure_memory_s=self.gate_failure_memory_s,
+            control_url=self.control_url, ca_pem=self.ca_pem)
 
 
-@dataclass
-class _Live:
-    """In-memory facts about a job holding a cluster (rebuilt after a restart)."""
-
-    hellos: dict[int, str] = field(default_factory=dict)
-    last_seen: dict[int, float] = field(default_factory=dict)
-    since: float = field(default_factory=time.monotonic)
-
-
-class CoreService(CoreViews, LaunchCalls):
+class CoreService:
     def __init__(
         self,
         store: JobStore,
@@ -113,55 +161,176 @@ class CoreService(CoreViews, LaunchCalls):
         self.settings = settings
         self.policy_name = policy_name
         self.started_at = utcnow()
-        self._live: dict[str, _Live] = {}
+        self.machine = JobMachine(settings.machine())
         self._plan: dict[str, PlanEntry] = {}
         self._dirty = asyncio.Event()
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._passes = 0
-        self._releases = 0  # clusters dropped so far: capacity may have come free
-        self._capacity_wait: dict[str, int] = {}
         self._charges: list[UsageCharge] = []  # usage of jobs ended since the last pass
-        self._gate_failures: dict[str, dict[str, float]] = {}  # job -> gate -> when it failed
         self._reap_soon = False  # a delete failed: reap before reap_interval_s is up
-        self.launches = LaunchRegistry()
-        self._launch_events: dict[str, asyncio.Event] = {}
-        self.warm = WarmPool(self)
-        self.recovery = Recovery(self)
+        self._liveness_at = 0.0
+        self._idle_events: dict[str, asyncio.Event] = {}
+        self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
+        self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
+                               self.started_at, lambda: {"passes": self._passes})
 
-    # -- start-up ------------------------------------------------------------
+    # -- executing the machine's decisions ------------------------------------------
+
+    def _decide(self, event: Event) -> tuple[list[Instruction], Any]:
+        """Decide and persist (no await): the instructions left to execute, and the reply."""
+        instructions = self.machine.handle(event, time.time())
+        for i in instructions:  # what a store change will point at is written first
+            if isinstance(i, WriteLatest):
+                self.storage.put(i.job_id, LATEST, json.dumps(i.record, indent=1).encode())
+        changes: list[StoreChange] = []
+        for i in instructions:
+            if isinstance(i, Transition):
+                changes.append(("transition", i.job_id, i.state, i.reason, i.fields))
+            elif isinstance(i, Update):
+                changes.append(("update", i.job_id, i.fields))
+            elif isinstance(i, PutWarm):
+                changes.append(("put_warm", i.row))
+            elif isinstance(i, DropWarm):
+                changes.append(("drop_warm", i.cluster_id))
+            elif isinstance(i, SaveCheckpoint):
+                data = i.checkpoint.to_json() if i.checkpoint else None
+                changes.append(("open_checkpoint", i.job_id, data))
+        if changes:
+            self.store.apply(changes)
+        reply = next((i.answer for i in instructions if isinstance(i, Reply)), None)
+        return instructions, reply
+
+    def _run(self, event: Event) -> Any:
+        """Decide, persist, and start the I/O the decision asks for; the reply."""
+        instructions, reply = self._decide(event)
+        for i in instructions:
+            if isinstance(i, DeleteCluster):
+                self._spawn(self._delete(i.gate, i.cluster_id))
+            elif isinstance(i, CreateCluster):
+                self._spawn(self._create(i.gate, i.request))
+            elif isinstance(i, Provision):
+                self._spawn(self._provision(i.job_id, i.gate, i.warm_candidates))
+            elif isinstance(i, Released):
+                self._charge(i.job)
+            elif isinstance(i, Replan):
+                self._dirty.set()
+            elif isinstance(i, WakeIdle):
+                event = self._idle_events.pop(i.cluster_id, None)
+                if event is not None:
+                    event.set()
+            elif isinstance(i, PruneCheckpoint):
+                self._prune(i.job_id, i.version)
+        return reply
+
+    def _job(self, job_id: str) -> Job:
+        return self.store.get(job_id, events=False)
+
+    async def _delete(self, gate_name: str, cluster_id: str) -> None:
+        gate = self.gates.get(gate_name)
+        if gate is None:
+            return
+        try:
+            await gate.delete_cluster(cluster_id)
+        except Exception:
+            # the reaper deletes it soon: it is tagged with a job that is no longer live
+            log.exception("deleting cluster %s failed", cluster_id)
+            self._reap_soon = True
+
+    async def _provision(self, job_id: str, gate_name: str, candidates: tuple[str, ...]) -> None:
+        try:
+            job = self._job(job_id)
+            for url in job.spec.inputs:
+                self.storage.copy_in(job.id, url, "inputs/" + posixpath.basename(url.rstrip("/")))
+            usable: list[tuple[str, str | None]] = []
+            for cluster_id in candidates:
+                try:
+                    info = await self.gates[gate_name].describe_cluster(cluster_id)
+                    ok = info.state == "running" and all(n.alive for n in info.nodes)
+                    usable.append((cluster_id, None if ok else (info.reason or info.state)))
+                except SkyportError as exc:
+                    usable.append((cluster_id, exc.message))
+            self._run(ProvisionReady(self._job(job_id), gate_name, tuple(usable)))
+        except StorageError as exc:
+            self._run(CreateFailed(self._job(job_id), gate_name, "storage", exc.message,
+                                   frozenset(self.gates)))
+        except Exception as exc:
+            log.exception("provisioning job %s failed", job_id)
+            self._run(CreateFailed(self._job(job_id), gate_name, "error", str(exc),
+                                   frozenset(self.gates)))
+
+    async def _create(self, gate_name: str, request: ClusterRequest) -> None:
+        try:
+            info = await self.gates[gate_name].create_cluster(request)
+        except CapacityError as exc:
+            self._run(CreateFailed(self._job(request.job_id), gate_name, "capacity",
+                                   exc.message, frozenset(self.gates)))
+        except GateError as exc:
+            self._run(CreateFailed(self._job(request.job_id), gate_name, "gate", exc.message,
+                                   frozenset(self.gates)))
+        except Exception as exc:
+            log.exception("creating the cluster of job %s failed", request.job_id)
+            self._run(CreateFailed(self._job(request.job_id), gate_name, "error", str(exc),
+                                   frozenset(self.gates)))
+        else:
+            self._run(ClusterCreated(request.job_id, request.cluster_id, info.flavor,
+                                     info.price_per_hour))
+
+    def _charge(self, job: Job) -> None:
+        if job.started_at is not None and job.cluster_id:
+            now = utcnow()
+            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
+            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
+
+    def _prune(self, job_id: str, version: int) -> None:
+        """Delete checkpoint versions older than the last ``KEEP_VERSIONS`` (best effort)."""
+        old = version - KEEP_VERSIONS
+        if old < 1:
+            return
+        try:
+            self.storage.remove(job_id, f"checkpoints/v{old}")
+        except Exception as exc:  # noqa: BLE001 - a leftover version only costs space
+            log.warning("could not prune checkpoint v%d of %s: %s", old, job_id, exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- start-up ---------------------------------------------------------------------
 
     async def start(self) -> dict[str, Any]:
         """Recover from whatever the last control plane left, then run the loop."""
-        recovered = await self._recover()
-        await self.warm.recover()
+        for name, gate in self.gates.items():
+            self.machine.warm.idle_timeouts[name] = await self._idle_timeout(gate)
+        jobs = self.store.list(states=[s for s in S if not s.is_terminal()])
+        alive = frozenset([j.id for j in jobs if j.state.has_cluster()
+                           and await self._cluster_alive(j)])
+        opened = []
+        for job_id, data in self.store.open_checkpoints().items():
+            try:
+                opened.append(OpenCheckpoint.from_json(data))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("job %s: unreadable open checkpoint dropped: %s", job_id, exc)
+        self._run(Started(tuple(jobs), alive, tuple(self.store.warm_clusters()),
+                          tuple(opened), frozenset(self.gates)))
+        setting_up = (S.SCHEDULED, S.PROVISIONING)
+        requeued = [j.id for j in jobs if j.state in setting_up
+                    or (j.state.has_cluster() and j.id not in alive)]
+        adopted = [j.id for j in jobs if j.state.has_cluster() and j.state not in setting_up
+                   and j.id in alive]
         await self.reap()
-        self._loop_task = asyncio.create_task(self._run())
+        self._loop_task = asyncio.create_task(self._loop())
         self._dirty.set()
-        return recovered
-
-    async def _recover(self) -> dict[str, Any]:
-        requeued, adopted = [], []
-        for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
-            if job.state in (S.SCHEDULED, S.PROVISIONING):
-                await self._drop_cluster(job)
-                self.store.transition(
-                    job.id, S.QUEUED, "control plane restarted before the cluster was ready"
-                )
-                requeued.append(job.id)
-            elif job.state.has_cluster():
-                alive = await self._cluster_alive(job)
-                if alive:
-                    live = self._live.setdefault(job.id, _Live())
-                    for rank, name in enumerate(job.node_names):
-                        live.hellos[rank] = name
-                        live.last_seen[rank] = time.monotonic()
-                    adopted.append(job.id)
-                else:
-                    await self._requeue_lost(job, "cluster lost while the control plane was down")
-                    requeued.append(job.id)
         return {"requeued": requeued, "adopted": adopted}
+
+    @staticmethod
+    async def _idle_timeout(gate: GatePort) -> float:
+        try:
+            return float(await gate.warm_idle_timeout_s())  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a gate without warm reuse
+            return 0.0
 
     async def _cluster_alive(self, job: Job) -> bool:
         gate = self.gates.get(job.gate or "")
@@ -179,7 +348,7 @@ class CoreService(CoreViews, LaunchCalls):
         for t in list(self._tasks):
             t.cancel()
 
-    # -- user calls ----------------------------------------------------------
+    # -- user calls ---------------------------------------------------------------------
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
         await self._validate(spec)
@@ -198,8 +367,7 @@ class CoreService(CoreViews, LaunchCalls):
         self.storage.put(job_id, "script.sh", spec.script.encode())
         if payload is not None:
             self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
-        job = self.store.add(job_id, who.username, spec)
-        return job
+        return self.store.add(job_id, who.username, spec)
 
     def _new_job_id(self) -> str:
         # short enough to type; drawn again on a clash, before any file is written
@@ -267,12 +435,8 @@ class CoreService(CoreViews, LaunchCalls):
         return [self._with_plan(j) for j in self.store.list(owner=owner, states=states)]
 
     async def cancel(self, who: Identity, job_id: str) -> Job:
-        job = self._visible(who, job_id)
-        if job.state.is_terminal():
-            raise ConflictError(f"job {job_id} is already {job.state.value}")
-        job = self.store.transition(job_id, S.CANCELLED, f"cancelled by {who.username}")
-        self._spawn(self._drop_cluster(job))
-        return job
+        self._run(CancelAsked(self._visible(who, job_id), who.username))
+        return self.store.get(job_id)
 
     def _with_plan(self, job: Job) -> Job:
         entry = self._plan.get(job.id)
@@ -280,82 +444,188 @@ class CoreService(CoreViews, LaunchCalls):
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
         return job
 
-    # -- agent calls ---------------------------------------------------------
+    async def user_checkpoint(self, who: Identity, job_id: str) -> dict[str, Any]:
+        job = self._visible(who, job_id)
+        return dict(self._run(CheckpointAsked(job, f"requested by {who.username}")))
+
+    async def checkpoints(self, who: Identity, job_id: str) -> dict[str, Any]:
+        self._visible(who, job_id)
+        ck = self.machine.checkpoints.get(job_id)
+        return {"latest": self._latest(job_id), "pending": ck.version if ck else None}
+
+    async def requeue(self, who: Identity, job_id: str, wait_s: float = 60.0) -> Job:
+        """Requeue a job by hand; a RUNNING one takes a checkpoint first (up to ``wait_s``)."""
+        self._run(RequeueAsked(self._visible(who, job_id), who.username, wait_s))
+        return self.store.get(job_id)
+
+    async def cancel_after_checkpoint(self, who: Identity, job_id: str,
+                                      wait_s: float = 60.0) -> Job:
+        self._run(CancelAfterCheckpoint(self._visible(who, job_id), who.username, wait_s))
+        return self.store.get(job_id)
+
+    async def debug_kill_node(self, who: Identity, job_id: str, node: int | None) -> dict:
+        job = self._admin_job(who, job_id)
+        rank = job.nodes - 1 if node is None else node
+        if not 0 <= rank < job.nodes:
+            raise ValidationError("node", node, f"0..{job.nodes - 1}")
+        gate: Any = self.gates[job.gate or ""]
+        killed = await gate.ex_kill_node(job.cluster_id, rank)
+        self._liveness_at = 0.0  # look at once
+        return {"job_id": job_id, "cluster_id": job.cluster_id, "node": rank, "killed": killed}
+
+    async def debug_preempt(self, who: Identity, job_id: str, notice_s: float = 20.0) -> dict:
+        """A preemption notice: checkpoint, requeue; the gate reclaims the nodes later."""
+        job = self._admin_job(who, job_id)
+        gate: Any = self.gates[job.gate or ""]
+        # the "cloud" takes the nodes back a little after the notice's deadline
+        await gate.ex_preempt(job.cluster_id, notice_s + 5.0)
+        self._run(Preempted(self._job(job_id), notice_s))
+        return {"job_id": job_id, "cluster_id": job.cluster_id, "notice_s": notice_s}
+
+    def _admin_job(self, who: Identity, job_id: str) -> Job:
+        if not who.is_admin:
+            raise PermissionDeniedError("only an admin may inject failures")
+        job = self._job(job_id)
+        if not job.state.has_cluster() or not job.cluster_id or job.gate not in self.gates:
+            raise ConflictError(f"job {job_id} is {job.state.value}: it holds no cluster")
+        return job
+
+    def _latest(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.storage.get(job_id, LATEST)))
+        except (NotFoundError, ValueError):
+            return None
+        except SkyportError as exc:
+            log.warning("cannot read the latest checkpoint of %s: %s", job_id, exc)
+            return None
+
+    # -- views ------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        return await self.views.status()
+
+    async def gate_info(self) -> list[dict[str, Any]]:
+        return await self.views.gate_info()
+
+    async def timetable(self) -> dict[str, Any]:
+        return await self.views.timetable()
+
+    async def clusters(self, who: Identity) -> list[dict[str, Any]]:
+        return await self.views.clusters(who)
+
+    # -- agent calls ------------------------------------------------------------------
 
     async def agent_auth(self, job_id: str, token: str) -> Job:
         expected = self.store.token_hash(job_id)
         if expected is None or not tokens.tokens_equal(tokens.hash_token(token), expected):
             raise PermissionDeniedError(f"this token does not reach job {job_id}")
-        return self.store.get(job_id, events=False)
+        return self._job(job_id)
 
     async def agent_hello(self, job_id: str, token: str, rank: int, node_name: str) -> dict:
         job = await self.agent_auth(job_id, token)
-        if not 0 <= rank < job.spec.resources.nodes:
-            raise ValidationError("rank", rank, f"0..{job.spec.resources.nodes - 1}")
-        live = self._live.setdefault(job_id, _Live())
-        live.hellos[rank] = node_name
-        live.last_seen[rank] = time.monotonic()
-        if job.state == S.PROVISIONING and len(live.hellos) == job.spec.resources.nodes:
-            names = [live.hellos[r] for r in range(job.spec.resources.nodes)]
-            job = self.store.transition(
-                job_id, S.STAGING_IN, "every node's agent called in", node_names=names
-            )
-        return {
-            "job": job.summary(),
-            "num_nodes": job.spec.resources.nodes,
-            "restart_count": job.restarts,
-        }
+        self._run(AgentHello(job, rank, node_name))
+        job = self.store.get(job_id)
+        return {"job": job.summary(), "num_nodes": job.spec.resources.nodes,
+                "restart_count": job.restarts}
 
-    async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> dict[str, Any]:
+    async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> HeartbeatAnswer:
         job = await self.agent_auth(job_id, token)
-        live = self._live.get(job_id)
-        if live is not None:
-            live.last_seen[rank] = time.monotonic()
-        answer: dict[str, Any] = {"state": job.state.value}
-        if job.state.is_terminal() or not job.state.has_cluster():
-            answer.update(self.warm.beat(job, rank) or {"action": "stop"})
-        else:
-            answer["action"] = "wait" if job.state == S.PROVISIONING else "run"
-            if await self.warm.idle_timeout(job.gate or "") > 0:
-                answer["warm"] = True  # node 0 waits for its idle answer after the exit
-        return self.recovery.beat_answer(job, rank, answer)
+        answer: HeartbeatAnswer = self._run(Heartbeat(job, rank))
+        return answer
 
     async def agent_state(self, job_id: str, token: str, state: JobState, reason: str) -> Job:
-        await self.agent_auth(job_id, token)
-        if state not in (S.RUNNING, S.STAGING_OUT):
-            raise ValidationError("state", state.value, "RUNNING or STAGING_OUT")
-        return self.store.transition(job_id, state, reason or f"agent: {state.value.lower()}")
+        job = await self.agent_auth(job_id, token)
+        self._run(AgentState(job, state, reason))
+        return self.store.get(job_id)
 
     async def agent_exit(
         self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str
     ) -> Job:
         job = await self.agent_auth(job_id, token)
-        if job.state.is_terminal():
-            return job
-        if exit_code != 0 and not timed_out:  # a lost node's doing? then requeue, not fail
-            lost = await self.recovery.failed_exit(job, exit_code)
-            if lost is not None:
-                return lost
-        idle_timeout_s = await self.warm.idle_timeout(job.gate or "")  # no await after the end
-        if timed_out:
-            new, why = S.TIMEOUT, reason or "time limit reached"
-        elif exit_code == 0:
-            new, why = S.SUCCEEDED, reason or "exit code 0"
-        else:
-            new, why = S.FAILED, reason or f"exit code {exit_code}"
-        if new == S.SUCCEEDED and job.state != S.STAGING_OUT:
-            self.store.transition(job_id, S.STAGING_OUT, "collecting outputs")
-        job = self.store.transition(job_id, new, why, exit_code=exit_code)
-        if self.warm.park(job, idle_timeout_s):
-            self._let_go(job)  # the cluster stays, idle, for the next job of its shape
-        else:
-            self._spawn(self._drop_cluster(job))
-        return job
+        info = None
+        if self.machine.exit_needs_cluster(job, exit_code, timed_out):
+            # when one node dies, mpiexec on the others exits at once, usually before the
+            # liveness check has seen the loss: look at the cluster before failing the job
+            try:
+                info = await self.gates[job.gate or ""].describe_cluster(job.cluster_id or "")
+            except Exception as exc:  # noqa: BLE001 - a sick gate: an ordinary failure, then
+                log.warning("job %s: could not look at cluster %s after exit code %d: %s",
+                            job.id, job.cluster_id, exit_code, exc)
+            job = self._job(job_id)
+        self._run(AgentExited(job, exit_code, timed_out, reason, info))
+        return self.store.get(job_id)
 
-    # -- the loop ------------------------------------------------------------
+    async def agent_checkpoint_request(self, job_id: str, token: str,
+                                       reason: str) -> dict[str, Any]:
+        job = await self.agent_auth(job_id, token)
+        return dict(self._run(CheckpointAsked(job, reason or "requested by the job")))
 
-    async def _run(self) -> None:
-        last_watch = last_reap = 0.0
+    async def agent_checkpoint_part(self, job_id: str, token: str, version: int, ck_id: str,
+                                    rank: int, files: list[dict[str, Any]]) -> dict[str, Any]:
+        job = await self.agent_auth(job_id, token)
+        parts = tuple((str(f.get("path", "")), int(f.get("size", 0))) for f in files)
+        return dict(self._run(CheckpointPart(job, version, ck_id, rank, parts)))
+
+    async def agent_checkpoint_latest(self, job_id: str, token: str) -> dict[str, Any]:
+        await self.agent_auth(job_id, token)
+        ck = self.machine.checkpoints.get(job_id)
+        # where this attempt's logs go on: an earlier attempt's output stays in front
+        sizes = {s: self.storage.size(job_id, f"logs/{s}") for s in ("stdout", "stderr")}
+        return {"latest": self._latest(job_id), "pending": ck.version if ck else None,
+                "log_sizes": sizes}
+
+    async def agent_idle_next(self, cluster_id: str, credential: str, rank: int,
+                              wait_s: float) -> dict[str, Any]:
+        """An idle node's one call: ``assign``, ``wait`` (long-polled) or ``stop``."""
+        deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        while True:
+            answer: dict[str, Any] = self._run(IdleNext(cluster_id, credential, rank))
+            left = deadline - time.monotonic()
+            if answer["action"] != "wait" or left <= 0:
+                return answer
+            event = self._idle_events.setdefault(cluster_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
+            except TimeoutError:
+                pass
+
+    def _node_names(self, job: Job) -> list[str]:
+        live = self.machine.live.get(job.id)
+        return job.node_names or (
+            [live.hellos.get(r, "") for r in range(job.nodes)] if live else [])
+
+    # launches: node 0 runs commands on node k through k's agent (skyport.core.launch_calls)
+
+    async def agent_launch_nodes(self, job_id: str, token: str) -> dict[str, Any]:
+        return await self.launches.nodes(job_id, token)
+
+    async def agent_launch_create(self, job_id: str, token: str, node: int, argv: list[str],
+                                  env: dict[str, str], cwd: str) -> dict[str, Any]:
+        return await self.launches.create(job_id, token, node, argv, env, cwd)
+
+    async def agent_launch_poll(self, job_id: str, token: str, node: int,
+                                wait_s: float) -> dict[str, Any]:
+        return await self.launches.poll(job_id, token, node, wait_s)
+
+    async def agent_launch_output(self, job_id: str, token: str, launch_id: str, node: int,
+                                  stream: str, offset: int, data: bytes) -> dict[str, int]:
+        return await self.launches.output(job_id, token, launch_id, node, stream, offset, data)
+
+    async def agent_launch_exit(self, job_id: str, token: str, launch_id: str, node: int,
+                                exit_code: int) -> dict[str, Any]:
+        return await self.launches.exit(job_id, token, launch_id, node, exit_code)
+
+    async def agent_launch_read(self, job_id: str, token: str, launch_id: str,
+                                offsets: dict[str, int], wait_s: float) -> dict[str, Any]:
+        return await self.launches.read(job_id, token, launch_id, offsets, wait_s)
+
+    async def agent_launch_cancel(self, job_id: str, token: str, launch_id: str) -> dict:
+        return await self.launches.cancel(job_id, token, launch_id)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        last_tick = last_reap = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._dirty.wait(), timeout=1.0)
@@ -366,9 +636,9 @@ class CoreService(CoreViews, LaunchCalls):
                     self._dirty.clear()
                     await self.schedule_pass()
                 now = time.monotonic()
-                if now - last_watch >= 1.0:
-                    last_watch = now
-                    await self._watch()
+                if now - last_tick >= 1.0:
+                    last_tick = now
+                    await self._tick()
                 due = self.settings.reap_retry_s if self._reap_soon \
                     else self.settings.reap_interval_s
                 if now - last_reap >= due:
@@ -381,6 +651,24 @@ class CoreService(CoreViews, LaunchCalls):
                 log.exception("core loop pass failed; going on")
             # batch: whatever arrives during this pause is planned together
             await asyncio.sleep(self.settings.replan_interval_s)
+
+    async def _tick(self) -> None:
+        listed: dict[str, ClusterInfo] | None = None
+        listed_gates: set[str] = set()
+        now = time.monotonic()
+        if now - self._liveness_at >= LIVENESS_INTERVAL_S and \
+                self.store.list(states=[S.STAGING_IN, S.RUNNING, S.STAGING_OUT], limit=1):
+            self._liveness_at = now
+            listed = {}
+            for name, gate in self.gates.items():
+                try:
+                    for info in await gate.list_clusters():
+                        listed[info.cluster_id] = info
+                    listed_gates.add(name)
+                except Exception as exc:  # noqa: BLE001 - a sick gate: heartbeats remain
+                    log.warning("liveness: gate %s did not list its clusters: %s", name, exc)
+        jobs = self.store.list(states=[s for s in S if s.has_cluster()])
+        self._run(Tick(tuple(jobs), listed, frozenset(listed_gates)))
 
     async def schedule_pass(self) -> None:
         self._passes += 1
@@ -399,6 +687,7 @@ class CoreService(CoreViews, LaunchCalls):
                 Pool(name=name, capacity=cap.total_cpus, price_per_hour=price, boot_s=boot_s)
             )
         now = time.time()
+        gate_names = sorted(self.gates)
         snapshot = Snapshot(
             now_s=now,
             queued=tuple(
@@ -410,7 +699,7 @@ class CoreService(CoreViews, LaunchCalls):
                     est_runtime_s=float(j.spec.resources.time_limit_s),
                     nodes=j.spec.resources.nodes,
                     priority=j.spec.priority,
-                    allowed_pools=self._allowed_gates(j),
+                    allowed_pools=self.machine.allowed_gates(j, gate_names, now),
                 )
                 for j in queued
             ),
@@ -425,7 +714,7 @@ class CoreService(CoreViews, LaunchCalls):
                 )
                 for j in holding
                 if j.gate in self.gates
-            ) + tuple(self.warm.holding()),
+            ) + tuple(w for w in self.machine.warm.holding() if w.pool in self.gates),
             pools=tuple(pools),
         )
         charges, self._charges = self._charges, []
@@ -434,158 +723,11 @@ class CoreService(CoreViews, LaunchCalls):
         for entry in plan:
             if not entry.start_now:
                 continue
-            if self._capacity_wait.get(entry.job_id) == self._releases:
-                continue  # the gate said no; wait until some cluster is released
             try:
-                job = self.store.transition(
-                    entry.job_id, S.SCHEDULED, f"planned on gate {entry.pool}", gate=entry.pool
-                )
-            except ConflictError:
-                continue  # cancelled meanwhile
-            self._spawn(self._begin(job, entry.pool))
-
-    async def _begin(self, job: Job, gate_name: str) -> None:
-        try:
-            await self._provision(job, gate_name)
-        except CapacityError as exc:
-            self._capacity_wait[job.id] = self._releases
-            job = self.store.get(job.id, events=False)
-            if job.state in (S.SCHEDULED, S.PROVISIONING):
-                await self._drop_cluster(job)
-                self.store.transition(job.id, S.QUEUED, f"waiting for capacity: {exc.message}")
-        except GateError as exc:
-            job = self.store.get(job.id, events=False)
-            await self._drop_cluster(job)
-            if job.state.is_terminal():
-                return
-            self._gate_failures.setdefault(job.id, {})[gate_name] = time.monotonic()
-            if job.spec.gate is None and self._allowed_gates(job):
-                self.store.transition(
-                    job.id, S.QUEUED, f"gate {gate_name} failed: {exc.message}; "
-                    "re-planned on another gate", cluster_id=None)
-            else:
-                self._gate_failures.pop(job.id, None)
-                self.store.transition(job.id, S.FAILED, exc.message)
-        except StorageError as exc:
-            job = self.store.get(job.id, events=False)
-            await self._drop_cluster(job)
-            if not job.state.is_terminal():
-                self.store.transition(job.id, S.FAILED, exc.message)
-        except ConflictError:
-            pass  # cancelled meanwhile
-        except Exception as exc:
-            log.exception("provisioning job %s failed", job.id)
-            job = self.store.get(job.id, events=False)
-            await self._drop_cluster(job)
-            if not job.state.is_terminal():
-                self.store.transition(job.id, S.FAILED, f"provisioning failed: {exc}")
-
-    async def _provision(self, job: Job, gate_name: str) -> None:
-        gate = self.gates[gate_name]
-        for url in job.spec.inputs:
-            self.storage.copy_in(job.id, url, "inputs/" + posixpath.basename(url.rstrip("/")))
-        if await self.warm.try_assign(job, gate_name):
-            self._gate_failures.pop(job.id, None)
-            return
-        token = tokens.new_token()
-        cluster_id = f"{job.id}-{job.restarts}"
-        r = job.spec.resources
-        job = self.store.transition(
-            job.id,
-            S.PROVISIONING,
-            f"creating a {r.nodes}-node cluster on gate {gate_name}",
-            cluster_id=cluster_id,
-            token_hash=tokens.hash_token(token),
-        )
-        self._live[job.id] = _Live()
-        request = ClusterRequest(
-            cluster_id=cluster_id,
-            job_id=job.id,
-            owner=job.owner,
-            nodes=r.nodes,
-            cpus_per_node=r.cpus_per_node,
-            gpus_per_node=r.gpus_per_node,
-            mem_mb=r.mem_mb,
-            flavor=job.spec.flavor,
-            control_url=self.settings.control_url,
-            ca_pem=self.settings.ca_pem,
-            token=token,
-        )
-        info = await gate.create_cluster(request)
-        self.store.update(job.id, flavor=info.flavor, price_per_hour=info.price_per_hour)
-        self._gate_failures.pop(job.id, None)
-
-    def _allowed_gates(self, job: Job) -> tuple[str, ...]:
-        """The gates a job may be planned on; () means any.
-
-        A job that names its gate gets that one.  Otherwise the gates that failed
-        to create its cluster lately (``gate_failure_memory_s``) are left out;
-        ``()`` when none failed lately or when every gate did (``_begin`` fails
-        the job then).
-        """
-        if job.spec.gate:
-            return (job.spec.gate,)
-        failed = self._gate_failures.get(job.id)
-        if not failed:
-            return ()
-        now = time.monotonic()
-        for name, when in list(failed.items()):
-            if now - when > self.settings.gate_failure_memory_s:
-                del failed[name]
-        return tuple(g for g in sorted(self.gates) if g not in failed) if failed else ()
-
-    async def _drop_cluster(self, job: Job) -> None:
-        self._let_go(job)
-        gate = self.gates.get(job.gate or "")
-        if gate is None or not job.cluster_id:
-            return
-        try:
-            await gate.delete_cluster(job.cluster_id)
-        except Exception:
-            # the reaper deletes it soon: it is tagged with a job that is no longer live
-            log.exception("deleting cluster %s failed", job.cluster_id)
-            self._reap_soon = True
-
-    def _let_go(self, job: Job) -> None:
-        """The job no longer holds its cluster: forget it, charge its use, re-plan."""
-        self._live.pop(job.id, None)
-        self._releases += 1
-        self._dirty.set()
-        if job.started_at is not None and job.cluster_id:
-            now = utcnow()
-            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
-            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
-
-    async def _requeue_lost(self, job: Job, reason: str) -> None:
-        # the restart policy (revoke the token, drop the cluster, QUEUED or FAILED)
-        await self.recovery.lose(job.id, reason)
-
-    async def _watch(self) -> None:
-        await self.recovery.watch()  # checkpoints, lost nodes seen by the gates
-        await self.warm.expire()  # idle clusters past their gate's idle timeout
-        now = time.monotonic()
-        for job in self.store.list(states=[s for s in S if s.has_cluster()]):
-            live = self._live.setdefault(job.id, _Live())
-            if job.state == S.PROVISIONING:
-                if now - live.since > self.settings.provisioning_timeout_s:
-                    await self._requeue_lost(job, "the cluster's agents did not all call in")
+                job = self._job(entry.job_id)  # as it is now: the plan took an await
+            except NotFoundError:
                 continue
-            stale = [
-                r for r, t in live.last_seen.items() if now - t > self.settings.heartbeat_timeout_s
-            ]
-            if stale:
-                names = ", ".join(live.hellos.get(r, str(r)) for r in stale)
-                await self._requeue_lost(job, f"node lost: no heartbeat from {names}")
-                continue
-            if job.state == S.RUNNING and job.started_at is not None:
-                limit = timedelta(
-                    seconds=job.spec.resources.time_limit_s + self.settings.time_limit_grace_s
-                )
-                if utcnow() - job.started_at > limit:
-                    self.store.transition(
-                        job.id, S.TIMEOUT, "time limit reached (enforced by the control plane)"
-                    )
-                    await self._drop_cluster(job)
+            self._run(Planned(((job, entry.pool),)))
 
     async def reap(self) -> list[str]:
         """Delete every cluster whose job is gone, terminal, or holds another cluster."""
@@ -595,12 +737,12 @@ class CoreService(CoreViews, LaunchCalls):
                 clusters = await gate.list_clusters()
             except Exception:
                 continue
-            held = self.warm.kept(name) | {  # a warm cluster keeps its first job's tag
+            held = self.machine.warm.kept(name) | {  # a warm cluster keeps its first job's tag
                 j.cluster_id for j in self.store.list(states=[s for s in S if s.has_cluster()])
                 if j.gate == name and j.cluster_id}
             for info in clusters:
                 try:
-                    job = self.store.get(info.job_id, events=False)
+                    job: Job | None = self._job(info.job_id)
                 except NotFoundError:
                     job = None
                 keep = info.cluster_id in held or (
@@ -618,23 +760,23 @@ class CoreService(CoreViews, LaunchCalls):
                         self._reap_soon = True
         return reaped
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- warm reuse: idle clusters kept for the next job of a shape (skyport.core.warm)
-
-    async def agent_idle_next(
-        self, cluster_id: str, credential: str, rank: int, wait_s: float
-    ) -> dict[str, Any]:
-        return await self.warm.idle_next(cluster_id, credential, rank, wait_s)
-
-    # -- checkpoints, requeues, injected failures (skyport.core.recovery)
+    # -- the string dispatcher of the first Core, kept for the routes until they move
 
     async def recovery_call(self, name: str, *args: Any) -> Any:
-        from skyport.core.recovery import CALLS
+        calls: dict[str, Callable[..., Awaitable[Any]]] = {
+            "agent_request": self.agent_checkpoint_request,
+            "agent_part": self.agent_checkpoint_part,
+            "agent_latest": self.agent_checkpoint_latest,
+            "user_checkpoint": self.user_checkpoint,
+            "checkpoints": self.checkpoints,
+            "requeue": self.requeue,
+            "cancel_after_checkpoint": self.cancel_after_checkpoint,
+            "debug_kill_node": self.debug_kill_node,
+            "debug_preempt": self.debug_preempt,
+        }
+        if name not in calls:
+            raise ValidationError("call", name, "one of " + ", ".join(calls))
+        return await calls[name](*args)
 
-        if name not in CALLS:
-            raise ValidationError("call", name, "one of " + ", ".join(CALLS))
-        return await getattr(self.recovery, name)(*args)
+
+__all__ = ["CoreService", "CoreSettings", "GatePort", "PAYLOAD_INPUT", "Planner"]

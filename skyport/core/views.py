@@ -1,31 +1,39 @@
 """Read-only views of the Core for terminals: status, gates, timetable, clusters.
 
-A mixin of ``CoreService``: these read the store, the last plan and the gates,
-and change nothing.
+These read the store, the last plan and the gates, and change nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
 
 from skyport.errors import NotFoundError
 from skyport.models import Job
 from skyport.models import JobState as S
 from skyport.pki import Identity
-
-if TYPE_CHECKING:
-    from skyport.core.service import CoreService
-
-    _Base = CoreService
-else:
-    _Base = object
+from skyport.scheduler import PlanEntry
+from skyport.storage import JobStorage
+from skyport.store import JobStore
 
 log = logging.getLogger("skyport.core")
 
 
-class CoreViews(_Base):
+class CoreViews:
+    def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any],
+                 plan: Callable[[], dict[str, PlanEntry]], policy_name: str,
+                 started_at: datetime, stats: Callable[[], dict[str, Any]]) -> None:
+        self.store = store
+        self.storage = storage
+        self.gates = gates
+        self._plan = plan
+        self.policy_name = policy_name
+        self.started_at = started_at
+        self._stats = stats
+
     async def status(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for job in self.store.list():
@@ -35,7 +43,7 @@ class CoreViews(_Base):
             "started_at": self.started_at.isoformat(),
             "storage_url": self.storage.url,
             "counts": counts,
-            "passes": self._passes,
+            **self._stats(),
             "gates": await self.gate_info(),
         }
 
@@ -62,10 +70,11 @@ class CoreViews(_Base):
     async def timetable(self) -> dict[str, Any]:
         now = time.time()
         entries = []
+        planned = self._plan()
         for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
             limit = job.spec.resources.time_limit_s
             if job.state == S.QUEUED:
-                plan = self._plan.get(job.id)
+                plan = planned.get(job.id)
                 if plan is None:
                     continue
                 start, gate = plan.start_s, plan.pool

@@ -1,16 +1,12 @@
-"""Checkpoint directives, the --signal parser, the restart count and the storage guard."""
+"""Checkpoint directives, the --signal parser and the storage guard."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 import pytest
 
 from skyport import checkpoint
 from skyport.api.checkpoint_routes import check_agent_checkpoint_path
-from skyport.core.recovery import LOST_TAG, lost_attempts
 from skyport.errors import PermissionDeniedError, ScriptError
-from skyport.models import Event, Job, JobSpec, JobState
 from skyport.script import build_spec
 
 
@@ -42,17 +38,6 @@ def test_bad_checkpoint_interval_and_restarts_are_refused() -> None:
         build_spec("#!/bin/bash\n#SKYPORT --checkpoint-every=soon\ntrue\n")
     with pytest.raises(ScriptError):
         build_spec("#!/bin/bash\n#SKYPORT --max-restarts=-1\ntrue\n")
-
-
-def test_lost_attempts_count_only_failures() -> None:
-    now = datetime.now(UTC)
-    events = [Event(time=now, state=JobState.QUEUED, reason=r) for r in (
-        "submitted", f"{LOST_TAG}node lost: n1 | requeued from checkpoint v1, restart 1 of 3",
-        "requeued by alice | requeued from checkpoint v2",
-        f"{LOST_TAG}preempted (notice of 5s) | requeued from checkpoint v3, restart 2 of 3")]
-    job = Job(id="j", owner="a", spec=JobSpec(script="true"), state=JobState.QUEUED,
-              submitted_at=now, events=events)
-    assert lost_attempts(job) == ["node lost: n1", "preempted (notice of 5s)"]
 
 
 def test_agents_cannot_move_the_latest_pointer() -> None:
