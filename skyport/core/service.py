@@ -20,11 +20,9 @@ clusters).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import posixpath
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any, Protocol
 from skyport import tokens
 from skyport.checkpoint import LATEST
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
+from skyport.core.intake import PAYLOAD_INPUT, JobIntake
 from skyport.core.launch_calls import LaunchDesk
 from skyport.core.machine import JobMachine, MachineSettings
 from skyport.core.messages import (
@@ -71,6 +70,7 @@ from skyport.core.messages import (
     WakeIdle,
     WriteLatest,
 )
+from skyport.core.planning import build_snapshot, pool_of, reap
 from skyport.core.views import CoreViews
 from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
@@ -90,11 +90,10 @@ from skyport.protocol import HeartbeatAnswer
 from skyport.scheduler import PlanEntry, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore, StoreChange, utcnow
-from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
+from skyport.timetable import Snapshot
 
 log = logging.getLogger("skyport.core")
 
-PAYLOAD_INPUT = "skyport-payload.pkl"
 LIVENESS_INTERVAL_S = 2.0  # how often the gates are asked which clusters have dead nodes
 S = JobState
 
@@ -172,6 +171,7 @@ class CoreService:
         self._reap_soon = False  # a delete failed: reap before reap_interval_s is up
         self._liveness_at = 0.0
         self._idle_events: dict[str, asyncio.Event] = {}
+        self.intake = JobIntake(store, storage, gates)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
                                self.started_at, lambda: {"passes": self._passes})
@@ -351,70 +351,7 @@ class CoreService:
     # -- user calls ---------------------------------------------------------------------
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
-        await self._validate(spec)
-        payload = None
-        if spec.kind == "function":
-            if not payload_b64:
-                raise ValidationError("payload_b64", None, "a function job needs its payload")
-            try:
-                payload = base64.b64decode(payload_b64, validate=True)
-            except ValueError as exc:
-                raise ValidationError("payload_b64", "<not base64>", "base64 text") from exc
-        elif payload_b64:
-            raise ValidationError("payload_b64", "<payload>", "only function jobs carry one")
-        job_id = self._new_job_id()
-        # files first: a job that is in the store always has its script
-        self.storage.put(job_id, "script.sh", spec.script.encode())
-        if payload is not None:
-            self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
-        return self.store.add(job_id, who.username, spec)
-
-    def _new_job_id(self) -> str:
-        # short enough to type; drawn again on a clash, before any file is written
-        while True:
-            job_id = secrets.token_hex(4)
-            try:
-                self.store.get(job_id, events=False)
-            except NotFoundError:
-                return job_id
-
-    async def _validate(self, spec: JobSpec) -> None:
-        if spec.gate is not None and spec.gate not in self.gates:
-            raise ValidationError("gate", spec.gate, "one of: " + ", ".join(sorted(self.gates)))
-        candidates = [spec.gate] if spec.gate else sorted(self.gates)
-        r = spec.resources
-        reasons = []
-        for name in candidates:
-            why = await self.gates[name].can_ever_fit(
-                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor
-            )
-            if why is None:
-                break
-            reasons.append(why)
-        else:
-            raise ValidationError(
-                "resources",
-                f"{r.nodes} nodes x {r.cpus_per_node} cpus, {r.gpus_per_node} gpus"
-                + (f", {r.mem_mb} MB" if r.mem_mb else "")
-                + (f", flavor {spec.flavor}" if spec.flavor else ""),
-                "no gate can ever run this: " + " | ".join(reasons),
-            )
-        names = set()
-        for url in spec.inputs:
-            base = posixpath.basename(url.rstrip("/"))
-            if not base or base == PAYLOAD_INPUT:
-                raise ValidationError("input", url, "a URL that names a file")
-            if base in names:
-                raise ValidationError("input", url, "inputs with distinct file names")
-            names.add(base)
-            why = self.storage.check_input(url)
-            if why is not None:
-                raise ValidationError("input", url, f"a URL that exists and can be read ({why})")
-        if spec.layout.mpi != "mpich" or spec.layout.ranks_per_node > 1 or r.nodes > 1:
-            from skyport.launch.mpi import missing_mpi  # a parallel layout needs its MPI
-
-            if why := missing_mpi(spec.layout.mpi):
-                raise ValidationError("mpi", spec.layout.mpi, f"an installed MPI: {why}")
+        return await self.intake.submit(who, spec, payload_b64)
 
     def _visible(self, who: Identity, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -672,50 +609,21 @@ class CoreService:
 
     async def schedule_pass(self) -> None:
         self._passes += 1
-        queued = self.store.list(states=[S.QUEUED])
-        holding = self.store.list(states=[s for s in S if s.has_cluster() or s == S.SCHEDULED])
         pools = []
         for name, gate in sorted(self.gates.items()):
             try:
-                cap = await gate.capacity()
-                flavors = await gate.flavors()
+                pools.append(pool_of(name, await gate.capacity(), await gate.flavors()))
             except Exception:
                 continue  # a sick gate gets no work this pass
-            boot_s = min((f.boot_s for f in flavors), default=0.0)
-            price = min((f.price_per_hour / f.cpus for f in flavors if f.cpus), default=None)
-            pools.append(
-                Pool(name=name, capacity=cap.total_cpus, price_per_hour=price, boot_s=boot_s)
-            )
         now = time.time()
-        gate_names = sorted(self.gates)
-        snapshot = Snapshot(
-            now_s=now,
-            queued=tuple(
-                QueuedJob(
-                    id=j.id,
-                    owner=j.owner,
-                    submit_s=j.submitted_at.timestamp(),
-                    procs=j.spec.total_cpus,
-                    est_runtime_s=float(j.spec.resources.time_limit_s),
-                    nodes=j.spec.resources.nodes,
-                    priority=j.spec.priority,
-                    allowed_pools=self.machine.allowed_gates(j, gate_names, now),
-                )
-                for j in queued
-            ),
-            running=tuple(
-                RunningJob(
-                    id=j.id,
-                    owner=j.owner,
-                    pool=j.gate or "",
-                    procs=j.spec.total_cpus,
-                    start_s=(j.started_at or j.submitted_at).timestamp(),
-                    est_runtime_s=float(j.spec.resources.time_limit_s),
-                )
-                for j in holding
-                if j.gate in self.gates
-            ) + tuple(w for w in self.machine.warm.holding() if w.pool in self.gates),
-            pools=tuple(pools),
+        gates = sorted(self.gates)
+        snapshot = build_snapshot(
+            now,
+            self.store.list(states=[S.QUEUED]),
+            self.store.list(states=[s for s in S if s.has_cluster() or s == S.SCHEDULED]),
+            self.machine.warm.holding(),
+            pools,
+            lambda job: self.machine.allowed_gates(job, gates, now),
         )
         charges, self._charges = self._charges, []
         plan = await self.planner(snapshot, charges)
@@ -731,33 +639,8 @@ class CoreService:
 
     async def reap(self) -> list[str]:
         """Delete every cluster whose job is gone, terminal, or holds another cluster."""
-        reaped = []
-        for name, gate in self.gates.items():
-            try:
-                clusters = await gate.list_clusters()
-            except Exception:
-                continue
-            held = self.machine.warm.kept(name) | {  # a warm cluster keeps its first job's tag
-                j.cluster_id for j in self.store.list(states=[s for s in S if s.has_cluster()])
-                if j.gate == name and j.cluster_id}
-            for info in clusters:
-                try:
-                    job: Job | None = self._job(info.job_id)
-                except NotFoundError:
-                    job = None
-                keep = info.cluster_id in held or (
-                    job is not None
-                    and job.state.has_cluster()
-                    and job.cluster_id == info.cluster_id
-                    and job.gate == name
-                )
-                if not keep:
-                    try:
-                        await gate.delete_cluster(info.cluster_id)
-                        reaped.append(info.cluster_id)
-                    except Exception:
-                        log.exception("reaping %s failed", info.cluster_id)
-                        self._reap_soon = True
+        reaped, failed = await reap(self.store, self.gates, self.machine.warm.kept)
+        self._reap_soon = self._reap_soon or failed
         return reaped
 
     # -- the string dispatcher of the first Core, kept for the routes until they move

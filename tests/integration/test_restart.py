@@ -27,13 +27,17 @@ def _wait_state(client, job_id: str, state: JobState, timeout: float = 60) -> No
 
 
 @pytest.mark.parametrize("how", ["stop", "sigkill"])
-def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how: str) -> None:
+def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how: str,
+                                                        tmp_path) -> None:
     cp = fresh_controlplane()
+    # the running job runs until the test says so, however slow a loaded machine is
+    go_on = tmp_path / "go-on"
     with cp.client() as c:
         done = c.submit(build_spec("#!/bin/bash\necho finished-before\n"))
         assert c.wait(done.id, timeout=60).state == JobState.SUCCEEDED
         history = [e.state for e in c.job(done.id).events]
-        running = c.submit(build_spec(WHOLE_GATE + "sleep 8\n"))
+        running = c.submit(build_spec(
+            WHOLE_GATE + f"for i in $(seq 600); do [ -e {go_on} ] && break; sleep 0.2; done\n"))
         _wait_state(c, running.id, JobState.RUNNING)
         queued = c.submit(build_spec(WHOLE_GATE + "echo ran-after-restart\n"))
         time.sleep(0.5)
@@ -48,6 +52,7 @@ def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how:
     # the running job's node processes outlive the control plane, like cloud VMs
     assert processes_of_job(running.id)
     cp.start()
+    go_on.touch()
     with cp.client() as c:
         assert [e.state for e in c.job(done.id).events] == history
         assert c.logs(done.id).data == b"finished-before\n"

@@ -93,4 +93,6 @@ async def _burst(tmp_path: Path) -> list[int]:
 def test_a_burst_of_submissions_is_planned_in_a_few_passes(tmp_path: Path) -> None:
     seen = asyncio.run(_burst(tmp_path))
     assert seen and seen[-1] == JOBS, f"the last pass saw {seen[-1:]} queued jobs, not {JOBS}"
-    assert len(seen) <= 10, f"{len(seen)} planning passes for {JOBS} submissions: {seen}"
+    # a pass per submission would be thousands; batching gives a few per second of submitting
+    # (a bound in passes, not seconds: it holds on a loaded machine too)
+    assert len(seen) <= JOBS // 20, f"{len(seen)} planning passes for {JOBS} submissions: {seen}"

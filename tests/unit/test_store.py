@@ -231,3 +231,48 @@ def test_concurrent_writers_do_not_corrupt(db_path: Path, shared: bool) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_apply_writes_all_changes_in_one_transaction_or_none(store: JobStore) -> None:
+    store.add("a", "alice", spec())
+    store.add("b", "alice", spec())
+    changed = store.apply([
+        ("transition", "a", S.SCHEDULED, "planned", {"gate": "local"}),
+        ("update", "b", {"restarts": 2}),
+        ("open_checkpoint", "a", {"version": 1}),
+    ])
+    assert changed == ["a"]
+    assert store.get("a").gate == "local" and store.get("b").restarts == 2
+    assert store.open_checkpoints() == {"a": {"version": 1}}
+    with pytest.raises(ConflictError):  # SCHEDULED -> RUNNING is not allowed: nothing is kept
+        store.apply([("update", "b", {"restarts": 5}),
+                     ("open_checkpoint", "a", None),
+                     ("transition", "a", S.RUNNING, "no", {})])
+    assert store.get("b").restarts == 2 and store.open_checkpoints() == {"a": {"version": 1}}
+    store.apply([("open_checkpoint", "a", None)])
+    assert store.open_checkpoints() == {}
+
+
+def test_restart_bookkeeping_survives_a_reopen(db_path: Path) -> None:
+    s = JobStore(db_path)
+    s.add("j", "alice", spec())
+    run(s, "j")
+    s.transition("j", S.QUEUED, "lost", lost_attempts=["node lost: n1"], checkpoint_version=3,
+                 restarts=1)
+    s.close()
+    job = JobStore(db_path).get("j")
+    assert (job.lost_attempts, job.checkpoint_version, job.restarts) == (["node lost: n1"], 3, 1)
+
+
+def test_a_store_written_before_restart_bookkeeping_gains_its_columns(db_path: Path) -> None:
+    import sqlite3
+
+    s = JobStore(db_path)
+    s.add("j", "alice", spec())
+    s.close()
+    db = sqlite3.connect(db_path)  # as an older Sky Port left it: without the new columns
+    db.executescript("ALTER TABLE jobs DROP COLUMN lost_attempts;"
+                     "ALTER TABLE jobs DROP COLUMN checkpoint_version;")
+    db.close()
+    job = JobStore(db_path).get("j")
+    assert (job.lost_attempts, job.checkpoint_version) == ([], 0)

@@ -1,0 +1,94 @@
+"""Taking a job in: the spec checked against every gate and input, its files, its row.
+
+Nothing is queued unless the whole request can ever run; a job that is in the
+store always has its script (and a function job its payload) in storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import posixpath
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from skyport.errors import NotFoundError, ValidationError
+from skyport.models import Job, JobSpec
+from skyport.pki import Identity
+from skyport.storage import JobStorage
+from skyport.store import JobStore
+
+PAYLOAD_INPUT = "skyport-payload.pkl"
+
+
+class JobIntake:
+    def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any]) -> None:
+        self.store = store
+        self.storage = storage
+        self.gates = gates
+
+    async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
+        await self._validate(spec)
+        payload = None
+        if spec.kind == "function":
+            if not payload_b64:
+                raise ValidationError("payload_b64", None, "a function job needs its payload")
+            try:
+                payload = base64.b64decode(payload_b64, validate=True)
+            except ValueError as exc:
+                raise ValidationError("payload_b64", "<not base64>", "base64 text") from exc
+        elif payload_b64:
+            raise ValidationError("payload_b64", "<payload>", "only function jobs carry one")
+        job_id = self._new_job_id()
+        # files first: a job that is in the store always has its script
+        self.storage.put(job_id, "script.sh", spec.script.encode())
+        if payload is not None:
+            self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
+        return self.store.add(job_id, who.username, spec)
+
+    def _new_job_id(self) -> str:
+        # short enough to type; drawn again on a clash, before any file is written
+        while True:
+            job_id = secrets.token_hex(4)
+            try:
+                self.store.get(job_id, events=False)
+            except NotFoundError:
+                return job_id
+
+    async def _validate(self, spec: JobSpec) -> None:
+        if spec.gate is not None and spec.gate not in self.gates:
+            raise ValidationError("gate", spec.gate, "one of: " + ", ".join(sorted(self.gates)))
+        candidates = [spec.gate] if spec.gate else sorted(self.gates)
+        r = spec.resources
+        reasons = []
+        for name in candidates:
+            why = await self.gates[name].can_ever_fit(
+                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor
+            )
+            if why is None:
+                break
+            reasons.append(why)
+        else:
+            raise ValidationError(
+                "resources",
+                f"{r.nodes} nodes x {r.cpus_per_node} cpus, {r.gpus_per_node} gpus"
+                + (f", {r.mem_mb} MB" if r.mem_mb else "")
+                + (f", flavor {spec.flavor}" if spec.flavor else ""),
+                "no gate can ever run this: " + " | ".join(reasons),
+            )
+        names = set()
+        for url in spec.inputs:
+            base = posixpath.basename(url.rstrip("/"))
+            if not base or base == PAYLOAD_INPUT:
+                raise ValidationError("input", url, "a URL that names a file")
+            if base in names:
+                raise ValidationError("input", url, "inputs with distinct file names")
+            names.add(base)
+            why = self.storage.check_input(url)
+            if why is not None:
+                raise ValidationError("input", url, f"a URL that exists and can be read ({why})")
+        if spec.layout.mpi != "mpich" or spec.layout.ranks_per_node > 1 or r.nodes > 1:
+            from skyport.launch.mpi import missing_mpi  # a parallel layout needs its MPI
+
+            if why := missing_mpi(spec.layout.mpi):
+                raise ValidationError("mpi", spec.layout.mpi, f"an installed MPI: {why}")

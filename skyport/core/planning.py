@@ -1,0 +1,97 @@
+"""What the Core hands the scheduler and the reaper: pure functions over jobs and gates."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from skyport.errors import NotFoundError
+from skyport.gate import Capacity, Flavor
+from skyport.models import Job, JobState
+from skyport.store import JobStore
+from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
+
+log = logging.getLogger("skyport.core")
+S = JobState
+
+
+def pool_of(name: str, cap: Capacity, flavors: Sequence[Flavor]) -> Pool:
+    """A gate as the timetable engine sees it: capacity, cheapest core-hour, fastest boot."""
+    boot_s = min((f.boot_s for f in flavors), default=0.0)
+    price = min((f.price_per_hour / f.cpus for f in flavors if f.cpus), default=None)
+    return Pool(name=name, capacity=cap.total_cpus, price_per_hour=price, boot_s=boot_s)
+
+
+def build_snapshot(now: float, queued: Sequence[Job], holding: Sequence[Job],
+                   warm: Sequence[RunningJob], pools: Sequence[Pool],
+                   allowed: Callable[[Job], tuple[str, ...]]) -> Snapshot:
+    """The timetable engine's input: queued jobs, jobs holding capacity, the gates."""
+    names = {p.name for p in pools}
+    return Snapshot(
+        now_s=now,
+        queued=tuple(
+            QueuedJob(
+                id=j.id,
+                owner=j.owner,
+                submit_s=j.submitted_at.timestamp(),
+                procs=j.spec.total_cpus,
+                est_runtime_s=float(j.spec.resources.time_limit_s),
+                nodes=j.spec.resources.nodes,
+                priority=j.spec.priority,
+                allowed_pools=allowed(j),
+            )
+            for j in queued
+        ),
+        running=tuple(
+            RunningJob(
+                id=j.id,
+                owner=j.owner,
+                pool=j.gate or "",
+                procs=j.spec.total_cpus,
+                start_s=(j.started_at or j.submitted_at).timestamp(),
+                est_runtime_s=float(j.spec.resources.time_limit_s),
+            )
+            for j in holding
+            if j.gate in names
+        ) + tuple(w for w in warm if w.pool in names),
+        pools=tuple(pools),
+    )
+
+
+async def reap(store: JobStore, gates: Mapping[str, Any],
+           kept: Callable[[str], set[str]]) -> tuple[list[str], bool]:
+    """Delete every cluster whose job is gone, terminal, or holds another cluster.
+
+    ``kept(gate)``: clusters to leave alone (warm ones keep their first job's
+    tag).  Returns the clusters deleted and whether a delete failed.
+    """
+    reaped: list[str] = []
+    failed = False
+    for name, gate in gates.items():
+        try:
+            clusters = await gate.list_clusters()
+        except Exception:
+            continue
+        held = kept(name) | {  # a warm cluster keeps its first job's tag
+            j.cluster_id for j in store.list(states=[s for s in S if s.has_cluster()])
+            if j.gate == name and j.cluster_id}
+        for info in clusters:
+            try:
+                job: Job | None = store.get(info.job_id, events=False)
+            except NotFoundError:
+                job = None
+            keep = info.cluster_id in held or (
+                job is not None
+                and job.state.has_cluster()
+                and job.cluster_id == info.cluster_id
+                and job.gate == name
+            )
+            if not keep:
+                try:
+                    await gate.delete_cluster(info.cluster_id)
+                    reaped.append(info.cluster_id)
+                except Exception:
+                    log.exception("reaping %s failed", info.cluster_id)
+                    failed = True
+    return reaped, failed

@@ -1,0 +1,157 @@
+"""The Core service over a real job store and storage, with a gate in memory: no Ray, no process.
+
+What the machine decides must survive the service: persisted in one
+transaction, read back by a second service on the same state (a control-plane
+restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from skyport import tokens
+from skyport.checkpoint import LATEST
+from skyport.core.service import CoreService, CoreSettings
+from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, NodeInfo
+from skyport.models import JobSpec, JobState, Resources
+from skyport.pki import Identity
+from skyport.scheduler import PlanEntry, UsageCharge
+from skyport.storage import JobStorage
+from skyport.store import JobStore
+from skyport.timetable import Snapshot
+
+S = JobState
+ALICE = Identity("alice", "user")
+
+
+class Gate:
+    """Clusters as records; every node alive."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, ClusterRequest] = {}
+        self.deleted: list[str] = []
+
+    async def flavors(self) -> list[Flavor]:
+        return [Flavor("small", cpus=4, mem_mb=4096, max_nodes=4)]
+
+    async def capacity(self) -> Capacity:
+        return Capacity(total_cpus=16, free_cpus=16)
+
+    async def can_ever_fit(self, *args: object) -> str | None:
+        return None
+
+    async def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
+        self.clusters[request.cluster_id] = request
+        return await self.describe_cluster(request.cluster_id)
+
+    async def describe_cluster(self, cluster_id: str) -> ClusterInfo:
+        r = self.clusters[cluster_id]
+        return ClusterInfo(cluster_id=cluster_id, job_id=r.job_id, gate="mem", flavor="small",
+                           state="running", nodes=tuple(NodeInfo(i, f"n{i}", True)
+                                                        for i in range(r.nodes)))
+
+    async def delete_cluster(self, cluster_id: str) -> None:
+        self.deleted.append(cluster_id)
+        self.clusters.pop(cluster_id, None)
+
+    async def list_clusters(self) -> list[ClusterInfo]:
+        return [await self.describe_cluster(c) for c in self.clusters]
+
+
+async def plan_everything(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+    return [PlanEntry(job_id=q.id, pool="mem", start_s=snapshot.now_s, procs=q.procs,
+                      nodes=q.nodes, start_now=True)
+            for q in snapshot.queued]
+
+
+def service(tmp_path: Path, gate: Gate) -> CoreService:
+    return CoreService(JobStore(tmp_path / "jobs.db"),
+                       JobStorage((tmp_path / "storage").as_uri()), {"mem": gate},
+                       plan_everything, CoreSettings(control_url="https://cp", ca_pem="",
+                                                     replan_interval_s=0.01))
+
+
+async def until(check, what: str) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def running_job(core: CoreService, gate: Gate) -> tuple[str, str]:
+    """Submit a 2-node job, play its agents to RUNNING; (job id, token)."""
+    job = await core.submit(ALICE, JobSpec(script="#!/bin/bash\ntrue\n",
+                                           resources=Resources(nodes=2)))
+    await until(lambda: gate.clusters, "the cluster to be created")
+    token = next(iter(gate.clusters.values())).token
+    for rank in (0, 1):
+        await core.agent_hello(job.id, token, rank, f"n{rank}")
+    await core.agent_state(job.id, token, S.RUNNING, "payload started")
+    return job.id, token
+
+
+def test_a_restart_with_an_open_checkpoint_completes_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        first = service(tmp_path, gate)
+        await first.start()
+        job_id, token = await running_job(first, gate)
+        ck = await first.user_checkpoint(ALICE, job_id)
+        first.storage.put(job_id, f"checkpoints/v{ck['version']}/shared/a", b"abc")
+        await first.agent_checkpoint_part(job_id, token, ck["version"], ck["id"], 0,
+                                          [{"path": f"v{ck['version']}/shared/a", "size": 3}])
+        await first.stop()
+        first.store.close()
+
+        second = service(tmp_path, gate)  # the control plane comes back
+        recovered = await second.start()
+        assert recovered["adopted"] == [job_id]
+        assert (await second.checkpoints(ALICE, job_id))["pending"] == ck["version"]
+        beat = await second.agent_heartbeat(job_id, token, 1)
+        assert beat.checkpoint is not None and beat.checkpoint.id == ck["id"]
+        answer = await second.agent_checkpoint_part(
+            job_id, token, ck["version"], ck["id"], 1,
+            [{"path": f"v{ck['version']}/nodes/1/b", "size": 4}])
+        assert answer["committed"] is True
+        latest = json.loads(second.storage.get(job_id, LATEST))
+        assert (latest["version"], latest["bytes"]) == (1, 7)
+        assert second.store.get(job_id).checkpoint_version == 1
+        assert second.store.open_checkpoints() == {}
+        await second.stop()
+
+    asyncio.run(scenario())
+
+
+def test_every_terminal_transition_revokes_the_token_in_the_same_write(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        core = service(tmp_path, gate)
+        await core.start()
+        job_id, token = await running_job(core, gate)
+        assert core.store.token_hash(job_id) == tokens.hash_token(token)
+        await core.agent_exit(job_id, token, 0, False, "")
+        job = core.store.get(job_id)
+        assert job.state == S.SUCCEEDED and core.store.token_hash(job_id) is None
+        await until(lambda: gate.deleted, "the cluster to be deleted")
+        await core.stop()
+
+    asyncio.run(scenario())
+
+
+def test_lost_node_requeues_with_the_count_in_the_store(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        core = service(tmp_path, gate)
+        await core.start()
+        job_id, token = await running_job(core, gate)
+        cluster = next(iter(gate.clusters))
+        gate.clusters.pop(cluster)  # the gate no longer has it
+        await until(lambda: core.store.get(job_id).restarts == 1, "the requeue")
+        job = core.store.get(job_id)
+        assert job.lost_attempts == ["node lost: the gate no longer has the cluster"]
+        await core.stop()
+
+    asyncio.run(scenario())
