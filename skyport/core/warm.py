@@ -76,9 +76,8 @@ class WarmPool:
         if gate is None:
             return 0.0
         try:
+            # 0.0 from a gate without warm reuse: the runner answers from its features
             value = float(await gate.warm_idle_timeout_s())
-        except AttributeError:  # a gate plugin (or fake) without warm reuse
-            value = 0.0
         except Exception as exc:  # noqa: BLE001 - ask again next time
             log.warning("gate %s: cannot read its idle timeout: %s", gate_name, exc)
             return 0.0
