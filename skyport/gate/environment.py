@@ -34,7 +34,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["ALLOWED_NAMES", "ALLOWED_PREFIXES", "agent_environment", "is_allowed"]
+__all__ = ["ALLOWED_NAMES", "ALLOWED_PREFIXES", "agent_environment", "is_allowed", "skyport_root"]
 
 ALLOWED_NAMES: frozenset[str] = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM",
