@@ -79,6 +79,10 @@ class GateCapabilities:
         # read-only: one class attribute is shared by every instance of a plugin
         object.__setattr__(self, "unsupported", MappingProxyType(dict(self.unsupported)))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a mappingproxy does not pickle; capabilities cross Ray with a chaos gate's config
+        return (GateCapabilities, (dict(self.unsupported),))
+
     def supports(self, feature: GateFeature) -> bool:
         return feature not in self.unsupported
 

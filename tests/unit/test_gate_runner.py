@@ -338,3 +338,17 @@ def test_describe_names_type_features_and_capacity(runner: GateRunner) -> None:
     broken.capacity = down  # type: ignore[method-assign]
     d = GateRunner(broken).describe()
     assert d.capacity is None and "cloud unreachable" in d.error
+
+
+def test_capabilities_and_gate_errors_cross_process_boundaries_intact() -> None:
+    import pickle
+
+    caps = TinyGate.capabilities
+    assert pickle.loads(pickle.dumps(caps)) == caps
+    err = NeverFitsError("tiny1", "nodes", 9, "at most 4")
+    err.add_note("a note")
+    back = pickle.loads(pickle.dumps(err))
+    assert (type(back), back.field, back.value, str(back)) == \
+        (NeverFitsError, "nodes", 9, str(err)) and back.__notes__ == ["a note"]
+    feat = pickle.loads(pickle.dumps(UnsupportedFeatureError("g", "tiny", "preempt", "no")))
+    assert (feat.gate, feat.feature, feat.reason) == ("g", "preempt", "no")
