@@ -59,9 +59,7 @@ def is_allowed(name: str) -> bool:
 
 def skyport_root() -> str:
     """The folder that holds this Sky Port's ``skyport`` package (and ``gates``)."""
-    import skyport
-
-    return str(Path(skyport.__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # <root>/skyport/gate/environment.py
 
 
 def agent_environment(source: Mapping[str, str] | None = None) -> dict[str, str]:
