@@ -11,7 +11,9 @@
     ├── ConfigError            the state directory or its config is missing or broken
     ├── ControlPlaneError      the control plane is not running or not reachable
     ├── GateError              a gate could not create, describe or delete a cluster
-    │   └── CapacityError      not enough capacity right now (retry later)
+    │   ├── CapacityError      not enough capacity right now (retry later)
+    │   ├── NeverFitsError     a request no flavor of the gate can ever hold
+    │   └── UnsupportedFeatureError  a gate feature the gate lacks (with its reason)
     ├── StorageError           a storage URL could not be read or written
     └── JobFailedError         a function job raised; carries the remote error
 
@@ -102,6 +104,33 @@ class GateError(SkyportError):
 
 class CapacityError(GateError):
     http_status = 503
+
+
+class NeverFitsError(GateError):
+    """A cluster request no flavor of the gate can ever hold (not "full now")."""
+
+    http_status = 422
+
+    def __init__(self, gate: str, field: str, value: Any, allowed: str) -> None:
+        self.gate = gate
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"gate {gate} can never hold this request: invalid {field}: "
+                         f"{value!r} ({allowed})")
+
+
+class UnsupportedFeatureError(GateError):
+    """A gate asked for a feature it declares it does not have, with its reason."""
+
+    http_status = 422
+
+    def __init__(self, gate: str, type_name: str, feature: str, reason: str) -> None:
+        self.gate = gate
+        self.type_name = type_name
+        self.feature = feature
+        self.reason = reason
+        super().__init__(f"gate {gate} ({type_name}) does not support {feature}: {reason}")
 
 
 class StorageError(SkyportError):

@@ -12,7 +12,7 @@ A failed create raises ``GateError`` either before the inner gate is asked
 (``leave_behind_fraction`` of the failures, default half), which is then
 left behind on purpose: a half-created cluster the system must clean up.
 A failed delete raises before the inner gate deletes anything.
-Everything else (flavors, capacity, describe, list) is the inner gate's;
+Everything else (flavors, capacity, describe, list, features) is the inner gate's;
 the inner gate gets the chaos gate's name, so its state folder is
 ``gates/<name>/``.  The draws come from one seeded generator: the same seed
 and the same sequence of calls fail the same way.
@@ -107,3 +107,14 @@ class ChaosGate(Gate):
 
     def list_clusters(self) -> list[ClusterInfo]:
         return self.inner.list_clusters()
+
+    # features: the inner gate's (``capabilities`` is the inner gate's declaration)
+
+    def warm_idle_timeout_s(self) -> float:
+        return self.inner.warm_idle_timeout_s()
+
+    def kill_node(self, cluster_id: str, rank: int) -> bool:
+        return self.inner.kill_node(cluster_id, rank)
+
+    def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
+        return self.inner.preempt(cluster_id, reclaim_after_s)

@@ -46,6 +46,7 @@ from skyport.gate import (
     Flavor,
     Gate,
     GateCapabilities,
+    GateFeature,
     NodeInfo,
 )
 
@@ -63,7 +64,14 @@ _BOOTING = {NodeState.PENDING, NodeState.STARTING, NodeState.REBOOTING,
 class LibcloudGate(Gate):
     type_name = "libcloud"
     config_model = LibcloudGateConfig
-    capabilities = GateCapabilities(gpus=True, multi_node=True, warm_reuse=False)
+    capabilities = GateCapabilities(unsupported={
+        GateFeature.WARM_REUSE: "cloud VMs are billed while they wait; each job gets "
+        "fresh ones and they are destroyed with it",
+        GateFeature.KILL_NODE: "the gate does not kill cloud VMs behind a job's back; "
+        "use the local gate for failure drills",
+        GateFeature.PREEMPT: "preemption comes from the cloud itself; use the local gate "
+        "for failure drills",
+    })
 
     def __init__(self, name: str, config: LibcloudGateConfig, state_dir: Any) -> None:
         super().__init__(name, config, state_dir)
@@ -103,9 +111,7 @@ class LibcloudGate(Gate):
     # -- clusters -------------------------------------------------------------
 
     def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
-        if not 1 <= request.nodes <= self.cfg.max_nodes:
-            raise GateError(f"gate {self.name} can never hold cluster {request.cluster_id}: "
-                            f"nodes={request.nodes} (allowed 1..{self.cfg.max_nodes})")
+        self.check_request(request)  # the cluster id becomes node names and tags
         flavor = self.pick_flavor(request.cpus_per_node, request.gpus_per_node,
                                   request.mem_mb, request.nodes, request.flavor)
         size = self._offered()[flavor.name]

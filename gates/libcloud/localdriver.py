@@ -5,9 +5,9 @@ the real ``LibcloudGate`` code (user-data, tags, listing, destroying) without
 a cloud.  A node "boots" by running its user-data script with ``bash`` as a
 process in a session of its own (so it outlives the driver's process, the
 way a VM outlives the control plane), in a folder that plays its disk.  The
-script's environment is a bare one, like a fresh VM's: nothing of the
-driver's environment (and so none of the control plane's credentials)
-reaches it.
+script's environment is the agent allow-list's (``skyport.gate.environment``),
+like a VM booted from this machine's image: none of the control plane's
+credentials reaches it.
 
 State lives in ``root`` so that a new driver instance sees the nodes of an
 earlier one::
@@ -38,8 +38,8 @@ from typing import Any
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, NodeSize
 from libcloud.compute.types import NodeState
 
-import skyport
 from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
+from skyport.gate.environment import agent_environment
 
 __all__ = ["LOCAL_IMAGE", "LocalProcessNodeDriver"]
 
@@ -191,18 +191,12 @@ class LocalProcessNodeDriver(NodeDriver):
 
 
 def _vm_env(disk: Path) -> dict[str, str]:
-    """A fresh VM's environment: nothing inherited but PATH and the locale.
-
-    ``SKYPORT_PYTHON`` and ``PYTHONPATH`` make "this machine's Python with
-    Sky Port importable" the image; ``SKYPORT_NODE_ROOT`` is the node's disk.
-    """
-    repo = str(Path(skyport.__file__).resolve().parent.parent)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(disk / "var"),
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "SKYPORT_PYTHON": sys.executable,
-        "SKYPORT_NODE_ROOT": str(disk / "var"),
-        "PYTHONPATH": repo,
-    }
+    """A VM booted from "this machine's image": what the agent allow-list lets through
+    (``skyport.gate.environment``: so none of the driver's credentials), the node's
+    disk as its home and ``SKYPORT_NODE_ROOT``, and ``SKYPORT_PYTHON`` (with
+    ``PYTHONPATH`` from the allow-list: this machine's Python, Sky Port importable)."""
+    env = agent_environment()
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(HOME=str(disk / "var"), SKYPORT_NODE_ROOT=str(disk / "var"),
+               SKYPORT_PYTHON=sys.executable)
     return env

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -36,12 +35,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import skyport
 from gates.local.config import LocalGateConfig, detect_gpus, host_cpus, host_mem_mb
 from gates.local.records import ClusterRecord, NodeRecord, RecordStore
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.procfs import is_alive, kill_sessions, members, proc_stat
 from skyport.errors import CapacityError, ConfigError, GateError
+from skyport.gate import CLUSTER_ID_RE as _CLUSTER_ID_RE
 from skyport.gate import (
     Capacity,
     ClusterInfo,
@@ -56,16 +55,12 @@ __all__ = ["BOOTSTRAP_NAME", "FLAVOR", "LocalGate"]
 
 FLAVOR = "local"
 BOOTSTRAP_NAME = ".skyport-bootstrap.json"
-_CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# environment variables never passed to an agent (and so never to a payload)
-_SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY",
-                   "ACCESS_KEY")
 
 
 class LocalGate(Gate):
     type_name = "local"
     config_model = LocalGateConfig
-    capabilities = GateCapabilities(gpus=True, multi_node=True, warm_reuse=True)
+    capabilities = GateCapabilities(unsupported={})  # every feature
 
     def __init__(self, name: str, config: LocalGateConfig, state_dir: Any) -> None:
         super().__init__(name, config, state_dir)
@@ -102,7 +97,7 @@ class LocalGate(Gate):
     # -- clusters -------------------------------------------------------------
 
     def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
-        self._check_request(request)
+        self.check_request(request)  # the cluster id becomes a folder name
         with self._locked():
             existing = self._records.get(request.cluster_id)
             if existing is not None:
@@ -144,9 +139,12 @@ class LocalGate(Gate):
         with self._locked():
             return [self._info(r) for r in self._records.all()]
 
-    # -- provider extras: failures on demand (``skyport debug kill-node|preempt``) --
+    # -- features: warm reuse, failures on demand (``skyport debug kill-node|preempt``) --
 
-    def ex_kill_node(self, cluster_id: str, rank: int) -> bool:
+    def warm_idle_timeout_s(self) -> float:
+        return self.cfg.idle_timeout_s
+
+    def kill_node(self, cluster_id: str, rank: int) -> bool:
         """SIGKILL every process of one node's session, as if the machine had died.
 
         The record stays: the cluster then describes itself as ``failed`` with
@@ -162,7 +160,7 @@ class LocalGate(Gate):
             raise GateError(f"gate {self.name}: cluster {cluster_id} has no started node {rank}")
         return _sigkill_session(node.pid, node.start_time)
 
-    def ex_preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
+    def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
         """A preemption: every node of the cluster is SIGKILLed ``reclaim_after_s`` from now.
 
         The notice itself reaches the agents through the Core (their heartbeat
@@ -191,29 +189,6 @@ class LocalGate(Gate):
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _check_request(self, req: ClusterRequest) -> None:
-        """GateError for a request that could never fit (CapacityError is for 'not now')."""
-        if not _CLUSTER_ID_RE.match(req.cluster_id):
-            raise GateError(f"gate {self.name}: cluster id {req.cluster_id!r} must be 1-128 "
-                            "letters, digits, '_', '.', '-'")
-        if req.flavor not in (None, FLAVOR):
-            raise GateError(f"gate {self.name} has no flavor {req.flavor!r} (known: {FLAVOR})")
-        problems = []
-        if not 1 <= req.nodes <= self.cfg.max_nodes:
-            problems.append(f"nodes={req.nodes} (allowed 1..{self.cfg.max_nodes})")
-        if req.cpus_per_node < 1 or req.nodes * req.cpus_per_node > self.total_cpus:
-            problems.append(f"{req.nodes} x {req.cpus_per_node} cpus (the gate has "
-                            f"{self.total_cpus})")
-        if req.gpus_per_node < 0 or req.nodes * req.gpus_per_node > len(self.gpu_ids):
-            problems.append(f"{req.nodes} x {req.gpus_per_node} GPUs (the gate has "
-                            f"{len(self.gpu_ids)})")
-        if req.mem_mb is not None and req.nodes * req.mem_mb > self.total_mem_mb:
-            problems.append(f"{req.nodes} x {req.mem_mb} MB (the gate has "
-                            f"{self.total_mem_mb} MB)")
-        if problems:
-            raise GateError(f"gate {self.name} can never hold cluster {req.cluster_id}: "
-                            + "; ".join(problems))
 
     def _reserve(self, req: ClusterRequest) -> ClusterRecord:
         """Pick free cores and GPUs for every node; CapacityError if they are not free now."""
@@ -267,7 +242,7 @@ class LocalGate(Gate):
         starter = subprocess.run(
             [sys.executable, "-c", _DETACH, str(workdir / "agent.out"),
              *self.agent_command, "--bootstrap", str(bootstrap)],
-            cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, env=_agent_env(),
+            cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, env=self.agent_env(req),
             timeout=60, check=False)
         try:
             pid = int(starter.stdout.decode().strip())
@@ -322,16 +297,3 @@ def _sigkill_session(leader: int, start_time: int | None) -> bool:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p.pid, signal.SIGKILL)
     return True
-
-
-def _agent_env() -> dict[str, str]:
-    """The gate's environment minus anything secret-looking and Ray's own variables.
-
-    The repository root is put on ``PYTHONPATH`` so that the agent (and a
-    function job's payload) imports this same Sky Port.
-    """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_") and not any(m in k.upper() for m in _SECRET_MARKERS)}
-    root = str(Path(skyport.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env

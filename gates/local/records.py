@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from skyport.gate_records import RecordStore as GenericRecordStore
+from skyport.gate.records import RecordStore as GenericRecordStore
 
 RecordState = Literal["creating", "running"]
 

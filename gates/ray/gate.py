@@ -27,7 +27,6 @@ removed last; it lets ``delete_cluster`` kill an agent whose node actor died
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import replace
@@ -50,6 +49,7 @@ from gates.ray.node import NodeActor, kill_agent_task, node_workdir
 from gates.ray.records import ClusterRecord, NodeRecord, RecordStore
 from skyport.agent.bootstrap import Bootstrap
 from skyport.errors import CapacityError, ConfigError, GateError
+from skyport.gate import CLUSTER_ID_RE as _CLUSTER_ID_RE
 from skyport.gate import (
     Capacity,
     ClusterInfo,
@@ -57,6 +57,7 @@ from skyport.gate import (
     Flavor,
     Gate,
     GateCapabilities,
+    GateFeature,
     NodeInfo,
 )
 
@@ -64,14 +65,20 @@ __all__ = ["FLAVOR", "RayGate"]
 
 log = logging.getLogger("skyport.gates.ray")
 FLAVOR = "ray"
-_CLUSTER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MB = 1024 * 1024
 
 
 class RayGate(Gate):
     type_name = "ray"
     config_model = RayGateConfig
-    capabilities = GateCapabilities(gpus=True, multi_node=True, warm_reuse=False)
+    capabilities = GateCapabilities(unsupported={
+        GateFeature.WARM_REUSE: "a job's placement group and node actors go with the job; "
+        "the Ray cluster itself is the warm pool",
+        GateFeature.KILL_NODE: "Ray nodes belong to the Ray cluster, not to the gate; "
+        "use the local gate for failure drills",
+        GateFeature.PREEMPT: "Ray nodes belong to the Ray cluster, not to the gate; "
+        "use the local gate for failure drills",
+    })
 
     def __init__(self, name: str, config: RayGateConfig, state_dir: Any) -> None:
         super().__init__(name, config, state_dir)
@@ -133,7 +140,7 @@ class RayGate(Gate):
     # -- clusters -------------------------------------------------------------
 
     def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
-        self._check_request(request)
+        self.check_request(request)  # the cluster id becomes actor and folder names
         cid = request.cluster_id
         with self._lock:
             existing = self._records.get(cid)
@@ -232,21 +239,6 @@ class RayGate(Gate):
 
     # -- internals ------------------------------------------------------------
 
-    def _check_request(self, req: ClusterRequest) -> None:
-        """GateError for a request that could never fit (CapacityError is for 'not now')."""
-        if not _CLUSTER_ID_RE.match(req.cluster_id):
-            raise GateError(f"gate {self.name}: cluster id {req.cluster_id!r} must be 1-128 "
-                            "letters, digits, '_', '.', '-'")
-        if req.flavor not in (None, FLAVOR):
-            raise GateError(f"gate {self.name} has no flavor {req.flavor!r} (known: {FLAVOR})")
-        if req.cpus_per_node < 1 or req.gpus_per_node < 0:
-            raise GateError(f"gate {self.name}: cpus_per_node={req.cpus_per_node}, "
-                            f"gpus_per_node={req.gpus_per_node} (allowed: cpus >= 1, gpus >= 0)")
-        why = self.can_ever_fit(req.nodes, req.cpus_per_node, req.gpus_per_node, req.mem_mb)
-        if why is not None or req.nodes < 1:
-            raise GateError(f"gate {self.name} can never hold cluster {req.cluster_id}: "
-                            f"{why or f'nodes={req.nodes} (allowed 1..{self.cfg.max_nodes})'}")
-
     def _bundle(self, req: ClusterRequest) -> dict[str, float]:
         bundle: dict[str, float] = {"CPU": float(req.cpus_per_node)}
         if req.gpus_per_node:
@@ -296,7 +288,8 @@ class RayGate(Gate):
                              node_name=node.name, num_nodes=req.nodes,
                              cpus_per_node=req.cpus_per_node)
             workdir = node_workdir(self.cfg.workdir_root, self.name, req.cluster_id, node.name)
-            starts.append(actor.start.remote(boot, str(workdir), req.gpus_per_node > 0))
+            starts.append(actor.start.remote(boot, str(workdir), req.gpus_per_node > 0,
+                                             self.agent_env(req)))
         # actors start in their bundles at once: one wait for all of them
         infos = ray.get(starts, timeout=self.cfg.call_timeout_s + 60)
         for info in infos:

@@ -22,16 +22,12 @@ from typing import Any
 
 import ray
 
-import skyport
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
 
 __all__ = ["BOOTSTRAP_NAME", "NodeActor", "kill_agent", "node_workdir"]
 
 BOOTSTRAP_NAME = ".skyport-bootstrap.json"
-# environment variables never passed to an agent (and so never to a payload)
-_SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE_KEY",
-                   "ACCESS_KEY")
 _DETACH = (
     "import subprocess, sys\n"
     "out = open(sys.argv[1], 'ab')\n"
@@ -56,8 +52,10 @@ class NodeActor:
         self.start_time: int | None = None
         self.workdir: Path | None = None
 
-    def start(self, boot: Bootstrap, workdir: str, gpus_from_ray: bool) -> dict[str, Any]:
-        """Write the bootstrap file and start the agent; idempotent."""
+    def start(self, boot: Bootstrap, workdir: str, gpus_from_ray: bool,
+              env: dict[str, str]) -> dict[str, Any]:
+        """Write the bootstrap file and start the agent with ``env`` (the gate runner's
+        allow-listed agent environment, never this worker's); idempotent."""
         if self.pid is not None:
             return self.info()
         wd = Path(workdir)
@@ -68,7 +66,7 @@ class NodeActor:
         starter = subprocess.run(
             [sys.executable, "-c", _DETACH, str(wd / "agent.out"), sys.executable, "-m",
              "skyport.agent", "--bootstrap", str(path)],
-            cwd=wd, stdin=subprocess.DEVNULL, capture_output=True, env=_agent_env(),
+            cwd=wd, stdin=subprocess.DEVNULL, capture_output=True, env=env,
             timeout=60, check=False)
         try:
             pid = int(starter.stdout.decode().strip())
@@ -113,17 +111,3 @@ def kill_agent_task(pid: int | None, start_time: int | None, workdir: str,
                     grace_s: float) -> bool:
     """``kill_agent`` run on a given Ray node, for an agent whose actor is gone."""
     return kill_agent(pid, start_time, workdir, grace_s)
-
-
-def _agent_env() -> dict[str, str]:
-    """This worker's environment minus secrets and Ray's own variables.
-
-    The repository root is put on ``PYTHONPATH`` so that the agent (and a
-    function job's payload) imports this same Sky Port.
-    """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_") and k != "CUDA_VISIBLE_DEVICES"
-           and not any(m in k.upper() for m in _SECRET_MARKERS)}
-    root = str(Path(skyport.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env

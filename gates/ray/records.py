@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from skyport.gate_records import RecordStore as GenericRecordStore
+from skyport.gate.records import RecordStore as GenericRecordStore
 
 
 @dataclass(frozen=True)

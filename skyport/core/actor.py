@@ -14,8 +14,8 @@ import ray
 
 from skyport.config import StateDir
 from skyport.core.service import CoreService, CoreSettings
-from skyport.errors import GateError
-from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, make_gate, with_retries
+from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, GateFeature
+from skyport.gate.runner import GateDescription, GateRunner
 from skyport.models import JobSpec, JobState
 from skyport.pki import Identity
 from skyport.remote import ActorProxy
@@ -29,16 +29,18 @@ NAMESPACE = "skyport"
 
 @ray.remote(num_cpus=0, max_concurrency=16)
 class GateActor:
-    """One configured gate.  Threaded, so a slow create does not block a describe."""
+    """One configured gate: a Ray shell around its ``GateRunner``, which holds every
+    gate's validation, retries, cleanup, agent environment and feature checks.
+    Threaded, so a slow create does not block a describe."""
 
     def __init__(self, name: str, type_name: str, config: dict[str, Any], home: str) -> None:
-        self.gate = make_gate(name, type_name, config, StateDir(Path(home)))
+        self.runner = GateRunner.from_config(name, type_name, config, StateDir(Path(home)))
 
     def flavors(self) -> list[Flavor]:
-        return self.gate.flavors()
+        return self.runner.flavors()
 
     def capacity(self) -> Capacity:
-        return self.gate.capacity()
+        return self.runner.capacity()
 
     def can_ever_fit(
         self,
@@ -48,43 +50,41 @@ class GateActor:
         mem_mb: int | None,
         flavor: str | None,
     ) -> str | None:
-        return self.gate.can_ever_fit(nodes, cpus_per_node, gpus_per_node, mem_mb, flavor)
+        return self.runner.can_ever_fit(nodes, cpus_per_node, gpus_per_node, mem_mb, flavor)
 
     def create_cluster(self, request: ClusterRequest) -> ClusterInfo:
-        try:
-            return with_retries(lambda: self.gate.create_cluster(request))
-        except Exception:
-            # never leave half a cluster behind
-            try:
-                self.gate.delete_cluster(request.cluster_id)
-            except Exception:
-                pass
-            raise
+        return self.runner.create_cluster(request)
 
     def describe_cluster(self, cluster_id: str) -> ClusterInfo:
-        return self.gate.describe_cluster(cluster_id)
+        return self.runner.describe_cluster(cluster_id)
 
     def delete_cluster(self, cluster_id: str) -> None:
-        with_retries(lambda: self.gate.delete_cluster(cluster_id))
+        self.runner.delete_cluster(cluster_id)
 
     def list_clusters(self) -> list[ClusterInfo]:
-        return self.gate.list_clusters()
+        return self.runner.list_clusters()
 
     def warm_idle_timeout_s(self) -> float:
-        return self.gate.warm_idle_timeout_s()
+        return self.runner.warm_idle_timeout_s()
 
-    # provider extras (``ex_*``) used to inject failures; GateError if the gate lacks one
-    def ex_kill_node(self, cluster_id: str, rank: int) -> Any:
-        return self._extra("kill_node")(cluster_id, rank)
+    def supports(self, feature: GateFeature | str) -> bool:
+        return self.runner.supports(feature)
 
-    def ex_preempt(self, cluster_id: str, reclaim_after_s: float) -> Any:
-        return self._extra("preempt")(cluster_id, reclaim_after_s)
+    def describe(self) -> GateDescription:
+        return self.runner.describe()
 
-    def _extra(self, name: str) -> Any:
-        fn = getattr(self.gate, f"ex_{name}", None)
-        if fn is None:
-            raise GateError(f"gate {self.gate.name} ({self.gate.type_name}) has no ex_{name}")
-        return fn
+    def kill_node(self, cluster_id: str, rank: int) -> bool:
+        return self.runner.kill_node(cluster_id, rank)
+
+    def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
+        return self.runner.preempt(cluster_id, reclaim_after_s)
+
+    # the names the Core's failure drills call (``skyport debug kill-node|preempt``)
+    def ex_kill_node(self, cluster_id: str, rank: int) -> bool:
+        return self.runner.kill_node(cluster_id, rank)
+
+    def ex_preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
+        return self.runner.preempt(cluster_id, reclaim_after_s)
 
 
 @ray.remote(num_cpus=0)

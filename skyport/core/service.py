@@ -115,6 +115,9 @@ class GatePort(Protocol):
     async def describe_cluster(self, cluster_id: str) -> ClusterInfo: ...
     async def delete_cluster(self, cluster_id: str) -> None: ...
     async def list_clusters(self) -> list[ClusterInfo]: ...
+    async def warm_idle_timeout_s(self) -> float: ...  # 0.0: no warm reuse
+    async def kill_node(self, cluster_id: str, rank: int) -> bool: ...  # GateFeature.KILL_NODE
+    async def preempt(self, cluster_id: str, reclaim_after_s: float) -> float: ...
 
 
 Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[list[PlanEntry]]]
@@ -328,8 +331,9 @@ class CoreService:
     @staticmethod
     async def _idle_timeout(gate: GatePort) -> float:
         try:
-            return float(await gate.warm_idle_timeout_s())  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - a gate without warm reuse
+            return float(await gate.warm_idle_timeout_s())
+        except SkyportError as exc:  # a sick gate at start-up: no warm reuse there this time
+            log.warning("cannot read a gate's idle timeout: %s", exc)
             return 0.0
 
     async def _cluster_alive(self, job: Job) -> bool:
@@ -405,17 +409,17 @@ class CoreService:
         rank = job.nodes - 1 if node is None else node
         if not 0 <= rank < job.nodes:
             raise ValidationError("node", node, f"0..{job.nodes - 1}")
-        gate: Any = self.gates[job.gate or ""]
-        killed = await gate.ex_kill_node(job.cluster_id, rank)
+        gate = self.gates[job.gate or ""]
+        killed = await gate.kill_node(job.cluster_id, rank)
         self._liveness_at = 0.0  # look at once
         return {"job_id": job_id, "cluster_id": job.cluster_id, "node": rank, "killed": killed}
 
     async def debug_preempt(self, who: Identity, job_id: str, notice_s: float = 20.0) -> dict:
         """A preemption notice: checkpoint, requeue; the gate reclaims the nodes later."""
         job = self._admin_job(who, job_id)
-        gate: Any = self.gates[job.gate or ""]
+        gate = self.gates[job.gate or ""]
         # the "cloud" takes the nodes back a little after the notice's deadline
-        await gate.ex_preempt(job.cluster_id, notice_s + 5.0)
+        await gate.preempt(job.cluster_id, notice_s + 5.0)
         self._run(Preempted(self._job(job_id), notice_s))
         return {"job_id": job_id, "cluster_id": job.cluster_id, "notice_s": notice_s}
 

@@ -8,10 +8,9 @@ installed entry point of the same name wins.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import Any
 
+from skyport.registry import PluginRegistry
 from skyport.timetable.errors import UnknownPolicyError
 from skyport.timetable.policy import Policy
 
@@ -30,32 +29,19 @@ BUILTIN_POLICIES: dict[str, str] = {
 }
 
 
+_REGISTRY: PluginRegistry[Policy] = PluginRegistry(
+    group=ENTRY_POINT_GROUP, kind="policy", base=Policy, builtins=BUILTIN_POLICIES,
+    error=UnknownPolicyError)
+
+
 def known_policies() -> dict[str, str]:
     """Every policy name with the ``module:Class`` it loads, built-ins included."""
-    known = dict(BUILTIN_POLICIES)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        known[ep.name] = ep.value
-    return dict(sorted(known.items()))
+    return _REGISTRY.known()
 
 
 def policy_class(name: str) -> type[Policy]:
     """The class registered under ``name``."""
-    known = known_policies()
-    target = known.get(name)
-    if target is None:
-        raise UnknownPolicyError(
-            f"policy={name!r} is not a known policy; known policies: {', '.join(known)}"
-        )
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownPolicyError(
-            f"policy={name!r} points at {target!r}, which cannot be imported: {exc}"
-        ) from exc
-    if not (isinstance(cls, type) and issubclass(cls, Policy)):
-        raise UnknownPolicyError(f"policy={name!r} points at {target!r}, which is not a Policy")
-    return cls
+    return _REGISTRY.load(name)
 
 
 def load_policy(name: str, **options: Any) -> Policy:

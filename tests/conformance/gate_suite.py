@@ -39,7 +39,7 @@ import pytest
 
 from skyport import pki
 from skyport.errors import CapacityError, GateError
-from skyport.gate import ClusterInfo, ClusterRequest, Gate
+from skyport.gate import ClusterInfo, ClusterRequest, Gate, GateFeature
 
 __all__ = ["GateConformance", "NodeFacts", "ca_pem_for_tests"]
 
@@ -134,7 +134,7 @@ class GateConformance:
         self, gate: Gate, make_request: Callable[..., ClusterRequest],
         node_probe: Callable[[ClusterInfo], list[NodeFacts]], cleanup: list[str],
     ) -> None:
-        if not gate.capabilities.multi_node:
+        if not gate.capabilities.supports(GateFeature.MULTI_NODE):
             pytest.skip("gate is single-node")
         req = make_request(nodes=2)
         info = self._create(gate, req, cleanup)

@@ -60,6 +60,9 @@ class FakeGate:
         await asyncio.sleep(0)
         return []
 
+    async def warm_idle_timeout_s(self) -> float:
+        return 0.0
+
 
 async def _burst(tmp_path: Path) -> list[int]:
     """Submit ``JOBS`` jobs at once; return the queue length each planning pass saw."""

@@ -16,6 +16,8 @@ from skyport.agent.procfs import is_alive, proc_stat
 from skyport.config import StateDir
 from skyport.errors import CapacityError, GateError
 from skyport.gate import ClusterRequest, make_gate
+from skyport.gate.environment import is_allowed
+from skyport.gate.runner import GateRunner
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +34,7 @@ report = {"rank": boot["node_rank"], "cores": boot["cores"], "gpus": boot["gpus"
           "name": boot["node_name"], "num_nodes": boot["num_nodes"],
           "token": boot["token"],
           "mode": stat.S_IMODE(os.stat(path).st_mode), "child": child.pid,
-          "affinity": sorted(os.sched_getaffinity(0))}
+          "affinity": sorted(os.sched_getaffinity(0)), "env": dict(os.environ)}
 tmp = os.path.join(boot["workdir"], "fake.json.tmp")
 json.dump(report, open(tmp, "w"))
 os.replace(tmp, os.path.join(boot["workdir"], "fake.json"))
@@ -229,3 +231,22 @@ def test_the_real_agent_command_is_started_with_a_bootstrap(tmp_path: Path) -> N
     assert st is not None and st.session == st.pid  # its own session
     gate.delete_cluster("ra")
     assert not is_alive(pid) and not workdir.exists()
+
+
+def test_the_agent_gets_only_the_allow_listed_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secrets = {"GITHUB_PAT": "ghp_local", "DATABASE_URL": "postgres://u:p@db/x",
+               "AZURE_STORAGE_KEY": "az", "RAY_ADDRESS": "10.0.0.1:6379"}
+    for name, value in {**secrets, "OMPI_MCA_btl": "self,tcp"}.items():
+        monkeypatch.setenv(name, value)
+    runner = GateRunner(make(tmp_path))
+    runner.create_cluster(request("envc", nodes=1))
+    try:
+        (report,) = reports(runner.gate, "envc", 1)  # type: ignore[arg-type]
+        env = report["env"]
+        assert not set(secrets) & set(env), env
+        assert all(is_allowed(k) for k in env), sorted(env)
+        assert env["OMPI_MCA_btl"] == "self,tcp" and env["PATH"] == os.environ["PATH"]
+    finally:
+        runner.delete_cluster("envc")

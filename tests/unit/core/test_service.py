@@ -59,6 +59,9 @@ class Gate:
     async def list_clusters(self) -> list[ClusterInfo]:
         return [await self.describe_cluster(c) for c in self.clusters]
 
+    async def warm_idle_timeout_s(self) -> float:
+        return 0.0
+
 
 async def plan_everything(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
     return [PlanEntry(job_id=q.id, pool="mem", start_s=snapshot.now_s, procs=q.procs,
