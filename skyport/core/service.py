@@ -40,6 +40,7 @@ from skyport.errors import (
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
+from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
 from skyport.scheduler import PlanEntry, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore, utcnow
@@ -47,7 +48,6 @@ from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
 
 log = logging.getLogger("skyport.core")
 
-PAYLOAD_INPUT = "skyport-payload.pkl"
 S = JobState
 
 
