@@ -15,7 +15,9 @@ The decorator checks its arguments at once (a bad one raises
 ``JobSpec`` whose script runs ``skyport.runtime.function`` on the
 cloudpickled ``(fn, args, kwargs)``; the server stores that payload as the
 job's input ``skyport-payload.pkl`` and the job's output
-``skyport-result.pkl`` carries the outcome back.
+``skyport-result.pkl`` carries the outcome back (``skyport.runtime.contract``
+names these files).  The job options are the option table's
+(``skyport.options``): the ``#SKYPORT`` directives, as keyword arguments.
 
 A layout of more than one rank (``nodes`` x ``ranks_per_node`` > 1) runs the
 function on every rank under ``$SKYPORT_MPIEXEC``; each rank's outcome comes
@@ -47,7 +49,6 @@ from skyport.models import NAME_RE, Job, JobSpec, JobState
 from skyport.options import (
     ARGUMENTS,
     OPTIONS,
-    PYTHON_ALLOWED,
     PYTHON_TYPES,
     Blame,
     parse_value,
@@ -114,7 +115,7 @@ class JobOptions:
                 continue
             opt = ARGUMENTS.get(name)
             if opt is None:
-                raise unknown_argument(name, [*ARGUMENTS, *CONNECTION])
+                raise unknown_argument(name, [*ARGUMENTS, *CONNECTION, "client"])
             spellings = (opt.argument, *opt.aliases)
             clash = [n for n in spellings if n in kwargs and n != name]
             if clash:
@@ -151,6 +152,13 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
         origin[opt.field] = Blame(name, value)
     ranks = _total_ranks(data)
     data["script"] = RANKS_SCRIPT if ranks > 1 else FUNCTION_SCRIPT
+    for path in data.get("outputs", ()):
+        if path.split("/")[0] in (RESULT_FILE, RESULTS_DIR):
+            name, _ = options.given("outputs") or ("outputs", None)
+            raise ValidationError(
+                name, path, f"a path other than {RESULT_FILE} and {RESULTS_DIR}/ "
+                "(where the function's result goes)"
+            )
     # the result comes back as an output, ahead of the function's own
     data["outputs"] = [RESULTS_DIR if ranks > 1 else RESULT_FILE, *data.get("outputs", ())]
     layout = [options.given(a) or (a, None) for a in ("ranks_per_node", "threads_per_rank")]
@@ -357,13 +365,14 @@ class JobFunction(Generic[P, R]):
             self._client = connect(self.job_options.home, self.job_options.user)
         return self._client
 
-    def options(self, **overrides: Any) -> JobFunction[P, R]:
+    def options(self, *, client: Client | None = None, **overrides: Any) -> JobFunction[P, R]:
         """The same function with some job options changed, checked at once.
 
         ``square.options(cpus=8, time="1h").submit(7)``: the keywords are the
         decorator's (``None`` goes back to the default); this function is unchanged.
         """
-        return JobFunction(self.fn, self.job_options.merged(overrides), self._client)
+        job_options = self.job_options.merged(overrides)
+        return JobFunction(self.fn, job_options, client or self._client)
 
     def payload(self, *args: P.args, **kwargs: P.kwargs) -> bytes:
         """The cloudpickled call, as the job receives it."""
@@ -463,7 +472,7 @@ def _arguments_doc() -> str:
     rows = []
     for opt in OPTIONS.values():
         names = ", ".join((opt.argument, *opt.aliases))
-        rows.append(f"    {names}: {opt.help} (--{opt.directive}; {PYTHON_ALLOWED[opt.kind]})")
+        rows.append(f"    {names}: {PYTHON_TYPES[opt.kind]} -- {opt.help} (--{opt.directive})")
     return "\n\nJob options, one per ``#SKYPORT`` directive::\n\n" + "\n".join(rows) + "\n"
 
 

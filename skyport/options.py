@@ -88,8 +88,6 @@ ARGUMENTS: dict[str, Option] = {
 }
 """Every keyword ``@skyport.job`` takes for a job option (aliases included)."""
 
-BY_FIELD: dict[str, Option] = {o.field: o for o in OPTIONS.values()}
-
 TEXT_ALLOWED: dict[Kind, str] = {
     "int": "a whole number",
     "float": "a number",
