@@ -105,13 +105,10 @@ class JobOptions:
     def merged(self, kwargs: Mapping[str, Any]) -> JobOptions:
         """These options with ``kwargs`` on top (``None`` drops an option)."""
         arguments = dict(self.arguments)
-        home, user = self.home, self.user
+        connection: dict[str, Any] = {"home": self.home, "user": self.user}
         for name, value in kwargs.items():
-            if name == "home":
-                home = value
-                continue
-            if name == "user":
-                user = value
+            if name in CONNECTION:
+                connection[name] = value
                 continue
             opt = ARGUMENTS.get(name)
             if opt is None:
@@ -126,7 +123,7 @@ class JobOptions:
                 arguments.pop(spelling, None)
             if value is not None:
                 arguments[name] = value
-        return JobOptions(arguments, home, user)
+        return JobOptions(arguments, **connection)
 
     def given(self, argument: str) -> tuple[str, Any] | None:
         """``(name as given, value)`` of a table argument, or None if not given."""

@@ -230,7 +230,7 @@ def test_aliases_name_themselves_in_errors() -> None:
     assert info.value.field == "gpus"
 
 
-def test_per_call_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_per_call_options() -> None:
     fake = FakeControlPlane()
 
     @skyport.job(cpus=2, time="10m", priority=3, client=fake.client())
@@ -249,6 +249,9 @@ def test_per_call_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert info.value.field == "time"
     with pytest.raises(ValidationError, match="argument"):
         square.options(cores=4)
+    other = square.options(home="/elsewhere", user="bob")
+    assert (other.job_options.home, other.job_options.user) == ("/elsewhere", "bob")
+    assert other.spec == square.spec
 
 
 @pytest.mark.parametrize("path", [RESULT_FILE, RESULTS_DIR, f"{RESULTS_DIR}/x"])
