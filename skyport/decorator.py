@@ -15,7 +15,9 @@ The decorator checks its arguments at once (a bad one raises
 ``JobSpec`` whose script runs ``skyport.runtime.function`` on the
 cloudpickled ``(fn, args, kwargs)``; the server stores that payload as the
 job's input ``skyport-payload.pkl`` and the job's output
-``skyport-result.pkl`` carries the outcome back.
+``skyport-result.pkl`` carries the outcome back (``skyport.runtime.contract``
+names these files).  The job options are the option table's
+(``skyport.options``): the ``#SKYPORT`` directives, as keyword arguments.
 
 A layout of more than one rank (``nodes`` x ``ranks_per_node`` > 1) runs the
 function on every rank under ``$SKYPORT_MPIEXEC``; each rank's outcome comes
@@ -34,196 +36,140 @@ back as ``skyport-results/skyport-result.<rank>.pkl``.  ``result()`` is rank
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-import pydantic
-
 from skyport.client import Client, LogChunk, connect
 from skyport.errors import JobFailedError, ValidationError
 from skyport.models import NAME_RE, Job, JobSpec, JobState
-from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
+from skyport.options import (
+    ARGUMENTS,
+    OPTIONS,
+    PYTHON_TYPES,
+    Blame,
+    parse_value,
+    set_target,
+    unknown_argument,
+    validate_spec,
+)
+from skyport.runtime.contract import (
+    FUNCTION_SCRIPT,
+    RANKS_SCRIPT,
+    RESULT_FILE,
+    RESULT_STORED_AS,
+    RESULTS_DIR,
+    rank_result_path,
+)
 
-__all__ = ["JobFunction", "JobHandle", "job"]
+__all__ = [
+    "FUNCTION_SCRIPT",
+    "RANKS_SCRIPT",
+    "JobFunction",
+    "JobHandle",
+    "JobOptions",
+    "job",
+    "rank_result_path",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-PAYLOAD_FILE = "skyport-payload.pkl"
-RESULT_FILE = "skyport-result.pkl"
-RESULT_STORED_AS = f"outputs/{RESULT_FILE}"
+DEFAULTS: Mapping[str, Any] = {"cpus_per_node": 2, "time": "10m"}
+"""A function job's own defaults (by argument), where they differ from a script job's."""
 
-FUNCTION_SCRIPT = f"""\
-#!/bin/bash
-# Sky Port function job: call the pickled function, store its outcome.
-exec "${{SKYPORT_PYTHON:-python3}}" -m skyport.runtime.function {PAYLOAD_FILE} {RESULT_FILE}
-"""
-
-RESULTS_DIR = "skyport-results"
-"""A multi-rank job's output: one ``skyport-result.<rank>.pkl`` per rank."""
-
-RANKS_SCRIPT = f"""\
-#!/bin/bash
-# Sky Port function job: call the pickled function on every rank, store each outcome.
-exec "$SKYPORT_MPIEXEC" "${{SKYPORT_PYTHON:-python3}}" -m skyport.runtime.function \\
-    {PAYLOAD_FILE} {RESULTS_DIR}/
-"""
-
-# spec field (the last part of pydantic's error location) -> decorator argument
-_ARGUMENT_OF = {
-    "name": "name",
-    "nodes": "nodes",
-    "cpus_per_node": "cpus",
-    "mem_mb": "mem",
-    "gpus_per_node": "gpus",
-    "time_limit_s": "time",
-    "ranks_per_node": "ranks_per_node",
-    "threads_per_rank": "threads_per_rank",
-    "gate": "gate",
-    "flavor": "flavor",
-    "env": "env",
-    "checkpoint_every_s": "checkpoint_every",
-    "max_restarts": "max_restarts",
-}
+CONNECTION = ("home", "user")
+"""Arguments that pick the control plane, not the job."""
 
 
 @dataclass(frozen=True)
 class JobOptions:
-    """The decorator's arguments, as given (``spec_for`` checks them)."""
+    """A function job's options, as given: each by the name the caller used.
 
-    cpus: int = 2
-    time: str | int = "10m"
-    nodes: int = 1
-    gpus: int = 0
-    mem: str | int | None = None
-    name: str | None = None
-    gate: str | None = None
-    flavor: str | None = None
-    ranks_per_node: int = 1
-    threads_per_rank: int | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    checkpoint_every: str | int | None = None
-    max_restarts: int | None = None
+    ``arguments`` keys are table arguments or their aliases (``cpus`` for
+    ``cpus_per_node``); ``spec_for`` checks the values.
+    """
+
+    arguments: Mapping[str, Any] = field(default_factory=dict)
     home: str | Path | None = None
     user: str | None = None
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> JobOptions:
+        """Options from the decorator's keywords; an unknown one lists the known ones."""
+        return cls().merged(kwargs)
+
+    def merged(self, kwargs: Mapping[str, Any]) -> JobOptions:
+        """These options with ``kwargs`` on top (``None`` drops an option)."""
+        arguments = dict(self.arguments)
+        connection: dict[str, Any] = {"home": self.home, "user": self.user}
+        for name, value in kwargs.items():
+            if name in CONNECTION:
+                connection[name] = value
+                continue
+            opt = ARGUMENTS.get(name)
+            if opt is None:
+                raise unknown_argument(name, [*ARGUMENTS, *CONNECTION, "client"])
+            spellings = (opt.argument, *opt.aliases)
+            clash = [n for n in spellings if n in kwargs and n != name]
+            if clash:
+                raise ValidationError(
+                    name, value, f"one name per option: {clash[0]!r} means the same"
+                )
+            for spelling in spellings:  # a new value replaces the old, however spelt
+                arguments.pop(spelling, None)
+            if value is not None:
+                arguments[name] = value
+        return JobOptions(arguments, **connection)
+
+    def given(self, argument: str) -> tuple[str, Any] | None:
+        """``(name as given, value)`` of a table argument, or None if not given."""
+        opt = ARGUMENTS[argument]
+        for spelling in (opt.argument, *opt.aliases):
+            if spelling in self.arguments:
+                return spelling, self.arguments[spelling]
+        return None
 
 
 def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
     """The ``JobSpec`` of a function job; errors name the decorator argument."""
-    given = {
-        "cpus": options.cpus,
-        "time": options.time,
-        "nodes": options.nodes,
-        "gpus": options.gpus,
-        "mem": options.mem,
-        "name": options.name,
-        "gate": options.gate,
-        "flavor": options.flavor,
-        "ranks_per_node": options.ranks_per_node,
-        "threads_per_rank": options.threads_per_rank,
-        "env": options.env,
-        "checkpoint_every": options.checkpoint_every,
-        "max_restarts": options.max_restarts,
-    }
-    ranks = _total_ranks(options)
-    data = {
-        "name": options.name if options.name is not None else _default_name(fn),
-        "kind": "function",
-        "script": RANKS_SCRIPT if ranks > 1 else FUNCTION_SCRIPT,
-        "resources": {
-            "nodes": options.nodes,
-            "cpus_per_node": options.cpus,
-            "mem_mb": _mem_mb(options.mem),
-            "gpus_per_node": options.gpus,
-            "time_limit_s": _time_s(options.time),
-        },
-        "layout": {
-            "ranks_per_node": options.ranks_per_node,
-            "threads_per_rank": options.threads_per_rank,
-        },
-        "gate": options.gate,
-        "flavor": options.flavor,
-        "outputs": (RESULTS_DIR,) if ranks > 1 else (RESULT_FILE,),
-        "env": dict(options.env),
-        "checkpoint_every_s": _checkpoint_every_s(options.checkpoint_every),
-        "max_restarts": _max_restarts(options.max_restarts),
-    }
-    try:
-        return JobSpec.model_validate(data, strict=False)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        loc = [str(p) for p in first["loc"]]
-        arg = next((_ARGUMENT_OF[p] for p in reversed(loc) if p in _ARGUMENT_OF), None)
-        if arg is None:  # a rule across fields: the layout must fit the node
-            arg = "ranks_per_node/threads_per_rank"
-            value: Any = (options.ranks_per_node, options.threads_per_rank)
-        else:
-            value = given[arg]
-        raise ValidationError(arg, value, msg) from exc
+    data: dict[str, Any] = {"name": _default_name(fn), "kind": "function"}
+    origin: dict[str, Blame] = {}
+    for opt in OPTIONS.values():
+        given = options.given(opt.argument)
+        if given is None:
+            if opt.argument not in DEFAULTS:
+                continue
+            given = (opt.argument, DEFAULTS[opt.argument])
+        name, value = given
+        set_target(data, opt, parse_value(opt, value, name, base_dir=Path.cwd()))
+        origin[opt.field] = Blame(name, value)
+    ranks = _total_ranks(data)
+    data["script"] = RANKS_SCRIPT if ranks > 1 else FUNCTION_SCRIPT
+    for path in data.get("outputs", ()):
+        if path.split("/")[0] in (RESULT_FILE, RESULTS_DIR):
+            name, _ = options.given("outputs") or ("outputs", None)
+            raise ValidationError(
+                name, path, f"a path other than {RESULT_FILE} and {RESULTS_DIR}/ "
+                "(where the function's result goes)"
+            )
+    # the result comes back as an output, ahead of the function's own
+    data["outputs"] = [RESULTS_DIR if ranks > 1 else RESULT_FILE, *data.get("outputs", ())]
+    layout = [options.given(a) or (a, None) for a in ("ranks_per_node", "threads_per_rank")]
+    across = Blame("/".join(a for a, _ in layout), tuple(v for _, v in layout))
+    return validate_spec(data, origin, across)
 
 
-def _total_ranks(options: JobOptions) -> int:
+def _total_ranks(data: Mapping[str, Any]) -> int:
     """``nodes`` x ``ranks_per_node``, or 1 while they are not valid (the spec says why)."""
-    n, r = options.nodes, options.ranks_per_node
-    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, r)):
-        return n * r
+    n = data.get("resources", {}).get("nodes", 1)
+    r = data.get("layout", {}).get("ranks_per_node", 1)
+    if all(isinstance(v, int) and v >= 1 for v in (n, r)):
+        return int(n * r)
     return 1
-
-
-def rank_result_path(rank: int) -> str:
-    """Where rank ``rank``'s outcome is stored: ``outputs/skyport-results/...``."""
-    return f"outputs/{RESULTS_DIR}/skyport-result.{rank}.pkl"
-
-
-def _time_s(value: str | int) -> int:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValidationError("time", value, "seconds as a number, or " + DURATION_FORMS)
-    if isinstance(value, str):
-        try:
-            return parse_duration_s(value)
-        except ValueError as exc:
-            raise ValidationError("time", value, DURATION_FORMS) from exc
-    if value <= 0:
-        raise ValidationError("time", value, "a positive number of seconds")
-    return int(value)
-
-
-def _checkpoint_every_s(value: str | int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValidationError(
-            "checkpoint_every", value, "seconds as a whole number, or " + DURATION_FORMS
-        )
-    if isinstance(value, str):
-        try:
-            value = parse_duration_s(value)
-        except ValueError as exc:
-            raise ValidationError("checkpoint_every", value, DURATION_FORMS) from exc
-    if value < 1:
-        raise ValidationError("checkpoint_every", value, "at least 1 second")
-    return value  # the upper bound is the spec's (its error names this argument too)
-
-
-def _max_restarts(value: int | None) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValidationError("max_restarts", value, "a whole number of restarts, 0 or more")
-    return value  # the range is the spec's
-
-
-def _mem_mb(value: str | int | None) -> int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    if not isinstance(value, str):
-        raise ValidationError("mem", value, "MB as a whole number, or " + MEM_FORMS)
-    try:
-        return parse_mem_mb(value)
-    except ValueError as exc:
-        raise ValidationError("mem", value, MEM_FORMS) from exc
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
@@ -393,7 +339,7 @@ class JobFunction(Generic[P, R]):
         self, fn: Callable[P, R], options: JobOptions, client: Client | None = None
     ) -> None:
         self.fn = fn
-        self.options = options
+        self.job_options = options
         self.spec = spec_for(fn, options)
         self._client = client
         functools.update_wrapper(self, fn)
@@ -405,7 +351,7 @@ class JobFunction(Generic[P, R]):
     def __reduce__(self) -> tuple[Any, ...]:
         # A function that refers to itself by name pickles this object: leave the
         # connection behind, it cannot travel.
-        return (JobFunction, (self.fn, self.options))
+        return (JobFunction, (self.fn, self.job_options))
 
     def __repr__(self) -> str:
         return f"<skyport job {self.spec.name}: {self.fn!r}>"
@@ -413,8 +359,17 @@ class JobFunction(Generic[P, R]):
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = connect(self.options.home, self.options.user)
+            self._client = connect(self.job_options.home, self.job_options.user)
         return self._client
+
+    def options(self, *, client: Client | None = None, **overrides: Any) -> JobFunction[P, R]:
+        """The same function with some job options changed, checked at once.
+
+        ``square.options(cpus=8, time="1h").submit(7)``: the keywords are the
+        decorator's (``None`` goes back to the default); this function is unchanged.
+        """
+        job_options = self.job_options.merged(overrides)
+        return JobFunction(self.fn, job_options, client or self._client)
 
     def payload(self, *args: P.args, **kwargs: P.kwargs) -> bytes:
         """The cloudpickled call, as the job receives it."""
@@ -442,23 +397,7 @@ def job(fn: Callable[P, R], /) -> JobFunction[P, R]: ...
 
 @overload
 def job(
-    *,
-    cpus: int = ...,
-    time: str | int = ...,
-    nodes: int = ...,
-    gpus: int = ...,
-    mem: str | int | None = ...,
-    name: str | None = ...,
-    gate: str | None = ...,
-    flavor: str | None = ...,
-    ranks_per_node: int = ...,
-    threads_per_rank: int | None = ...,
-    env: Mapping[str, str] | None = ...,
-    checkpoint_every: str | int | None = ...,
-    max_restarts: int | None = ...,
-    home: str | Path | None = ...,
-    user: str | None = ...,
-    client: Client | None = ...,
+    *, client: Client | None = ..., **options: Any
 ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
@@ -466,59 +405,73 @@ def job(
     fn: Callable[P, R] | None = None,
     /,
     *,
-    cpus: int = 2,
-    time: str | int = "10m",
-    nodes: int = 1,
-    gpus: int = 0,
-    mem: str | int | None = None,
-    name: str | None = None,
-    gate: str | None = None,
-    flavor: str | None = None,
-    ranks_per_node: int = 1,
-    threads_per_rank: int | None = None,
-    env: Mapping[str, str] | None = None,
-    checkpoint_every: str | int | None = None,
-    max_restarts: int | None = None,
-    home: str | Path | None = None,
-    user: str | None = None,
     client: Client | None = None,
+    **options: Any,
 ) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
     """Make a function submittable as a job: ``@job`` or ``@job(cpus=4, time="2h")``.
 
-    ``cpus`` is per node (default 2), ``time`` a duration (default ``"10m"``; or
-    ``"1:30:00"``, or seconds), ``mem`` per node (``"2G"`` or MB).  ``checkpoint_every``
-    (a duration like ``"5m"``, or seconds) has Sky Port store the job's checkpoint
-    directory that often (``skyport.checkpoint``); ``max_restarts`` is how many times a
-    job whose node was lost or preempted is restarted from its latest checkpoint before it
-    fails (default: the control plane's).  ``home`` and ``user`` pick the
-    control plane and certificate as ``skyport.connect`` does; ``client``
-    reuses an existing connection instead.
+    Every ``#SKYPORT`` option is a keyword argument (``skyport.options`` has
+    the table): its name with ``_`` for ``-``, ``inputs``/``outputs`` for
+    ``--input``/``--output`` and ``max_price`` for ``--max-price``; ``cpus``
+    and ``gpus`` are short for ``cpus_per_node`` and ``gpus_per_node``.
+    ``cpus_per_node`` defaults to 2 and ``time`` to ``"10m"``.  A duration is
+    text (``"10m"``, ``"1:30:00"``) or seconds, ``mem`` text (``"2G"``) or MB,
+    ``env`` a dict, ``inputs``/``outputs`` lists (a plain input path is
+    relative to the current directory); ``outputs`` are stored beside the
+    function's result.  ``checkpoint_every`` has Sky Port store the job's
+    checkpoint directory that often (``skyport.checkpoint``); ``max_restarts``
+    is how many times a job whose node was lost or preempted is restarted from
+    its latest checkpoint before it fails (default: the control plane's).
+    ``home`` and ``user`` pick the control plane and certificate as
+    ``skyport.connect`` does; ``client`` reuses an existing connection instead.
+
+    Every argument is checked at once, with the parser ``skyport submit`` uses:
+    a bad value raises ``ValidationError`` naming the argument, the value and
+    what is allowed; an unknown keyword lists the known ones.
     """
-    if env is not None and not isinstance(env, Mapping):
-        raise ValidationError("env", env, "a mapping of KEY to VALUE strings")
-    options = JobOptions(
-        cpus=cpus,
-        time=time,
-        nodes=nodes,
-        gpus=gpus,
-        mem=mem,
-        name=name,
-        gate=gate,
-        flavor=flavor,
-        ranks_per_node=ranks_per_node,
-        threads_per_rank=threads_per_rank,
-        env=dict(env or {}),
-        checkpoint_every=checkpoint_every,
-        max_restarts=max_restarts,
-        home=home,
-        user=user,
-    )
+    job_options = JobOptions.of(options)
+    spec_for(_check_only, job_options)  # bad options fail here, not when a function comes
 
     def wrap(f: Callable[P, R]) -> JobFunction[P, R]:
         if not callable(f):
             raise ValidationError("fn", f, "a function to decorate")
-        return JobFunction(f, options, client)
+        return JobFunction(f, job_options, client)
 
     if fn is not None:
         return wrap(fn)
     return wrap
+
+
+def _check_only() -> None:
+    """Stands in for the function while the decorator's arguments are checked."""
+
+
+def _signature() -> inspect.Signature:
+    """``job``'s signature as ``help()`` and IDEs show it, generated from the option table."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("fn", inspect.Parameter.POSITIONAL_ONLY, default=None,
+                          annotation="Callable[P, R] | None"),
+    ]
+    for name, opt in ARGUMENTS.items():
+        params.append(inspect.Parameter(
+            name, kw, default=DEFAULTS.get(name), annotation=PYTHON_TYPES[opt.kind] + " | None"
+        ))
+    params += [
+        inspect.Parameter("home", kw, default=None, annotation="str | Path | None"),
+        inspect.Parameter("user", kw, default=None, annotation="str | None"),
+        inspect.Parameter("client", kw, default=None, annotation="Client | None"),
+    ]
+    return inspect.Signature(params, return_annotation="JobFunction[P, R]")
+
+
+def _arguments_doc() -> str:
+    rows = []
+    for opt in OPTIONS.values():
+        names = ", ".join((opt.argument, *opt.aliases))
+        rows.append(f"    {names}: {PYTHON_TYPES[opt.kind]} -- {opt.help} (--{opt.directive})")
+    return "\n\nJob options, one per ``#SKYPORT`` directive::\n\n" + "\n".join(rows) + "\n"
+
+
+job.__signature__ = _signature()  # type: ignore[attr-defined]
+job.__doc__ = (job.__doc__ or "") + _arguments_doc()

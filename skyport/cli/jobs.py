@@ -13,7 +13,8 @@ import click
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
 from skyport.models import Job, JobState
-from skyport.script import OPTIONS, build_spec, cli_directives
+from skyport.options import OPTIONS, input_url
+from skyport.script import build_spec, cli_directives
 from skyport.units import format_duration
 
 FOLLOW_POLL_S = 1.0  # how often ``logs -f`` asks for more
@@ -24,11 +25,15 @@ def _now() -> datetime:
 
 
 def _submit_options(fn: Any) -> Any:
-    """One click option per ``#SKYPORT`` directive, same names, same help."""
+    """One click option per row of the option table: the directive's name and help.
+
+    Each option's parameter name is the table's Python argument, the keyword
+    ``@skyport.job`` takes for it.
+    """
     for opt in reversed(list(OPTIONS.values())):
         fn = click.option(
-            f"--{opt.name}",
-            opt.name.replace("-", "_"),
+            f"--{opt.directive}",
+            opt.argument,
             multiple=opt.repeatable,
             default=None,
             help=opt.help,
@@ -48,13 +53,13 @@ def submit_cmd(out: Output, script: str, **options: Any) -> None:
         text, base_dir = Path(script).read_text(), Path(script).resolve().parent
     pairs: list[tuple[str, str]] = []
     for opt in OPTIONS.values():
-        value = options.get(opt.name.replace("-", "_"))
+        value = options.get(opt.argument)
         if opt.repeatable:
-            if opt.name == "input":  # a plain path on the command line is relative to here
-                value = [v if "://" in v else Path(v).resolve().as_uri() for v in value or ()]
-            pairs.extend((opt.name, v) for v in value or ())
+            if opt.kind == "url":  # a plain path on the command line is relative to here
+                value = [input_url(v, Path.cwd()) for v in value or ()]
+            pairs.extend((opt.directive, v) for v in value or ())
         elif value is not None:
-            pairs.append((opt.name, value))
+            pairs.append((opt.directive, value))
     spec = build_spec(text, cli_directives(pairs), base_dir=base_dir)
     job = get_client().submit(spec)
     out.emit(job.summary(), job.id)

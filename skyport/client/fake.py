@@ -31,6 +31,7 @@ import httpx
 from skyport.client.core import Client
 from skyport.errors import ConflictError, NotFoundError, SkyportError, ValidationError
 from skyport.models import Event, Job, JobState, SubmitRequest
+from skyport.runtime.contract import PAYLOAD_FILE, PAYLOAD_STORED_AS, RESULT_FILE, RESULT_STORED_AS
 
 __all__ = ["FakeControlPlane"]
 
@@ -114,16 +115,12 @@ class FakeControlPlane:
         """Run a function job's payload here, as its node would, and finish the job."""
         from skyport.runtime.function import run
 
-        payload = self.files[job_id]["inputs/skyport-payload.pkl"]
+        payload = self.files[job_id][PAYLOAD_STORED_AS]
         self.set_state(job_id, JobState.RUNNING)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "skyport-payload.pkl").write_bytes(payload)
-            status = run(Path(tmp) / "skyport-payload.pkl", Path(tmp) / "skyport-result.pkl")
-            self.put_file(
-                job_id,
-                "outputs/skyport-result.pkl",
-                (Path(tmp) / "skyport-result.pkl").read_bytes(),
-            )
+            (Path(tmp) / PAYLOAD_FILE).write_bytes(payload)
+            status = run(Path(tmp) / PAYLOAD_FILE, Path(tmp) / RESULT_FILE)
+            self.put_file(job_id, RESULT_STORED_AS, (Path(tmp) / RESULT_FILE).read_bytes())
         if status == 0:
             return self.set_state(job_id, JobState.SUCCEEDED, "exit code 0", exit_code=0)
         return self.set_state(job_id, JobState.FAILED, f"exit code {status}", exit_code=status)
@@ -231,7 +228,7 @@ class FakeControlPlane:
         )
         self.jobs[job_id] = job
         if req.payload_b64 is not None:
-            self.put_file(job_id, "inputs/skyport-payload.pkl", base64.b64decode(req.payload_b64))
+            self.put_file(job_id, PAYLOAD_STORED_AS, base64.b64decode(req.payload_b64))
         return job
 
 

@@ -15,10 +15,9 @@ from typing import Any
 from skyport.errors import NotFoundError, ValidationError
 from skyport.models import Job, JobSpec
 from skyport.pki import Identity
+from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
 from skyport.storage import JobStorage
 from skyport.store import JobStore
-
-PAYLOAD_INPUT = "skyport-payload.pkl"
 
 
 class JobIntake:

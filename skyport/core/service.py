@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from skyport import tokens
 from skyport.checkpoint import LATEST
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
-from skyport.core.intake import PAYLOAD_INPUT, JobIntake
+from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
 from skyport.core.machine import JobMachine, MachineSettings
 from skyport.core.messages import (
@@ -666,4 +666,4 @@ class CoreService:
         return await calls[name](*args)
 
 
-__all__ = ["CoreService", "CoreSettings", "GatePort", "PAYLOAD_INPUT", "Planner"]
+__all__ = ["CoreService", "CoreSettings", "GatePort", "Planner"]

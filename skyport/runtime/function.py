@@ -14,7 +14,8 @@ pickled are reported as errors too, so the caller always learns why.
 
 Every rank of a multi-rank job runs this under ``$SKYPORT_MPIEXEC`` with a
 RESULT that ends in ``/``, a directory: each rank calls the function and
-writes ``RESULT/skyport-result.<rank>.pkl``.  Rank 0 reads PAYLOAD and
+writes ``RESULT/skyport-result.<rank>.pkl``
+(``skyport.runtime.contract`` names the files).  Rank 0 reads PAYLOAD and
 broadcasts it, and the other ranks send their outcome back to rank 0, which
 writes them too, so nothing relies on the nodes sharing a disk.  A rank whose
 function raised writes its outcome, prints the traceback and aborts the
@@ -33,7 +34,9 @@ from typing import Any
 
 import cloudpickle
 
-USAGE = "usage: python -m skyport.runtime.function PAYLOAD RESULT|RESULT_DIR/"
+from skyport.runtime.contract import RUNNER, rank_result_name
+
+USAGE = f"usage: python -m {RUNNER} PAYLOAD RESULT|RESULT_DIR/"
 
 
 def run(payload_path: Path, result_path: Path) -> int:
@@ -60,11 +63,6 @@ def _error_outcome(exc: BaseException, prefix: str = "") -> bytes:
     sys.stderr.flush()
     outcome: tuple[Any, ...] = ("error", _type_name(exc), str(exc), text)
     return cloudpickle.dumps(outcome)
-
-
-def rank_result_name(rank: int) -> str:
-    """The file of one rank's outcome inside a multi-rank job's result directory."""
-    return f"skyport-result.{rank}.pkl"
 
 
 def run_ranks(payload_path: Path, result_dir: Path) -> int:

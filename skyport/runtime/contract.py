@@ -1,0 +1,57 @@
+"""The function-job file contract, in one place.
+
+The decorator (``skyport.decorator``), the server (``skyport.core.service``),
+the runner on the node (``skyport.runtime.function``) and the in-memory test
+double (``skyport.client.fake``) agree on these names:
+
+- the decorator sends the cloudpickled ``(fn, args, kwargs)``; the server stores
+  it as the job's input ``PAYLOAD_FILE`` (``PAYLOAD_STORED_AS``), so node 0's
+  agent fetches it into the working directory like any input;
+- the job's script (``FUNCTION_SCRIPT``) runs ``python -m RUNNER PAYLOAD RESULT``,
+  and the spec lists ``RESULT_FILE`` as an output (``RESULT_STORED_AS``);
+- a multi-rank job's script (``RANKS_SCRIPT``) runs the runner on every rank
+  under ``$SKYPORT_MPIEXEC`` with the result directory ``RESULTS_DIR/``; rank
+  ``r``'s outcome is ``rank_result_name(r)`` in it (``rank_result_path(r)``).
+
+Only constants and string functions: the runner imports this on the node.
+"""
+
+from __future__ import annotations
+
+PAYLOAD_FILE = "skyport-payload.pkl"
+"""The pickled call, in the job's working directory."""
+
+RESULT_FILE = "skyport-result.pkl"
+"""A single-rank job's outcome, in the job's working directory."""
+
+RESULTS_DIR = "skyport-results"
+"""A multi-rank job's output: one ``rank_result_name(rank)`` per rank."""
+
+RUNNER = "skyport.runtime.function"
+"""The module the job's script runs (``python -m``)."""
+
+PAYLOAD_STORED_AS = f"inputs/{PAYLOAD_FILE}"
+RESULT_STORED_AS = f"outputs/{RESULT_FILE}"
+
+FUNCTION_SCRIPT = f"""\
+#!/bin/bash
+# Sky Port function job: call the pickled function, store its outcome.
+exec "${{SKYPORT_PYTHON:-python3}}" -m {RUNNER} {PAYLOAD_FILE} {RESULT_FILE}
+"""
+
+RANKS_SCRIPT = f"""\
+#!/bin/bash
+# Sky Port function job: call the pickled function on every rank, store each outcome.
+exec "$SKYPORT_MPIEXEC" "${{SKYPORT_PYTHON:-python3}}" -m {RUNNER} \\
+    {PAYLOAD_FILE} {RESULTS_DIR}/
+"""
+
+
+def rank_result_name(rank: int) -> str:
+    """The file of one rank's outcome inside a multi-rank job's result directory."""
+    return f"skyport-result.{rank}.pkl"
+
+
+def rank_result_path(rank: int) -> str:
+    """Where rank ``rank``'s outcome is stored: ``outputs/skyport-results/...``."""
+    return f"outputs/{RESULTS_DIR}/{rank_result_name(rank)}"
