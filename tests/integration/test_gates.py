@@ -84,7 +84,9 @@ def test_hybrid_on_libcloud_gate_matches_local_gate(
         assert all(n.startswith("skyport-") for n in done.node_names)
         assert SECRET not in out and SECRET not in c.logs(job.id, "stderr").data.decode()
         assert all(SECRET not in e.reason for e in done.events)
-        assert c.clusters() == [] or all(x["job_id"] != job.id for x in c.clusters())
+        # the Core deletes the cluster once the job is over (a delete of VMs takes a moment)
+        _wait_until(lambda: all(x["job_id"] != job.id for x in c.clusters()), 60,
+                    "the job's cluster to be deleted")
     local_done = admin.wait(local_job.id, timeout=150)
     assert local_done.state == JobState.SUCCEEDED
     local_out = admin.logs(local_job.id).data.decode()
