@@ -41,6 +41,21 @@ class GateEntry(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class InputPolicy(BaseModel):
+    """``inputs`` in config.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_roots: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="user name (or '*' for everyone) -> directories of this machine that "
+        "user's file:// inputs may come from; none by default: clients upload local files")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names an admin allows for http(s) inputs although they resolve "
+        "to private or local addresses")
+
+
 class ControlPlaneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +67,7 @@ class ControlPlaneConfig(BaseModel):
     policy_config: dict[str, Any] = Field(default_factory=dict)
     gates: list[GateEntry] = Field(default_factory=list)
     heartbeat_timeout_s: float = Field(60.0, gt=0)
+    inputs: InputPolicy = Field(default_factory=InputPolicy)
     ray_num_cpus: int = Field(4, ge=1)
     ray_memory_mb: int = Field(2048, ge=256)
     ray_object_store_mb: int = Field(128, ge=78)

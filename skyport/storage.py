@@ -9,12 +9,19 @@ prefix.
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 
 from skyport.errors import StorageError, ValidationError
 from skyport.models import check_relative_path
+
+if TYPE_CHECKING:
+    from skyport.core.inputs import InputSource
+
+CHUNK = 8 << 20  # bytes moved at a time: memory stays flat whatever the file's size
 
 # suffix of the temporary object a write goes to first; listings hide it.  Not
 # plain ".part": a job may well produce a file of its own called "model.part".
@@ -59,14 +66,40 @@ class JobStorage:
     def put(self, job_id: str, rel: str, data: bytes) -> None:
         path = self._path(job_id, rel)
         try:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            # write next to the target, then move: a reader never sees half a file
-            tmp = path + _TMP_SUFFIX
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, path)
+            self._write(path, [data])
         except OSError as exc:
             raise StorageError(f"cannot write {rel} of job {job_id}: {exc}") from exc
+
+    def _write(self, path: str, chunks: Iterable[bytes], sha256: str | None = None
+               ) -> tuple[int, str]:
+        """Write ``chunks`` to ``path`` atomically; (size, sha256) written."""
+        writer = AtomicWriter(self.fs, path)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit(sha256)
+        except BaseException:
+            writer.abort()
+            raise
+
+    # -- a user's own prefix: files the user's client uploaded ------------------------
+
+    def _user_path(self, user: str, rel: str) -> str:
+        if not user or "/" in user or "\\" in user or user in (".", ".."):
+            raise ValidationError("user", user, "one path component")
+        try:
+            check_relative_path(rel, "path")
+        except ValueError as exc:
+            raise ValidationError("path", rel, "a relative path inside the user's prefix") from exc
+        return f"{self.root}/users/{user}/{rel}"
+
+    def upload_writer(self, user: str, sha256: str, name: str) -> AtomicWriter:
+        """Where an upload of ``user`` goes: ``uploads/<sha256>/<name>``, moved in on commit."""
+        return AtomicWriter(self.fs, self._user_path(user, f"uploads/{sha256}/{name}"))
+
+    def has_upload(self, user: str, sha256: str, name: str) -> bool:
+        return bool(self.fs.exists(self._fresh(self._user_path(user,
+                                                               f"uploads/{sha256}/{name}"))))
 
     def get(self, job_id: str, rel: str) -> bytes:
         path = self._fresh(self._path(job_id, rel))
@@ -82,6 +115,15 @@ class JobStorage:
 
     def exists(self, job_id: str, rel: str) -> bool:
         return bool(self.fs.exists(self._fresh(self._path(job_id, rel))))
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete everything under the job's prefix (best effort: absent is fine)."""
+        path = self._base(job_id)
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except OSError:
+            pass
 
     def remove(self, job_id: str, rel: str) -> None:
         """Delete a file or a whole directory under the job's prefix (absent: nothing)."""
@@ -152,34 +194,74 @@ class JobStorage:
             out.append({"path": rel, "size": int(info.get("size") or 0)})
         return out
 
-    def _input_fs(self, url: str) -> tuple[Any, str]:
-        """The filesystem for an input URL: the storage's own options for its protocol.
+    def _source_fs(self, source: InputSource, owner: str) -> tuple[Any, str]:
+        if source.kind == "upload":
+            return self.fs, self._user_path(owner, source.url)
+        if source.kind == "file":
+            return fsspec.filesystem("file"), source.url
+        if source.kind == "storage":
+            return self.fs, source.url.split("://", 1)[1]
+        return fsspec.core.url_to_fs(source.url)  # http(s): no credentials of ours
 
-        So an ``s3://`` input on the same (possibly private) endpoint as the job
-        storage is read with the storage's credentials, which stay here.
-        """
-        protocol = url.split("://", 1)[0] if "://" in url else "file"
-        ours = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        options = self.storage_options if protocol in ours else {}
-        return fsspec.core.url_to_fs(url, **options)
-
-    def check_input(self, url: str) -> str | None:
-        """None if the input URL can be read; else why not."""
+    def check_input(self, source: InputSource, owner: str) -> str | None:
+        """None if the (policy-checked) input can be read; else why not."""
         try:
-            fs, path = self._input_fs(url)
+            fs, path = self._source_fs(source, owner)
             if not fs.isfile(path):
                 return "no such file"
         except Exception as exc:  # any client's own error: it is the user's answer
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    def copy_in(self, job_id: str, url: str, rel: str) -> int:
-        """Fetch an input URL (any fsspec protocol) into the job's prefix."""
+    def copy_in(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
+        """Stream a (policy-checked) input into the job's prefix, chunk by chunk."""
         try:
-            fs, path = self._input_fs(url)
+            fs, path = self._source_fs(source, owner)
             with fs.open(path, "rb") as f:
-                data = f.read()
-        except Exception as exc:
-            raise StorageError(f"cannot read input {url!r}: {type(exc).__name__}: {exc}") from exc
-        self.put(job_id, rel, data)
-        return len(data)
+                return self._write(self._path(job_id, rel), _chunks(f))[0]
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read input {source.name!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk
+
+
+class AtomicWriter:
+    """Chunks written next to ``path`` and moved there on commit: never half a file.
+
+    ``commit(sha256)`` moves the file in only if the content has that digest.
+    """
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.tmp = path + _TMP_SUFFIX
+        self.size = 0
+        self._digest = hashlib.sha256()
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self._f = fs.open(self.tmp, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self._f.write(chunk)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self, sha256: str | None = None) -> tuple[int, str]:
+        self._f.close()
+        digest = self._digest.hexdigest()
+        if sha256 is not None and digest != sha256:
+            self.abort()
+            raise ValidationError("sha256", sha256, f"the digest of the content sent ({digest})")
+        self.fs.mv(self.tmp, self.path)
+        return self.size, digest
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+            if self.fs.exists(self.tmp):
+                self.fs.rm(self.tmp)
+        except OSError:
+            pass

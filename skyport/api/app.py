@@ -24,6 +24,7 @@ from skyport.api.agent_launch import launch_router
 from skyport.api.checkpoint_routes import check_agent_checkpoint_path, checkpoint_router
 from skyport.api.idle_routes import idle_router
 from skyport.api.tls import peer_identity
+from skyport.api.uploads import upload_router
 from skyport.errors import (
     AuthenticationError,
     PermissionDeniedError,
@@ -65,12 +66,13 @@ class ExitBody(BaseModel):
 class _BodyLimit:
     """Refuse oversized bodies before reading them (413), by declared length and as read."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, streamed: tuple[str, ...] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.streamed = streamed  # routes that stream their body to storage: no limit here
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.streamed):
             await self.app(scope, receive, send)
             return
         for key, value in scope.get("headers", []):
@@ -280,7 +282,8 @@ def create_app(core: Any, storage: JobStorage, *, version: str = "0.1.0") -> Fas
     app.include_router(launch_router(core))
     app.include_router(checkpoint_router(core))
     app.include_router(idle_router(core))
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.include_router(upload_router(storage, user))
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",))
     return app
 
 

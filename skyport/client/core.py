@@ -19,14 +19,15 @@ Where things come from (first match wins):
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -58,6 +59,9 @@ _STATUS_ERRORS: dict[int, type[SkyportError]] = {
     409: ConflictError,
     503: ControlPlaneError,
 }
+
+
+UPLOAD_CHUNK = 8 << 20
 
 
 class WaitTimeoutError(SkyportError, TimeoutError):
@@ -144,9 +148,35 @@ class Client:
         return dict(self._json("GET", "/v1/whoami"))
 
     def submit(self, spec: JobSpec, payload: bytes | None = None) -> Job:
-        """Submit a job; ``payload`` is a function job's cloudpickled call."""
+        """Submit a job; ``payload`` is a function job's cloudpickled call.
+
+        Inputs that are files on this machine (``file://`` URLs) are uploaded
+        first, read with the rights of whoever runs this client: the control
+        plane never reads a user's local path itself.
+        """
+        if any(_local_file(u) for u in spec.inputs):
+            spec = spec.model_copy(update={"inputs": tuple(
+                self.upload(p) if (p := _local_file(u)) else u for u in spec.inputs)})
         body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
         return Job.model_validate(self._json("POST", "/v1/jobs", json=body.model_dump(mode="json")))
+
+    def upload(self, path: str | Path) -> str:
+        """Send a local file into your own upload area; the input URL that names it."""
+        path = Path(path)
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(UPLOAD_CHUNK):
+                digest.update(chunk)
+        where = f"/v1/uploads/{digest.hexdigest()}/{quote(path.name, safe='')}"
+        if self._http.request("HEAD", where).status_code != 200:  # the same file is sent once
+
+            def body() -> Iterator[bytes]:
+                with path.open("rb") as f:
+                    while chunk := f.read(UPLOAD_CHUNK):
+                        yield chunk
+
+            self._request("PUT", where, content=body())
+        return f"upload:{digest.hexdigest()}/{path.name}"
 
     def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
         """Your jobs (``all=True``: everyone's, admins only), optionally in some states."""
@@ -371,3 +401,11 @@ def _checked_path(path: str) -> str:
         return check_relative_path(path, "path")
     except ValueError as exc:
         raise ValidationError("path", path, "a relative path inside the job's prefix") from exc
+
+
+def _local_file(url: str) -> Path | None:
+    """The local file a ``file://`` input names, if it is one on this machine."""
+    if not url.startswith("file://"):
+        return None
+    path = Path(unquote(url[len("file://"):]))
+    return path if path.is_file() else None

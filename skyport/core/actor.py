@@ -124,6 +124,7 @@ class CoreActor:
                 heartbeat_timeout_s=config.heartbeat_timeout_s,
             ),
             policy_name=config.policy,
+            inputs=config.inputs,
         )
 
     async def start(self) -> dict[str, Any]:

@@ -7,11 +7,13 @@ store always has its script (and a function job its payload) in storage.
 from __future__ import annotations
 
 import base64
-import posixpath
 import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from skyport.config import InputPolicy
+from skyport.core.inputs import InputSource, check_input_url
 from skyport.errors import NotFoundError, ValidationError
 from skyport.models import Job, JobSpec
 from skyport.pki import Identity
@@ -21,13 +23,34 @@ from skyport.store import JobStore
 
 
 class JobIntake:
-    def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any]) -> None:
+    def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any],
+                 inputs: InputPolicy | None = None, state_dir: Path | None = None) -> None:
         self.store = store
         self.storage = storage
         self.gates = gates
+        self.inputs = inputs or InputPolicy()
+        # the state directory is never an input: by default the store's own directory
+        self.state_dir = state_dir or store.path.parent
+        protocols = storage.fs.protocol
+        self._storage_protocols = tuple(protocols) if isinstance(protocols, tuple) \
+            else (protocols,)
+
+    def sources(self, spec: JobSpec, owner: str) -> list[InputSource]:
+        """The job's inputs as ``owner`` may read them; ValidationError names the first refused."""
+        out: list[InputSource] = []
+        for url in spec.inputs:
+            source = check_input_url(url, owner, self.inputs, state_dir=self.state_dir,
+                                     storage_protocols=self._storage_protocols,
+                                     storage_root=self.storage.root)
+            if not source.name or source.name == PAYLOAD_INPUT:
+                raise ValidationError("input", url, "a URL that names a file")
+            if source.name in {s.name for s in out}:
+                raise ValidationError("input", url, "inputs with distinct file names")
+            out.append(source)
+        return out
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
-        await self._validate(spec)
+        await self._validate(spec, who.username)
         payload = None
         if spec.kind == "function":
             if not payload_b64:
@@ -39,11 +62,16 @@ class JobIntake:
         elif payload_b64:
             raise ValidationError("payload_b64", "<payload>", "only function jobs carry one")
         job_id = self._new_job_id()
-        # files first: a job that is in the store always has its script
-        self.storage.put(job_id, "script.sh", spec.script.encode())
-        if payload is not None:
-            self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
-        return self.store.add(job_id, who.username, spec)
+        # files first: a job that is in the store always has its script; a failed add
+        # takes them away again, so a refused submission leaves nothing in storage
+        try:
+            self.storage.put(job_id, "script.sh", spec.script.encode())
+            if payload is not None:
+                self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
+            return self.store.add(job_id, who.username, spec)
+        except BaseException:
+            self.storage.remove_job(job_id)
+            raise
 
     def _new_job_id(self) -> str:
         # short enough to type; drawn again on a clash, before any file is written
@@ -54,7 +82,7 @@ class JobIntake:
             except NotFoundError:
                 return job_id
 
-    async def _validate(self, spec: JobSpec) -> None:
+    async def _validate(self, spec: JobSpec, owner: str) -> None:
         if spec.gate is not None and spec.gate not in self.gates:
             raise ValidationError("gate", spec.gate, "one of: " + ", ".join(sorted(self.gates)))
         candidates = [spec.gate] if spec.gate else sorted(self.gates)
@@ -75,15 +103,9 @@ class JobIntake:
                 + (f", flavor {spec.flavor}" if spec.flavor else ""),
                 "no gate can ever run this: " + " | ".join(reasons),
             )
-        names = set()
-        for url in spec.inputs:
-            base = posixpath.basename(url.rstrip("/"))
-            if not base or base == PAYLOAD_INPUT:
-                raise ValidationError("input", url, "a URL that names a file")
-            if base in names:
-                raise ValidationError("input", url, "inputs with distinct file names")
-            names.add(base)
-            why = self.storage.check_input(url)
+        for url, source in zip(spec.inputs, self.sources(spec, owner), strict=True):
+            # only now, with the policy passed, may the answer say whether the file exists
+            why = self.storage.check_input(source, owner)
             if why is not None:
                 raise ValidationError("input", url, f"a URL that exists and can be read ({why})")
         if spec.layout.mpi != "mpich" or spec.layout.ranks_per_node > 1 or r.nodes > 1:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import posixpath
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Protocol
 
 from skyport import tokens
 from skyport.checkpoint import LATEST
+from skyport.config import InputPolicy
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
 from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
@@ -155,6 +155,7 @@ class CoreService:
         planner: Planner,
         settings: CoreSettings,
         policy_name: str = "fcfs",
+        inputs: InputPolicy | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -174,7 +175,7 @@ class CoreService:
         self._reap_soon = False  # a delete failed: reap before reap_interval_s is up
         self._liveness_at = 0.0
         self._idle_events: dict[str, asyncio.Event] = {}
-        self.intake = JobIntake(store, storage, gates)
+        self.intake = JobIntake(store, storage, gates, inputs)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
                                self.started_at, lambda: {"passes": self._passes})
@@ -244,8 +245,9 @@ class CoreService:
     async def _provision(self, job_id: str, gate_name: str, candidates: tuple[str, ...]) -> None:
         try:
             job = self._job(job_id)
-            for url in job.spec.inputs:
-                self.storage.copy_in(job.id, url, "inputs/" + posixpath.basename(url.rstrip("/")))
+            # checked again: the policy (and a host's addresses) may have changed since submit
+            for source in self.intake.sources(job.spec, job.owner):
+                self.storage.copy_in(job.id, source, job.owner, f"inputs/{source.name}")
             usable: list[tuple[str, str | None]] = []
             for cluster_id in candidates:
                 try:
@@ -255,7 +257,7 @@ class CoreService:
                 except SkyportError as exc:
                     usable.append((cluster_id, exc.message))
             self._run(ProvisionReady(self._job(job_id), gate_name, tuple(usable)))
-        except StorageError as exc:
+        except (StorageError, ValidationError) as exc:
             self._run(CreateFailed(self._job(job_id), gate_name, "storage", exc.message,
                                    frozenset(self.gates)))
         except Exception as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from skyport.core.inputs import InputSource
 from skyport.errors import NotFoundError, StorageError, ValidationError
 from skyport.storage import JobStorage
 
@@ -164,22 +166,21 @@ class TestStorageConformance:
         assert storage.get("j2", "x") == b"secret"
 
     def test_copy_in(self, storage: JobStorage, input_file: Path) -> None:
-        n = storage.copy_in("j1", input_file.as_uri(), "inputs/mesh.dat")
+        n = storage.copy_in("j1", _file(input_file), "alice", "inputs/mesh.dat")
         assert n == 600
         assert storage.get("j1", "inputs/mesh.dat") == input_file.read_bytes()
         assert storage.listdir("j1") == [{"path": "inputs/mesh.dat", "size": 600}]
 
     def test_copy_in_missing_url(self, storage: JobStorage, tmp_path: Path) -> None:
-        url = (tmp_path / "no-such-file").as_uri()
         with pytest.raises(StorageError, match="cannot read input"):
-            storage.copy_in("j1", url, "inputs/x")
+            storage.copy_in("j1", _file(tmp_path / "no-such-file"), "alice", "inputs/x")
         assert storage.listdir("j1") == []
 
     def test_copy_in_refuses_an_escaping_target(
         self, storage: JobStorage, input_file: Path
     ) -> None:
         with pytest.raises(ValidationError):
-            storage.copy_in("j1", input_file.as_uri(), "../j2/inputs/x")
+            storage.copy_in("j1", _file(input_file), "alice", "../j2/inputs/x")
 
     def test_a_second_instance_sees_the_same_files(
         self, storage: JobStorage, request: pytest.FixtureRequest
@@ -217,9 +218,34 @@ def test_file_storage_layout(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "jobs" / "j1" / "out").iterdir()] == ["x"]
 
 
+def _file(path: Path) -> InputSource:
+    return InputSource("file", str(path), path.name)
+
+
 def test_check_input_says_why_an_input_cannot_be_read(input_file: Path, tmp_path: Path) -> None:
     storage = JobStorage((tmp_path / "store").as_uri())
-    assert storage.check_input(input_file.as_uri()) is None
-    assert storage.check_input((tmp_path / "missing").as_uri()) == "no such file"
-    assert storage.check_input(tmp_path.as_uri()) == "no such file"  # a directory is no input
-    assert "nosuchproto" in (storage.check_input("nosuchproto://x") or "")
+    assert storage.check_input(_file(input_file), "alice") is None
+    assert storage.check_input(_file(tmp_path / "missing"), "alice") == "no such file"
+    assert storage.check_input(_file(tmp_path), "alice") == "no such file"  # a directory is not
+
+
+def test_uploads_are_kept_per_user_by_digest_and_checked(tmp_path: Path) -> None:
+    storage = JobStorage((tmp_path / "store").as_uri())
+    data = b"mesh" * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    w = storage.upload_writer("alice", sha, "mesh.dat")
+    w.write(data[:10])
+    w.write(data[10:])
+    assert w.commit(sha) == (len(data), sha)
+    assert storage.has_upload("alice", sha, "mesh.dat")
+    assert not storage.has_upload("bob", sha, "mesh.dat")  # another user's area is another
+    upload = InputSource("upload", f"uploads/{sha}/mesh.dat", "mesh.dat")
+    assert storage.copy_in("j1", upload, "alice", "inputs/mesh.dat") == len(data)
+    with pytest.raises(StorageError):
+        storage.copy_in("j2", upload, "bob", "inputs/mesh.dat")
+    lying = storage.upload_writer("alice", "0" * 64, "x")
+    lying.write(b"not that")
+    with pytest.raises(ValidationError, match="sha256"):
+        lying.commit("0" * 64)
+    assert not storage.has_upload("alice", "0" * 64, "x")
+    assert not list((tmp_path / "store" / "users" / "alice" / "uploads").glob("0*/*"))
