@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -206,10 +206,13 @@ class Job(BaseModel):
     restarts: int = 0
     events: list[Event] = Field(default_factory=list)
 
+    # in every dump (the REST answers, ``--json``): readers need not dig into the spec
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def nodes(self) -> int:
         return self.spec.resources.nodes
@@ -235,10 +238,7 @@ class Job(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """The JSON form every door shows (``--json``)."""
-        data = self.model_dump(mode="json")
-        data["name"] = self.spec.name
-        data["nodes"] = self.spec.resources.nodes
-        return data
+        return self.model_dump(mode="json")
 
 
 class SubmitRequest(BaseModel):

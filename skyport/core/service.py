@@ -56,6 +56,7 @@ class GatePort(Protocol):
 
     async def flavors(self) -> list[Flavor]: ...
     async def capacity(self) -> Capacity: ...
+    async def type_name(self) -> str: ...
     async def can_ever_fit(
         self,
         nodes: int,
@@ -632,9 +633,32 @@ class CoreService(CoreViews, LaunchCalls):
 
     # -- checkpoints, requeues, injected failures (skyport.core.recovery)
 
-    async def recovery_call(self, name: str, *args: Any) -> Any:
-        from skyport.core.recovery import CALLS
+    # (the REST routes reach these through skyport.core.commands; names kept by the Core)
 
-        if name not in CALLS:
-            raise ValidationError("call", name, "one of " + ", ".join(CALLS))
-        return await getattr(self.recovery, name)(*args)
+    async def agent_checkpoint_request(self, job_id: str, token: str, reason: str) -> Any:
+        return await self.recovery.agent_request(job_id, token, reason)
+
+    async def agent_checkpoint_part(self, job_id: str, token: str, version: int, ck_id: str,
+                                    rank: int, files: list[dict[str, Any]]) -> Any:
+        return await self.recovery.agent_part(job_id, token, version, ck_id, rank, files)
+
+    async def agent_checkpoint_latest(self, job_id: str, token: str) -> Any:
+        return await self.recovery.agent_latest(job_id, token)
+
+    async def user_checkpoint(self, who: Identity, job_id: str) -> Any:
+        return await self.recovery.user_checkpoint(who, job_id)
+
+    async def checkpoints(self, who: Identity, job_id: str) -> Any:
+        return await self.recovery.checkpoints(who, job_id)
+
+    async def requeue(self, who: Identity, job_id: str) -> Job:
+        return await self.recovery.requeue(who, job_id)
+
+    async def cancel_after_checkpoint(self, who: Identity, job_id: str) -> Job:
+        return await self.recovery.cancel_after_checkpoint(who, job_id)
+
+    async def debug_kill_node(self, who: Identity, job_id: str, node: int | None) -> Any:
+        return await self.recovery.debug_kill_node(who, job_id, node)
+
+    async def debug_preempt(self, who: Identity, job_id: str, notice_s: float) -> Any:
+        return await self.recovery.debug_preempt(who, job_id, notice_s)

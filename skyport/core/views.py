@@ -49,6 +49,7 @@ class CoreViews(_Base):
                 out.append(
                     {
                         "name": name,
+                        "type": await _type_name(gate),
                         "flavors": flavors,
                         "capacity": cap,
                         "clusters": clusters,
@@ -56,7 +57,8 @@ class CoreViews(_Base):
                     }
                 )
             except Exception as exc:  # a sick gate is reported, not fatal
-                out.append({"name": name, "healthy": False, "error": str(exc)})
+                out.append({"name": name, "type": await _type_name(gate), "healthy": False,
+                            "error": str(exc)})
         return out
 
     async def timetable(self) -> dict[str, Any]:
@@ -122,3 +124,15 @@ class CoreViews(_Base):
                     }
                 )
         return out
+
+
+async def _type_name(gate: object) -> str:
+    """The gate's plugin type (``GateActor.type_name``); "" for a port that cannot say."""
+    ask = getattr(gate, "type_name", None)
+    if ask is None:
+        return ""
+    try:
+        return str(await ask())
+    except Exception as exc:  # noqa: BLE001 - a sick gate is reported, not fatal
+        log.warning("cannot read a gate's type: %s", exc)
+        return ""

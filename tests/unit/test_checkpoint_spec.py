@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from skyport import checkpoint
-from skyport.api.checkpoint_routes import check_agent_checkpoint_path
+from skyport.api.routes.agents import check_agent_checkpoint_path
 from skyport.core.recovery import LOST_TAG, lost_attempts
 from skyport.errors import PermissionDeniedError, ScriptError
 from skyport.models import Event, Job, JobSpec, JobState
