@@ -163,7 +163,7 @@ def error_from_dict(payload: dict[str, Any]) -> SkyportError:
     if not _BY_NAME:
         _register(SkyportError)
     cls = _BY_NAME.get(str(payload.get("error")), SkyportError)
-    err = SkyportError.__new__(cls)
+    err = cls.__new__(cls)  # not __init__: the message is kept, not rebuilt from fields
     SkyportError.__init__(err, str(payload.get("message", "unknown error")))
     for name in cls._fields:
         setattr(err, name, payload.get(name, _DEFAULTS.get(name)))

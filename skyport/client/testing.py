@@ -63,6 +63,7 @@ class TestControlPlane:
                  policy: str = "fcfs", wait_s: float = 30.0) -> None:
         self._tmp = None if root is not None else tempfile.TemporaryDirectory()
         self.root = Path(root if root is not None else self._tmp.name)  # type: ignore[union-attr]
+        self.root.mkdir(parents=True, exist_ok=True)
         self.wait_s = wait_s  # how long the helpers wait for the Core's next step
         self.requests: list[httpx.Request] = []
         self.store = JobStore(self.root / "jobs.db")
