@@ -116,6 +116,14 @@ class TestControlPlane:
                                    f"{'/'.join(s.value for s in states)}: {job.reason}")
             time.sleep(0.005)
 
+    def wait_planned(self, job_id: str) -> None:
+        """Until the Core's plan holds ``job_id`` (a queued job then has its planned start)."""
+        deadline = time.monotonic() + self.wait_s
+        while job_id not in {e["job_id"] for e in self._run(self.service.timetable())["entries"]}:
+            if time.monotonic() > deadline:
+                raise SkyportError(f"job {job_id} is not in the Core's plan")
+            time.sleep(0.005)
+
     def agents(self, job_id: str) -> JobAgents:
         """The agents of ``job_id``'s cluster, once the Core has created it."""
         job = self.wait_state(job_id, JobState.PROVISIONING, *_HOLDING)
