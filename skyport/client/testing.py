@@ -216,8 +216,9 @@ class JobAgents:
                 src.write_bytes(data)
                 self.nodes[0].put_file(path, src)
 
-    def exit(self, exit_code: int = 0, *, timed_out: bool = False) -> Job:
-        return self.nodes[0].exit(exit_code, timed_out, "test: exit")
+    def exit(self, exit_code: int = 0, *, timed_out: bool = False, reason: str = "") -> Job:
+        """Node 0 reports the payload's end (no reason: the Core words it, 'exit code N')."""
+        return self.nodes[0].exit(exit_code, timed_out, reason)
 
 
 # -- the transport: the ASGI app, driven from a sync httpx client -------------------------
