@@ -28,7 +28,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.checkpointer import Checkpointer

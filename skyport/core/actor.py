@@ -17,8 +17,6 @@ from skyport.core.commands import Command
 from skyport.core.service import CoreService, CoreSettings
 from skyport.errors import GateError
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, make_gate, with_retries
-from skyport.models import JobSpec, JobState
-from skyport.pki import Identity
 from skyport.remote import ActorProxy
 from skyport.scheduler import PlanEntry, SchedulerService, UsageCharge
 from skyport.storage import JobStorage

@@ -14,7 +14,7 @@ from skyport.cli import cli
 from skyport.cli import jobs as jobs_module
 from skyport.client.testing import TestControlPlane
 from skyport.errors import ConflictError
-from skyport.models import JobSpec, JobState
+from skyport.models import JobSpec
 
 SCRIPT = "#!/bin/bash\n#SKYPORT --nodes=2 --cpus-per-node=4\n#SKYPORT --output=out.txt\necho hi\n"
 

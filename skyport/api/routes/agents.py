@@ -16,7 +16,14 @@ from skyport.core import commands as c
 from skyport.core.commands import CorePort
 from skyport.errors import PermissionDeniedError, ValidationError
 from skyport.models import Job
-from skyport.protocol import ExitBody, HeartbeatAnswer, HelloAnswer, HelloBody, SizeAnswer, StateBody
+from skyport.protocol import (
+    ExitBody,
+    HeartbeatAnswer,
+    HelloAnswer,
+    HelloBody,
+    SizeAnswer,
+    StateBody,
+)
 from skyport.storage import JobStorage
 
 __all__ = ["MAX_LOG_CHUNK", "agents_router", "check_agent_checkpoint_path"]
