@@ -14,7 +14,8 @@ from skyport.gate import ClusterRequest, gate_class, make_gate
 def _request(cluster_id: str, nodes: int = 1, cpus: int = 1) -> ClusterRequest:
     return ClusterRequest(cluster_id=cluster_id, job_id=f"job-{cluster_id}", owner="alice",
                           nodes=nodes, cpus_per_node=cpus, gpus_per_node=0, mem_mb=None,
-                          flavor=None, control_url="https://x", ca_pem="", token=f"tok-{cluster_id}")
+                          flavor=None, control_url="https://x", ca_pem="",
+                          token=f"tok-{cluster_id}")
 
 
 def test_it_is_a_registered_gate_type(tmp_path: Path) -> None:
