@@ -28,6 +28,7 @@ from skyport.models import Job
 from skyport.protocol import (
     CheckpointOrder,
     Empty,
+    ErrorBody,
     HeartbeatAnswer,
     HelloAnswer,
     LatestAnswer,
@@ -207,7 +208,12 @@ class AgentClient:
         except ValueError:
             payload = None
         if isinstance(payload, dict) and "error" in payload:
-            raise error_from_dict(payload)
+            try:
+                parsed = ErrorBody.model_validate(payload)
+            except PydanticValidationError:
+                pass  # not the API's error body: reported by status below
+            else:
+                raise error_from_dict(parsed.model_dump(exclude_unset=True))
         raise SkyportError(f"HTTP {resp.status_code} from the control plane: {resp.text[:200]}")
 
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:

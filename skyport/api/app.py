@@ -30,6 +30,7 @@ from skyport.api.routes.launches import launches_router
 from skyport.core.commands import CorePort, LocalCore
 from skyport.core.service import CoreService
 from skyport.errors import SkyportError, ValidationError
+from skyport.protocol import ErrorBody
 from skyport.storage import JobStorage
 
 log = logging.getLogger("skyport.api")
@@ -81,7 +82,10 @@ def _too_large(limit: int) -> JSONResponse:
 def create_app(core: CorePort | CoreService, storage: JobStorage, *,
                version: str = "0.1.0") -> FastAPI:
     port = LocalCore(core) if isinstance(core, CoreService) else core
-    app = FastAPI(title="Sky Port", version=version)
+    # every error answer is an ErrorBody (skyport.errors.SkyportError.to_dict)
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 500, 502, 503)}
+    app = FastAPI(title="Sky Port", version=version, responses=errors)
 
     @app.exception_handler(SkyportError)
     async def _skyport_error(_: Request, exc: SkyportError) -> JSONResponse:

@@ -50,6 +50,7 @@ from skyport.protocol import (
     CheckpointOpened,
     CheckpointsView,
     ClusterView,
+    ErrorBody,
     FileEntry,
     GateView,
     KillNodeAnswer,
@@ -375,7 +376,12 @@ def _error_from_response(response: httpx.Response, method: str, path: str) -> Sk
     except ValueError:
         body = None
     if isinstance(body, dict) and "error" in body and "message" in body:
-        return error_from_dict(body)
+        try:
+            parsed = ErrorBody.model_validate(body)
+        except PydanticValidationError:
+            pass  # not ours after all (a proxy's JSON): mapped by status below
+        else:
+            return error_from_dict(parsed.model_dump(exclude_unset=True))
     cls = _STATUS_ERRORS.get(response.status_code, SkyportError)
     text = response.text.strip()[:300] or response.reason_phrase
     return cls(f"{method} {path} failed with HTTP {response.status_code}: {text}")

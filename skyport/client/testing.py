@@ -166,6 +166,7 @@ class TestControlPlane:
         if self._loop.is_closed():
             return
         self._run(self.service.stop())
+        self._run(_cancel_the_rest())  # the loop's tasks end before the loop does
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -178,6 +179,14 @@ class TestControlPlane:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _cancel_the_rest() -> None:
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _HOLDING = tuple(s for s in JobState if s.has_cluster() and s != JobState.PROVISIONING)
