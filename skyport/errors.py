@@ -36,8 +36,15 @@ class SkyportError(Exception):
         super().__init__(message)
         self.message = message
 
+    # the attributes beyond ``message`` that travel with the error (its ErrorBody fields)
+    _fields: tuple[str, ...] = ()
+
     def to_dict(self) -> dict[str, Any]:
-        return {"error": type(self).__name__, "message": self.message}
+        """The error as its REST body (``skyport.protocol.ErrorBody``): every field kept."""
+        body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        for name in self._fields:
+            body[name] = _jsonable(getattr(self, name, None))
+        return body
 
     def __reduce__(self) -> tuple[Any, ...]:
         # subclasses take other constructor arguments: rebuild from the state
@@ -54,6 +61,7 @@ def _restore(cls: type[SkyportError], message: str, state: dict[str, Any]) -> Sk
 
 class ValidationError(SkyportError):
     http_status = 422
+    _fields = ("field", "value", "allowed")
 
     def __init__(self, field: str, value: Any, allowed: str) -> None:
         self.field = field
@@ -63,6 +71,8 @@ class ValidationError(SkyportError):
 
 
 class ScriptError(ValidationError):
+    _fields = ("line", "field", "value", "allowed")
+
     def __init__(self, line: int, field: str, value: Any, allowed: str) -> None:
         self.line = line
         super().__init__(field, value, allowed)
@@ -110,6 +120,7 @@ class NeverFitsError(GateError):
     """A cluster request no flavor of the gate can ever hold (not "full now")."""
 
     http_status = 422
+    _fields = ("gate", "field", "value", "allowed")
 
     def __init__(self, gate: str, field: str, value: Any, allowed: str) -> None:
         self.gate = gate
@@ -124,6 +135,7 @@ class UnsupportedFeatureError(GateError):
     """A gate asked for a feature it declares it does not have, with its reason."""
 
     http_status = 422
+    _fields = ("gate", "type_name", "feature", "reason")
 
     def __init__(self, gate: str, type_name: str, feature: str, reason: str) -> None:
         self.gate = gate
@@ -139,6 +151,9 @@ class StorageError(SkyportError):
 
 class JobFailedError(SkyportError):
     """A job ended without a result: carries what the remote side reported."""
+
+    _fields = ("job_id", "state", "exit_code", "remote_type", "remote_message",
+               "remote_traceback")
 
     def __init__(
         self,
@@ -170,10 +185,34 @@ def _register(cls: type[SkyportError]) -> None:
 
 
 def error_from_dict(payload: dict[str, Any]) -> SkyportError:
-    """Rebuild an error sent by the REST API (the message is kept verbatim)."""
+    """Rebuild an error sent by the REST API: the same class, message and fields.
+
+    The message is kept verbatim (not rebuilt from the fields), so the caller
+    sees exactly what the server said; an unknown class name becomes a plain
+    ``SkyportError``.
+    """
     if not _BY_NAME:
         _register(SkyportError)
     cls = _BY_NAME.get(str(payload.get("error")), SkyportError)
-    err = SkyportError.__new__(cls)
+    err = cls.__new__(cls)  # not __init__: the message is kept, not rebuilt from fields
     SkyportError.__init__(err, str(payload.get("message", "unknown error")))
+    for name in cls._fields:
+        setattr(err, name, payload.get(name, _DEFAULTS.get(name)))
     return err
+
+
+# what a field is when an (older) server's body lacks it
+_DEFAULTS: dict[str, Any] = {"job_id": "", "state": "", "remote_type": "", "remote_message": "",
+                             "remote_traceback": "", "field": "", "allowed": ""}
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` if JSON carries it as it is, else its repr (a ValidationError's value
+    may be any object; the message already shows it as repr)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return repr(value)

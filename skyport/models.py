@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -208,10 +208,13 @@ class Job(BaseModel):
     checkpoint_version: int = 0  # the latest complete checkpoint (0: none)
     events: list[Event] = Field(default_factory=list)
 
+    # in every dump (the REST answers, ``--json``): readers need not dig into the spec
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def nodes(self) -> int:
         return self.spec.resources.nodes
@@ -237,10 +240,7 @@ class Job(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """The JSON form every door shows (``--json``)."""
-        data = self.model_dump(mode="json")
-        data["name"] = self.spec.name
-        data["nodes"] = self.spec.resources.nodes
-        return data
+        return self.model_dump(mode="json")
 
 
 class SubmitRequest(BaseModel):

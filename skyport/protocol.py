@@ -1,25 +1,289 @@
-"""The wire protocol: one pydantic model per request and reply (placeholder subset)."""
+"""Every body that crosses the REST API, as one pydantic model each: the source of truth.
+
+The routes (``skyport.api``) declare these as their request bodies and return
+types, the Python client (``skyport.client``) and the agent's client
+(``skyport.agent.client``) parse every answer into them, so the two sides
+cannot drift apart: a key added on one side is a field here.  ``ROUTES.md``
+and ``skyport/agent/PROTOCOL.md`` describe the calls; the shapes are here.
+
+Answers are read leniently (unknown keys are ignored, so a newer server does
+not break an older client); request bodies are strict (``extra="forbid"``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from skyport.models import JobState
+from skyport.models import Job, JobSpec, JobState, SubmitRequest
+
+__all__ = [
+    "CapacityView",
+    "CheckpointFile",
+    "CheckpointOpened",
+    "CheckpointOrder",
+    "CheckpointRecord",
+    "CheckpointsView",
+    "ClusterView",
+    "Empty",
+    "ErrorBody",
+    "ExitBody",
+    "FileEntry",
+    "FlavorView",
+    "GateView",
+    "HeartbeatAnswer",
+    "HelloAnswer",
+    "HelloBody",
+    "IdleGrant",
+    "IdleNext",
+    "Job",
+    "JobSpec",
+    "KillNodeAnswer",
+    "LatestAnswer",
+    "LaunchBody",
+    "LaunchCreated",
+    "LaunchExitBody",
+    "LaunchOrder",
+    "LaunchPoll",
+    "LaunchRead",
+    "NodeNames",
+    "PartAnswer",
+    "PartBody",
+    "PartFile",
+    "PreemptAnswer",
+    "RequestBody",
+    "SizeAnswer",
+    "StateBody",
+    "StatusView",
+    "SubmitRequest",
+    "TimetableEntry",
+    "TimetableView",
+    "WhoAmI",
+]
 
 
-class IdleGrant(BaseModel):
+class Answer(BaseModel):
+    """Base of every answer: unknown keys from a newer server are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Body(BaseModel):
+    """Base of every request body: an unknown key is a mistake (422 naming it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Empty(Answer):
+    """An answer with nothing in it (``{}``)."""
+
+
+class SizeAnswer(Answer):
+    """A write's answer: the size of what was written (a file) or of the whole log."""
+
+    size: int
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+class ErrorBody(Answer):
+    """Every error answer; ``skyport.errors`` writes and reads it, field for field.
+
+    ``error`` names the class; the other fields are those of the class that
+    has them (``ValidationError``: field, value, allowed; ``ScriptError`` also
+    line; ``JobFailedError``: job_id ... remote_traceback), absent otherwise.
+    """
+
+    error: str
+    message: str
+    field: str | None = None
+    value: Any = None
+    allowed: str | None = None
+    line: int | None = None
+    job_id: str | None = None
+    state: str | None = None
+    exit_code: int | None = None
+    remote_type: str | None = None
+    remote_message: str | None = None
+    remote_traceback: str | None = None
+    gate: str | None = None  # NeverFitsError, UnsupportedFeatureError
+    type_name: str | None = None
+    feature: str | None = None
+    reason: str | None = None
+
+
+# -- users: /v1 ---------------------------------------------------------------------
+
+
+class WhoAmI(Answer):
+    username: str
+    role: str
+
+
+class FileEntry(Answer):
+    """One stored file of a job."""
+
+    path: str
+    size: int
+
+
+class FlavorView(Answer):
+    """A node shape a gate offers (``skyport.gate.Flavor``)."""
+
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int = 0
+    price_per_hour: float = 0.0
+    boot_s: float = 0.0
+    max_nodes: int = 1
+
+
+class CapacityView(Answer):
+    """A gate's cores and GPUs (``skyport.gate.Capacity``)."""
+
+    total_cpus: int
+    free_cpus: int
+    total_gpus: int = 0
+    free_gpus: int = 0
+
+
+class GateView(Answer):
+    """One configured gate, as ``skyport gates`` shows it; a sick one has ``error``."""
+
+    name: str
+    type: str
+    healthy: bool
+    flavors: list[FlavorView] = Field(default_factory=list)
+    capacity: CapacityView | None = None
+    clusters: int = 0
+    error: str = ""
+
+
+class StatusView(Answer):
+    version: str
+    policy: str
+    started_at: str
+    storage_url: str
+    counts: dict[str, int] = Field(default_factory=dict)
+    passes: int = 0
+    gates: list[GateView] = Field(default_factory=list)
+
+
+class ClusterView(Answer):
+    """One cluster of some gate, with its job and its cost so far."""
+
     cluster_id: str
-    credential: str
+    gate: str
+    job_id: str
+    owner: str | None = None
+    job_state: JobState | None = None
+    state: str
+    flavor: str
+    nodes: int
+    age_s: float
+    price_per_hour: float
+    cost: float
+    reason: str = ""
 
 
-class CheckpointOrder(BaseModel):
+class TimetableEntry(Answer):
+    """One job's bar in the plan: start and end in epoch seconds."""
+
+    job_id: str
+    name: str
+    owner: str
+    state: JobState
+    start: float
+    end: float
+    gate: str | None = None
+    nodes: int
+    procs: int
+
+
+class TimetableView(Answer):
+    now: float
+    policy: str
+    entries: list[TimetableEntry] = Field(default_factory=list)
+
+
+class CheckpointFile(Answer):
+    path: str
+    size: int
+
+
+class CheckpointRecord(Answer):
+    """``checkpoints/latest.json``: the latest complete checkpoint of a job."""
+
+    version: int
+    time: str
+    reason: str = ""
+    attempt: int = 0
+    files: list[CheckpointFile] = Field(default_factory=list)
+    bytes: int = 0
+    took_s: float = 0.0
+
+
+class CheckpointOpened(Answer):
+    """The checkpoint opened (or already open) by a request: its version and id."""
+
     version: int
     id: str
 
 
-class HeartbeatAnswer(BaseModel):
+class CheckpointsView(Answer):
+    latest: CheckpointRecord | None = None
+    pending: int | None = None
+
+
+class KillNodeAnswer(Answer):
+    job_id: str
+    cluster_id: str | None
+    node: int
+    killed: bool
+
+
+class PreemptAnswer(Answer):
+    job_id: str
+    cluster_id: str | None
+    notice_s: float
+
+
+# -- agents: /agent/v1/jobs/{job_id} -------------------------------------------------
+
+
+class HelloBody(Body):
+    model_config = ConfigDict(extra="ignore")  # older agents send more; none is needed
+    node_name: str = Field(min_length=1, max_length=200)
+    hostname: str = ""
+    pid: int = 0
+
+
+class HelloAnswer(Answer):
+    job: Job
+    num_nodes: int
+    restart_count: int = 0
+
+
+class IdleGrant(Answer):
+    """A node's idle credential for its warm cluster (``skyport.core.warm``)."""
+
+    cluster_id: str
+    credential: str = Field(repr=False)
+
+
+class CheckpointOrder(Answer):
+    """Upload this node's part of checkpoint ``version`` (``id`` names the attempt)."""
+
+    version: int
+    id: str
+
+
+class HeartbeatAnswer(Answer):
+    """The one answer to a node's heartbeat; the Core builds it, the agent obeys it."""
+
     state: JobState
     action: Literal["wait", "run", "stop", "idle"]
     warm: bool = False  # node 0 waits for its idle answer after the exit
@@ -27,3 +291,112 @@ class HeartbeatAnswer(BaseModel):
     checkpoint: CheckpointOrder | None = None
     notice: str | None = None  # "preempt"
     signal: str | None = None  # e.g. "SIGUSR1"
+
+
+class StateBody(Body):
+    state: JobState
+    reason: str = Field("", max_length=2000)
+
+
+class ExitBody(Body):
+    exit_code: int
+    timed_out: bool = False
+    reason: str = Field("", max_length=4000)
+
+
+# -- launches: node 0 runs commands on node k ---------------------------------------------
+
+
+class LaunchBody(Body):
+    node: int = Field(ge=0)
+    argv: list[str] = Field(min_length=1, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str = Field("", max_length=4096)
+
+
+class LaunchExitBody(Body):
+    node: int = Field(ge=0)
+    exit_code: int
+
+
+class NodeNames(Answer):
+    node_names: list[str]
+
+
+class LaunchCreated(Answer):
+    launch_id: str
+
+
+class LaunchOrder(Answer):
+    """What node k's agent needs to start a launch."""
+
+    launch_id: str
+    argv: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str = ""
+
+
+class LaunchPoll(Answer):
+    """Node k's long-poll: launches to start, launch ids to kill, or stop polling."""
+
+    start: list[LaunchOrder] = Field(default_factory=list)
+    cancel: list[str] = Field(default_factory=list)
+    stop: bool = False
+
+
+class LaunchRead(Answer):
+    """Output past the reader's offsets (base64) and, once all is read, the exit code."""
+
+    state: str
+    stdout: str = ""
+    stderr: str = ""
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+    exit_code: int | None = None
+
+
+# -- checkpoints (agents) ------------------------------------------------------------------
+
+
+class RequestBody(Body):
+    reason: str = Field("", max_length=500)
+
+
+class PartFile(Body):
+    path: str = Field(min_length=1, max_length=4096)
+    size: int = Field(ge=0)
+
+
+class PartBody(Body):
+    id: str = Field(min_length=1, max_length=64)
+    files: list[PartFile] = Field(default_factory=list, max_length=100_000)
+
+
+class PartAnswer(Answer):
+    committed: bool
+    version: int
+    latest: CheckpointRecord | None = None
+
+
+class LatestAnswer(Answer):
+    latest: CheckpointRecord | None = None
+    pending: int | None = None
+    log_sizes: dict[str, int] = Field(default_factory=dict)
+
+
+# -- idle nodes: /agent/v1/idle/{cluster_id} --------------------------------------------------
+
+
+class IdleNext(Answer):
+    """An idle node's next step: ``assign`` (with the job's id and token), ``wait``, ``stop``."""
+
+    action: Literal["wait", "stop", "assign"]
+    job_id: str | None = None
+    token: str | None = Field(None, repr=False)
+
+
+class UploadAnswer(BaseModel):
+    """``PUT /v1/uploads/{sha256}/{name}``: the input URL that names the stored file."""
+
+    url: str
+    size: int

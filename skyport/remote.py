@@ -12,12 +12,19 @@ from typing import Any
 
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from skyport.core.commands import Command
 from skyport.errors import ControlPlaneError, SkyportError
 
 
 class ActorProxy:
+    """An actor handle whose methods are coroutines; for the Core, a ``CorePort``."""
+
     def __init__(self, actor: Any) -> None:
         self._actor = actor
+
+    async def execute(self, command: Command) -> Any:
+        """Run one REST call's command on the Core actor (``CoreActor.execute``)."""
+        return await self.__getattr__("execute")(command)
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         method = getattr(self._actor, name)

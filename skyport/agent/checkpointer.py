@@ -37,6 +37,7 @@ from skyport.agent.client import AgentClient
 from skyport.agent.procfs import members
 from skyport.errors import ConflictError, SkyportError
 from skyport.models import check_relative_path
+from skyport.protocol import CheckpointOrder, HeartbeatAnswer
 
 __all__ = ["Checkpointer"]
 
@@ -58,7 +59,7 @@ class Checkpointer:
         self.shared_dir = workdir / SHARED_DIR
         self.node_dir = workdir / NODE_DIR
         self.uploaded = 0  # versions this node uploaded its part of
-        self._wanted: dict[str, Any] | None = None
+        self._wanted: CheckpointOrder | None = None
         self._done_ids: set[str] = set()
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -83,17 +84,17 @@ class Checkpointer:
             self.shared_dir.mkdir(parents=True, exist_ok=True)
         got = self.client.checkpoint_latest()
         if self.rank == 0:
-            self.client.log_base = {k: int(v) for k, v in got.get("log_sizes", {}).items()}
-        latest = got.get("latest")
-        if not latest:
+            self.client.log_base = dict(got.log_sizes)
+        latest = got.latest
+        if latest is None:
             return 0
-        version = int(latest["version"])
+        version = latest.version
         mine = {f"v{version}/nodes/{self.rank}/": self.node_dir}
         if self.rank == 0:
             mine[f"v{version}/shared/"] = self.shared_dir
         count = 0
-        for entry in latest.get("files", []):
-            path = str(entry["path"])
+        for entry in latest.files:
+            path = entry.path
             for prefix, dest_dir in mine.items():
                 if not path.startswith(prefix):
                     continue
@@ -135,16 +136,16 @@ class Checkpointer:
 
     # -- heartbeat answers ----------------------------------------------------------
 
-    def on_beat(self, answer: dict[str, Any]) -> None:
+    def on_beat(self, answer: HeartbeatAnswer) -> None:
         """Called from the heartbeat thread: note the work, never do it here."""
-        wanted = answer.get("checkpoint")
-        if isinstance(wanted, dict) and str(wanted.get("id")) not in self._done_ids:
+        wanted = answer.checkpoint
+        if wanted is not None and wanted.id not in self._done_ids:
             self._wanted = wanted
             self._wake.set()
-        if answer.get("notice") == "preempt":
+        if answer.notice == "preempt":
             log.info("preemption notice: the control plane takes a last checkpoint")
-        if isinstance(answer.get("signal"), str):
-            self.signal_payload(answer["signal"])
+        if answer.signal is not None:
+            self.signal_payload(answer.signal)
 
     def signal_payload(self, name: str) -> int:
         """Send signal ``name`` to every process group this agent started; how many."""
@@ -175,16 +176,16 @@ class Checkpointer:
                 with contextlib.suppress(SkyportError):
                     self.client.checkpoint_request("the job sent SIGUSR2 to its agent")
             wanted = self._wanted
-            if wanted is None or str(wanted.get("id")) in self._done_ids:
+            if wanted is None or wanted.id in self._done_ids:
                 continue
             try:
-                self.upload(int(wanted["version"]), str(wanted["id"]))
+                self.upload(wanted.version, wanted.id)
             except ConflictError as exc:
-                log.info("checkpoint v%s not stored: %s", wanted.get("version"), exc)
+                log.info("checkpoint v%s not stored: %s", wanted.version, exc)
             except (SkyportError, OSError) as exc:
-                log.warning("checkpoint v%s failed on this node: %s", wanted.get("version"), exc)
+                log.warning("checkpoint v%s failed on this node: %s", wanted.version, exc)
                 continue  # tried again on the next heartbeat that still asks for it
-            self._done_ids.add(str(wanted["id"]))
+            self._done_ids.add(wanted.id)
 
     def upload(self, version: int, ck_id: str) -> list[dict[str, Any]]:
         """Copy this node's directories aside, upload them as version ``version``, report."""
@@ -209,7 +210,7 @@ class Checkpointer:
         answer = self.client.checkpoint_part(version, ck_id, self.rank, files)
         self.uploaded += 1
         log.info("checkpoint v%d: this node's part stored (%d files)%s", version, len(files),
-                 "; complete" if answer.get("committed") else "")
+                 "; complete" if answer.committed else "")
         return files
 
     # -- the launch socket's {"type": "checkpoint"} ---------------------------------------
@@ -220,7 +221,7 @@ class Checkpointer:
             opened = self.client.checkpoint_request(str(request.get("reason", ""))[:400])
         except SkyportError as exc:
             return {"error": str(exc)}
-        version = int(opened["version"])
+        version = opened.version
         if not request.get("wait", True):
             return {"version": version, "complete": False}
         deadline = time.monotonic() + min(float(request.get("timeout_s", 300)), 3600)
@@ -229,10 +230,9 @@ class Checkpointer:
                 got = self.client.checkpoint_latest()
             except SkyportError as exc:
                 return {"error": str(exc)}
-            latest = got.get("latest") or {}
-            if int(latest.get("version", 0)) >= version:
+            if got.latest is not None and got.latest.version >= version:
                 return {"version": version, "complete": True}
-            if got.get("pending") is None:
+            if got.pending is None:
                 return {"error": f"checkpoint v{version} was dropped before it was complete"}
             time.sleep(self.poll_s)
         return {"error": f"checkpoint v{version} was not complete in time"}

@@ -20,8 +20,25 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from skyport.errors import ConfigError, ControlPlaneError, SkyportError, error_from_dict
+from skyport.models import Job
+from skyport.protocol import (
+    CheckpointOrder,
+    Empty,
+    ErrorBody,
+    HeartbeatAnswer,
+    HelloAnswer,
+    LatestAnswer,
+    LaunchCreated,
+    LaunchPoll,
+    LaunchRead,
+    NodeNames,
+    PartAnswer,
+    SizeAnswer,
+)
 
 __all__ = ["AgentClient"]
 
@@ -68,26 +85,27 @@ class AgentClient:
 
     # -- protocol calls ---------------------------------------------------------
 
-    def hello(self, rank: int, node_name: str, hostname: str, pid: int) -> dict[str, Any]:
-        return self._json("POST", f"/nodes/{rank}/hello",
+    def hello(self, rank: int, node_name: str, hostname: str, pid: int) -> HelloAnswer:
+        return self._call(HelloAnswer, "POST", f"/nodes/{rank}/hello",
                           json={"node_name": node_name, "hostname": hostname, "pid": pid})
 
-    def heartbeat(self, rank: int) -> dict[str, Any]:
-        return self._json("POST", f"/nodes/{rank}/heartbeat", json={})
+    def heartbeat(self, rank: int) -> HeartbeatAnswer:
+        return self._call(HeartbeatAnswer, "POST", f"/nodes/{rank}/heartbeat", json={})
 
-    def set_state(self, state: str, reason: str = "") -> dict[str, Any]:
-        return self._json("POST", "/state", json={"state": state, "reason": reason})
+    def set_state(self, state: str, reason: str = "") -> Job:
+        return self._call(Job, "POST", "/state", json={"state": state, "reason": reason})
 
-    def exit(self, exit_code: int, timed_out: bool = False, reason: str = "") -> dict[str, Any]:
-        return self._json("POST", "/exit", json={"exit_code": exit_code, "timed_out": timed_out,
-                                                  "reason": reason})
+    def exit(self, exit_code: int, timed_out: bool = False, reason: str = "") -> Job:
+        return self._call(Job, "POST", "/exit", json={"exit_code": exit_code,
+                                                      "timed_out": timed_out, "reason": reason})
 
     def inputs(self) -> list[str]:
-        return list(self._json("GET", "/inputs"))
+        return self._call(list[str], "GET", "/inputs")
 
-    def post_log(self, stream: str, offset: int, data: bytes) -> dict[str, Any]:
+    def post_log(self, stream: str, offset: int, data: bytes) -> SizeAnswer:
         offset += self.log_base.get(stream, 0)  # a restarted job's logs go on after the old
-        return self._json("POST", f"/logs/{stream}", params={"offset": offset}, content=data)
+        return self._call(SizeAnswer, "POST", f"/logs/{stream}", params={"offset": offset},
+                          content=data)
 
     def download(self, path: str, dest: Path) -> int:
         """Stream ``/files/<path>`` to ``dest`` (atomically); the number of bytes."""
@@ -106,7 +124,7 @@ class AgentClient:
 
         return self._retrying(f"GET /files/{path}", attempt)
 
-    def put_file(self, path: str, src: Path) -> dict[str, Any]:
+    def put_file(self, path: str, src: Path) -> SizeAnswer:
         """Upload ``src`` as ``/files/<path>``, streamed, re-read from the start on each try."""
 
         def body() -> Iterator[bytes]:
@@ -114,64 +132,66 @@ class AgentClient:
                 while chunk := f.read(_CHUNK):
                     yield chunk
 
-        def attempt() -> dict[str, Any]:
+        def attempt() -> SizeAnswer:
             resp = self._http.put(f"/files/{path}", content=body(),
                                   headers={"Content-Length": str(src.stat().st_size)})
             self._check(resp)
-            return dict(resp.json())
+            return _parse(SizeAnswer, resp.json(), f"PUT /files/{path}")
 
         return self._retrying(f"PUT /files/{path}", attempt)
 
     # -- launches (node 0 runs commands on node k; PROTOCOL.md) -------------------
 
     def node_names(self) -> list[str]:
-        return list(self._json("GET", "/nodes")["node_names"])
+        return self._call(NodeNames, "GET", "/nodes").node_names
 
     def launch_create(self, node: int, argv: list[str], cwd: str) -> str:
-        return str(self._json("POST", "/launches",
-                              json={"node": node, "argv": argv, "cwd": cwd})["launch_id"])
+        return self._call(LaunchCreated, "POST", "/launches",
+                          json={"node": node, "argv": argv, "cwd": cwd}).launch_id
 
-    def launch_poll(self, rank: int, wait_s: float) -> dict[str, Any]:
-        return self._json("POST", f"/nodes/{rank}/launches", params={"wait_s": wait_s},
-                          timeout=wait_s + 30)
+    def launch_poll(self, rank: int, wait_s: float) -> LaunchPoll:
+        return self._call(LaunchPoll, "POST", f"/nodes/{rank}/launches",
+                          params={"wait_s": wait_s}, timeout=wait_s + 30)
 
     def launch_output(self, launch_id: str, rank: int, stream: str, offset: int,
-                      data: bytes) -> dict[str, Any]:
-        return self._json("POST", f"/launches/{launch_id}/output/{stream}",
+                      data: bytes) -> SizeAnswer:
+        return self._call(SizeAnswer, "POST", f"/launches/{launch_id}/output/{stream}",
                           params={"node": rank, "offset": offset}, content=data)
 
-    def launch_exit(self, launch_id: str, rank: int, exit_code: int) -> dict[str, Any]:
-        return self._json("POST", f"/launches/{launch_id}/exit",
+    def launch_exit(self, launch_id: str, rank: int, exit_code: int) -> Empty:
+        return self._call(Empty, "POST", f"/launches/{launch_id}/exit",
                           json={"node": rank, "exit_code": exit_code})
 
     def launch_read(self, launch_id: str, offsets: dict[str, int],
-                    wait_s: float) -> dict[str, Any]:
-        return self._json("GET", f"/launches/{launch_id}",
+                    wait_s: float) -> LaunchRead:
+        return self._call(LaunchRead, "GET", f"/launches/{launch_id}",
                           params={**offsets, "wait_s": wait_s}, timeout=wait_s + 30)
 
-    def launch_cancel(self, launch_id: str) -> dict[str, Any]:
-        return self._json("POST", f"/launches/{launch_id}/cancel")
+    def launch_cancel(self, launch_id: str) -> Empty:
+        return self._call(Empty, "POST", f"/launches/{launch_id}/cancel")
 
     # -- checkpoints (skyport.agent.checkpointer; PROTOCOL.md) ---------------------
 
-    def checkpoint_request(self, reason: str = "") -> dict[str, Any]:
-        return self._json("POST", "/checkpoints", json={"reason": reason})
+    def checkpoint_request(self, reason: str = "") -> CheckpointOrder:
+        return self._call(CheckpointOrder, "POST", "/checkpoints", json={"reason": reason})
 
     def checkpoint_part(self, version: int, ck_id: str, rank: int,
-                        files: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._json("POST", f"/checkpoints/{version}/parts/{rank}",
+                        files: list[dict[str, Any]]) -> PartAnswer:
+        return self._call(PartAnswer, "POST", f"/checkpoints/{version}/parts/{rank}",
                           json={"id": ck_id, "files": files})
 
-    def checkpoint_latest(self) -> dict[str, Any]:
-        return dict(self._json("GET", "/checkpoints"))
+    def checkpoint_latest(self) -> LatestAnswer:
+        return self._call(LatestAnswer, "GET", "/checkpoints")
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        def attempt() -> Any:
+    def _call(self, answer: type[T] | Any, method: str, path: str, **kwargs: Any) -> T:
+        """One JSON call, its answer parsed into ``answer`` (a ``skyport.protocol`` type)."""
+
+        def attempt() -> T:
             resp = self._http.request(method, path, **kwargs)
             self._check(resp)
-            return resp.json()
+            return _parse(answer, resp.json(), f"{method} {path}")
 
         return self._retrying(f"{method} {path}", attempt)
 
@@ -188,7 +208,12 @@ class AgentClient:
         except ValueError:
             payload = None
         if isinstance(payload, dict) and "error" in payload:
-            raise error_from_dict(payload)
+            try:
+                parsed = ErrorBody.model_validate(payload)
+            except PydanticValidationError:
+                pass  # not the API's error body: reported by status below
+            else:
+                raise error_from_dict(parsed.model_dump(exclude_unset=True))
         raise SkyportError(f"HTTP {resp.status_code} from the control plane: {resp.text[:200]}")
 
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
@@ -206,3 +231,11 @@ class AgentClient:
                             type(exc).__name__, exc, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
+
+
+def _parse(answer: type[T] | Any, data: Any, what: str) -> T:
+    try:
+        return TypeAdapter(answer).validate_python(data)  # type: ignore[no-any-return]
+    except PydanticValidationError as exc:
+        raise ControlPlaneError(f"{what}: the control plane's answer does not fit "
+                                f"{getattr(answer, '__name__', answer)}: {exc}") from exc

@@ -23,6 +23,7 @@ from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
 from skyport.agent.procfs import kill_own_processes, own_processes
 from skyport.errors import SkyportError
+from skyport.protocol import IdleGrant, IdleNext
 
 __all__ = ["IdleClient", "clean_node", "wait_for_next_job"]
 
@@ -41,9 +42,9 @@ class IdleClient(AgentClient):
         self.base_url = f"{control_url.rstrip('/')}/agent/v1/idle/{cluster_id}"
         self._http.base_url = self.base_url
 
-    def next_job(self, rank: int, wait_s: float) -> dict[str, Any]:
-        return dict(self._json("POST", f"/nodes/{rank}/next", params={"wait_s": wait_s},
-                               timeout=wait_s + 30))
+    def next_job(self, rank: int, wait_s: float) -> IdleNext:
+        return self._call(IdleNext, "POST", f"/nodes/{rank}/next", params={"wait_s": wait_s},
+                          timeout=wait_s + 30)
 
 
 def clean_node(workdir: Path, grace_s: float) -> None:
@@ -60,26 +61,25 @@ def clean_node(workdir: Path, grace_s: float) -> None:
             entry.unlink(missing_ok=True)
 
 
-def wait_for_next_job(boot: Bootstrap, idle: dict[str, Any], retry_for_s: float,
+def wait_for_next_job(boot: Bootstrap, idle: IdleGrant, retry_for_s: float,
                       grace_s: float) -> Bootstrap | None:
     """Idle until the Core assigns this node's cluster to a job; None when it never will."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # deleting the cluster ends an idle node
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     clean_node(Path(boot.workdir), grace_s)
     log.info("job %s is over; node %s idles in warm cluster %s", boot.job_id, boot.node_name,
-             idle.get("cluster_id"))
+             idle.cluster_id)
     try:
-        with IdleClient(boot.control_url, str(idle["cluster_id"]), str(idle["credential"]),
+        with IdleClient(boot.control_url, idle.cluster_id, idle.credential,
                         ca_pem=boot.ca_pem, retry_for_s=retry_for_s) as client:
             while True:
                 answer = client.next_job(boot.node_rank, POLL_S)
-                if answer.get("action") == "assign":
-                    log.info("assigned to job %s", answer["job_id"])
-                    return replace(boot, job_id=str(answer["job_id"]),
-                                   token=str(answer["token"]))
-                if answer.get("action") != "wait":
-                    log.info("the Core ends this idle node (%s)", answer.get("action"))
+                if answer.action == "assign" and answer.job_id and answer.token:
+                    log.info("assigned to job %s", answer.job_id)
+                    return replace(boot, job_id=answer.job_id, token=answer.token)
+                if answer.action != "wait":
+                    log.info("the Core ends this idle node (%s)", answer.action)
                     return None
-    except (SkyportError, KeyError) as exc:
+    except SkyportError as exc:
         log.info("idle node ends: %s", exc)
         return None

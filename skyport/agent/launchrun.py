@@ -18,6 +18,7 @@ from pathlib import Path
 from skyport.agent.client import AgentClient
 from skyport.agent.payload import LogPump, Payload
 from skyport.errors import ConflictError, NotFoundError, SkyportError
+from skyport.protocol import LaunchOrder
 
 __all__ = ["LaunchRunner"]
 
@@ -63,23 +64,22 @@ class LaunchRunner:
                 log.warning("polling for launches failed: %s", exc)
                 self._stop.wait(1.0)
                 continue
-            if answer.get("stop"):
+            if answer.stop:
                 return
-            self._cancelled.update(answer.get("cancel", []))
-            for order in answer.get("start", []):
+            self._cancelled.update(answer.cancel)
+            for order in answer.start:
                 t = threading.Thread(target=self._run_one, args=(order,),
-                                     name=f"launch-{order['launch_id']}", daemon=True)
+                                     name=f"launch-{order.launch_id}", daemon=True)
                 self._threads.append(t)
                 t.start()
 
-    def _run_one(self, order: dict[str, object]) -> None:
-        launch_id = str(order["launch_id"])
-        argv = [str(a) for a in order["argv"]]  # type: ignore[attr-defined]
-        cwd = Path(str(order.get("cwd") or ""))
+    def _run_one(self, order: LaunchOrder) -> None:
+        launch_id = order.launch_id
+        argv = list(order.argv)
+        cwd = Path(order.cwd)
         if not cwd.is_dir():
             cwd = self.workdir
-        env = {**self.env(), **{str(k): str(v)
-                                for k, v in dict(order.get("env") or {}).items()}}  # type: ignore[call-overload]
+        env = {**self.env(), **order.env}
         files = {s: self._logdir / f"{launch_id}.{s}" for s in ("stdout", "stderr")}
         payload = Payload(argv, cwd=cwd, env=env, stdout_path=files["stdout"],
                           stderr_path=files["stderr"], cores=self.cores)

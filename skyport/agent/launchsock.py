@@ -121,13 +121,14 @@ class LaunchSocket:
         try:
             while not gone.is_set() and not self._closed.is_set():
                 got = self.client.launch_read(launch_id, offsets, self.read_wait_s)
-                for s in ("stdout", "stderr"):
-                    if got[s]:
-                        self._send(conn, {"stream": s, "data": got[s]})
-                    offsets[s] = got[f"{s}_offset"] + len(base64.b64decode(got[s]))
-                if got.get("exit_code") is not None:
-                    self._send(conn, {"exit": int(got["exit_code"])})
-                    log.info("launch %s ended with %s", launch_id, got["exit_code"])
+                for s, data, base in (("stdout", got.stdout, got.stdout_offset),
+                                      ("stderr", got.stderr, got.stderr_offset)):
+                    if data:
+                        self._send(conn, {"stream": s, "data": data})
+                    offsets[s] = base + len(base64.b64decode(data))
+                if got.exit_code is not None:
+                    self._send(conn, {"exit": got.exit_code})
+                    log.info("launch %s ended with %s", launch_id, got.exit_code)
                     return
         except (SkyportError, OSError):
             gone.set()

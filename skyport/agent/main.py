@@ -28,7 +28,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.checkpointer import Checkpointer
@@ -48,6 +47,7 @@ from skyport.launch.hostfile import hostfile_text
 from skyport.launch.mpi import openmpi_home
 from skyport.launch.mpiexec import write_shims
 from skyport.models import JobSpec, JobState, check_relative_path
+from skyport.protocol import HeartbeatAnswer, IdleGrant
 
 __all__ = ["Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE", "payload_env"]
 
@@ -112,9 +112,9 @@ class Agent:
         self._action = "wait"
         self._beat_changed = threading.Event()
         self._done = threading.Event()
-        self.beat_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.beat_listeners: list[Callable[[HeartbeatAnswer], None]] = []
         self.warm = False  # the Core keeps this cluster warm after the job (skyport.agent.idle)
-        self.idle: dict[str, Any] | None = None  # this node's idle credential, once told
+        self.idle: IdleGrant | None = None  # this node's idle credential, once told
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -133,13 +133,13 @@ class Agent:
         except SkyportError as exc:
             log.error("hello failed: %s", exc)
             return 1
-        spec = JobSpec.model_validate(hello["job"]["spec"])
+        spec = hello.job.spec
         self.spec = spec
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         try:  # this node's part of the latest checkpoint, before any payload or launch
             self.checkpoints = Checkpointer.restored(self.client, self.workdir, b.node_rank,
-                                                     int(hello.get("restart_count", 0)))
+                                                     hello.restart_count)
         except (SkyportError, OSError) as exc:
             log.error("restoring the checkpoint failed: %s", exc)
             self._done.set()
@@ -248,11 +248,11 @@ class Agent:
             answer = self.client.heartbeat(self.boot.node_rank)
             for listen in self.beat_listeners:
                 listen(answer)
-            self._action = str(answer.get("action", "wait"))
-            self.warm = self.warm or bool(answer.get("warm"))
-            if isinstance(answer.get("idle"), dict):
-                self.idle = answer["idle"]
-            state = JobState(answer.get("state", JobState.QUEUED.value))
+            self._action = answer.action
+            self.warm = self.warm or answer.warm
+            if answer.idle is not None:
+                self.idle = answer.idle
+            state = answer.state
             if self._action == "stop" or state.is_terminal():
                 log.info("heartbeat says %s (job %s)", self._action, state.value)
                 self.request_stop()

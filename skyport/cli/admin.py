@@ -155,4 +155,4 @@ def user_add_cmd(out: Output, name: str, admin: bool, force: bool) -> None:
 def whoami_cmd(out: Output) -> None:
     """Who the control plane thinks you are."""
     data = get_client().whoami()
-    out.emit(data, f"{data.get('username')} ({data.get('role')})")
+    out.emit(data, f"{data.username} ({data.role})")

@@ -117,8 +117,9 @@ def one_line(exc: BaseException) -> str:
 def fail(out: Output, exc: BaseException) -> None:
     """Report ``exc`` the one-line way and exit with status 1."""
     if out.json:
-        name = type(exc).__name__
-        click.echo(to_json({"error": name, "message": one_line(exc)}))
+        # a Sky Port error keeps its fields (ErrorBody: field, value, allowed, ...)
+        body = exc.to_dict() if isinstance(exc, SkyportError) else {"error": type(exc).__name__}
+        click.echo(to_json({**body, "message": one_line(exc)}))
     click.echo(f"error: {one_line(exc)}", err=True)
     click.get_current_context().exit(1)
 

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from typing import Any
 
 import click
 
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
+from skyport.protocol import CapacityView
 from skyport.units import format_duration
 
 
-def _names(items: Any) -> str:
-    if not items:
-        return "-"
-    return ", ".join(str(i.get("name", i)) if isinstance(i, dict) else str(i) for i in items)
-
-
-def _pairs(mapping: Any) -> str:
+def _pairs(mapping: Mapping[str, Any] | None) -> str:
     if not mapping:
         return "-"
-    if not isinstance(mapping, dict):
-        return str(mapping)
     return " ".join(f"{k}={v}" for k, v in mapping.items())
+
+
+def _capacity(cap: CapacityView | None) -> str:
+    if cap is None:
+        return "-"
+    text = f"cpus {cap.free_cpus}/{cap.total_cpus} free"
+    if cap.total_gpus:
+        text += f", gpus {cap.free_gpus}/{cap.total_gpus} free"
+    return text
 
 
 @command(cli, "status")
@@ -32,15 +35,15 @@ def status_cmd(out: Output) -> None:
     data = get_client().status()
 
     def text() -> str:
-        counts = data.get("counts") or {}
+        counts = {k: v for k, v in data.counts.items() if v}
         return render.key_values(
             [
-                ("version", data.get("version")),
-                ("policy", data.get("policy")),
-                ("started", data.get("started_at")),
-                ("storage", data.get("storage_url")),
-                ("gates", _names(data.get("gates"))),
-                ("jobs", _pairs({k: v for k, v in counts.items() if v}) if counts else "none"),
+                ("version", data.version),
+                ("policy", data.policy),
+                ("started", data.started_at),
+                ("storage", data.storage_url),
+                ("gates", ", ".join(g.name for g in data.gates) or "-"),
+                ("jobs", _pairs(counts) if counts else "none"),
             ]
         )
 
@@ -53,11 +56,11 @@ def gates_cmd(out: Output) -> None:
     gates = get_client().gates()
     rows = [
         (
-            g.get("name"),
-            g.get("type"),
-            g.get("healthy"),
-            _names(g.get("flavors")),
-            _pairs(g.get("capacity")),
+            g.name,
+            g.type or "-",
+            g.healthy,
+            ", ".join(f.name for f in g.flavors) or "-",
+            _capacity(g.capacity) if g.healthy else g.error or "-",
         )
         for g in gates
     ]
@@ -76,9 +79,8 @@ def clusters_cmd(out: Output) -> None:
     """Every gate's clusters: job, gate, age, state, cost so far (yours; admins: all)."""
     clusters = get_client().clusters()
     rows = [
-        (c.get("cluster_id"), c.get("job_id"), c.get("gate"), c.get("flavor"), c.get("nodes"),
-         format_duration(int(c.get("age_s") or 0)), c.get("state"),
-         f"{float(c.get('cost') or 0):.4f}")
+        (c.cluster_id, c.job_id, c.gate, c.flavor, c.nodes, format_duration(int(c.age_s)),
+         c.state, f"{c.cost:.4f}")
         for c in clusters
     ]
     out.emit(
@@ -104,14 +106,14 @@ def clusters_cmd(out: Output) -> None:
 def timetable_cmd(out: Output, picture: str | None) -> None:
     """The scheduler's plan as a Gantt chart: one row per job, a 'now' marker."""
     data = get_client().timetable()
-    entries = [render.GanttEntry.from_timetable(e) for e in data.get("entries") or ()]
-    now = render.as_datetime(data.get("now")) or _utcnow()
+    entries = [render.GanttEntry.from_timetable(e.model_dump(mode="json")) for e in data.entries]
+    now = render.as_datetime(data.now) or _utcnow()
     written = None
     if picture:
         from skyport.cli.plot import write_gantt_picture
 
         written = write_gantt_picture(
-            entries, now, picture, title=f"Sky Port timetable ({data.get('policy', '?')})"
+            entries, now, picture, title=f"Sky Port timetable ({data.policy})"
         )
     columns = shutil.get_terminal_size((100, 24)).columns
     label_w = min(32, max((len(e.label) for e in entries), default=0))
@@ -119,12 +121,13 @@ def timetable_cmd(out: Output, picture: str | None) -> None:
     width = max(20, min(120, columns - label_w - state_w - 5))
 
     def text() -> str:
-        lines = [f"policy: {data.get('policy', '-')}", render.gantt(entries, now, width=width)]
+        lines = [f"policy: {data.policy}", render.gantt(entries, now, width=width)]
         if written is not None:
             lines.append(f"wrote {written}")
         return "\n".join(lines)
 
-    out.emit({**data, "picture": str(written) if written else None}, text)
+    out.emit({**data.model_dump(mode="json"), "picture": str(written) if written else None},
+             text)
 
 
 def _utcnow() -> Any:

@@ -38,7 +38,7 @@ def checkpoint_cmd(out: Output, job_id: str | None, no_wait: bool, timeout: floa
         out.emit({"version": version}, f"checkpoint v{version}" if version else "requested")
         return
     opened = get_client().checkpoint(job_id)
-    out.emit(opened, f"{job_id}: checkpoint v{opened['version']} requested")
+    out.emit(opened, f"{job_id}: checkpoint v{opened.version} requested")
 
 
 @command(cli, "checkpoints")
@@ -46,15 +46,15 @@ def checkpoint_cmd(out: Output, job_id: str | None, no_wait: bool, timeout: floa
 def checkpoints_cmd(out: Output, job_id: str) -> None:
     """A job's latest complete checkpoint (version, time, files) and any pending one."""
     got = get_client().checkpoints(job_id)
-    latest = got.get("latest")
+    latest = got.latest
 
     def text() -> str:
-        if not latest:
+        if latest is None:
             line = f"{job_id}: no checkpoint yet"
         else:
-            line = (f"{job_id}: v{latest['version']} at {latest['time']} "
-                    f"({len(latest['files'])} files, {latest['bytes']} bytes; {latest['reason']})")
-        return line + (f"; v{got['pending']} pending" if got.get("pending") else "")
+            line = (f"{job_id}: v{latest.version} at {latest.time} "
+                    f"({len(latest.files)} files, {latest.bytes} bytes; {latest.reason})")
+        return line + (f"; v{got.pending} pending" if got.pending else "")
 
     out.emit(got, text)
 
@@ -78,7 +78,7 @@ def debug() -> None:
 def kill_node_cmd(out: Output, job_id: str, node: int | None) -> None:
     """SIGKILL one node's agent session (default: the job's last node)."""
     got = get_client().debug_kill_node(job_id, node)
-    out.emit(got, f"{job_id}: node {got['node']} of {got['cluster_id']} killed")
+    out.emit(got, f"{job_id}: node {got.node} of {got.cluster_id} killed")
 
 
 @command(debug, "preempt")

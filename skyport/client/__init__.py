@@ -1,7 +1,7 @@
-"""The Python client of the REST API (``core``) and an in-memory control plane for tests (``fake``).
+"""The Python client of the REST API (``core``) and a control plane for tests (``testing``).
 
-``fake`` is product code on purpose: anyone writing a tool on the client can
-test it without a server, the way this package's own tests do.
+``testing`` is product code on purpose: anyone writing a tool on the client can
+test it against the real API and Core without a server, as this package's tests do.
 """
 
 from skyport.client.core import (

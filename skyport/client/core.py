@@ -4,8 +4,9 @@
 authenticates with a user certificate; every method mirrors one REST call.
 An error response becomes the same ``SkyportError`` subclass the server
 raised (``error_from_dict``), so a Python user and a CLI user see the same
-message.  Tests pass ``transport=httpx.MockTransport(...)`` instead of a
-server.
+message.  Every answer is parsed into its ``skyport.protocol`` model.  Tests
+use ``skyport.client.testing.TestControlPlane``: the real API and Core in
+this process, behind the client's ``transport``.
 
 Where things come from (first match wins):
 
@@ -26,10 +27,12 @@ import ssl
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, unquote
 
 import httpx
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from skyport.config import StateDir
 from skyport.errors import (
@@ -44,6 +47,20 @@ from skyport.errors import (
     error_from_dict,
 )
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, check_relative_path
+from skyport.protocol import (
+    CheckpointOpened,
+    CheckpointsView,
+    ClusterView,
+    ErrorBody,
+    FileEntry,
+    GateView,
+    KillNodeAnswer,
+    PreemptAnswer,
+    StatusView,
+    TimetableView,
+    UploadAnswer,
+    WhoAmI,
+)
 
 __all__ = ["Client", "LogChunk", "StoredFile", "WaitTimeoutError", "connect"]
 
@@ -59,6 +76,9 @@ _STATUS_ERRORS: dict[int, type[SkyportError]] = {
     409: ConflictError,
     503: ControlPlaneError,
 }
+
+
+T = TypeVar("T")
 
 
 UPLOAD_CHUNK = 8 << 20
@@ -141,11 +161,28 @@ class Client:
                 f"that is not JSON: {response.text[:200]!r}"
             ) from exc
 
+    def call(self, method: str, path: str, answer: type[T] | Any, *,
+             body: BaseModel | None = None, **kwargs: Any) -> T:
+        """Any JSON route: send ``body`` (a ``skyport.protocol`` model), parse the answer.
+
+        ``answer`` is the route's answer type (a model, or e.g. ``list[Job]``); a
+        new REST call needs no method here: ``client.call("GET", "/v1/x", X)``.
+        """
+        if body is not None:
+            kwargs["json"] = body.model_dump(mode="json")
+        data = self._json(method, path, **kwargs)
+        try:
+            return TypeAdapter(answer).validate_python(data)  # type: ignore[no-any-return]
+        except PydanticValidationError as exc:
+            raise ControlPlaneError(
+                f"{method} {path}: the answer does not fit {getattr(answer, '__name__', answer)} "
+                f"(a server of another version?): {exc}") from exc
+
     # ------------------------------------------------------------------ calls
 
-    def whoami(self) -> dict[str, Any]:
-        """``{"username", "role"}`` of the certificate this client presents."""
-        return dict(self._json("GET", "/v1/whoami"))
+    def whoami(self) -> WhoAmI:
+        """The user name and role of the certificate this client presents."""
+        return self.call("GET", "/v1/whoami", WhoAmI)
 
     def submit(self, spec: JobSpec, payload: bytes | None = None) -> Job:
         """Submit a job; ``payload`` is a function job's cloudpickled call.
@@ -158,7 +195,7 @@ class Client:
             spec = spec.model_copy(update={"inputs": tuple(
                 self.upload(p) if (p := _local_file(u)) else u for u in spec.inputs)})
         body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
-        return Job.model_validate(self._json("POST", "/v1/jobs", json=body.model_dump(mode="json")))
+        return self.call("POST", "/v1/jobs", Job, body=body)
 
     def upload(self, path: str | Path) -> str:
         """Send a local file into your own upload area; the input URL that names it."""
@@ -175,7 +212,7 @@ class Client:
                     while chunk := f.read(UPLOAD_CHUNK):
                         yield chunk
 
-            self._request("PUT", where, content=body())
+            return self.call("PUT", where, UploadAnswer, content=body()).url
         return f"upload:{digest.hexdigest()}/{path.name}"
 
     def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
@@ -185,44 +222,43 @@ class Client:
             params.append(("all", "true"))
         for state in states or ():
             params.append(("state", _state(state).value))
-        return [Job.model_validate(j) for j in self._json("GET", "/v1/jobs", params=params)]
+        return self.call("GET", "/v1/jobs", list[Job], params=params)
 
     def job(self, job_id: str) -> Job:
         """One job, with its event history."""
-        return Job.model_validate(self._json("GET", f"/v1/jobs/{_seg(job_id)}"))
+        return self.call("GET", f"/v1/jobs/{_seg(job_id)}", Job)
 
     def cancel(self, job_id: str) -> Job:
-        return Job.model_validate(self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/cancel", Job)
 
     # -- checkpoints, requeues, injected failures (skyport.core.recovery) ----------
 
-    def checkpoint(self, job_id: str) -> dict[str, Any]:
-        """Ask a RUNNING job for a checkpoint now: ``{"version", "id"}`` of the one opened."""
-        return dict(self._json("POST", f"/v1/jobs/{_seg(job_id)}/checkpoints"))
+    def checkpoint(self, job_id: str) -> CheckpointOpened:
+        """Ask a RUNNING job for a checkpoint now: the version and id of the one opened."""
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/checkpoints", CheckpointOpened)
 
-    def checkpoints(self, job_id: str) -> dict[str, Any]:
-        """``{"latest": <latest.json or None>, "pending": version or None}``."""
-        return dict(self._json("GET", f"/v1/jobs/{_seg(job_id)}/checkpoints"))
+    def checkpoints(self, job_id: str) -> CheckpointsView:
+        """The latest complete checkpoint (``latest.json``, or None) and any pending version."""
+        return self.call("GET", f"/v1/jobs/{_seg(job_id)}/checkpoints", CheckpointsView)
 
     def requeue(self, job_id: str) -> Job:
         """Requeue a job by hand (a RUNNING one checkpoints first); it resumes from there."""
-        return Job.model_validate(self._json("POST", f"/v1/jobs/{_seg(job_id)}/requeue"))
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/requeue", Job)
 
     def cancel_after_checkpoint(self, job_id: str) -> Job:
         """Cancel a job once a last checkpoint is stored (at once if it is not RUNNING)."""
-        return Job.model_validate(
-            self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel-checkpointed"))
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/cancel-checkpointed", Job)
 
-    def debug_kill_node(self, job_id: str, node: int | None = None) -> dict[str, Any]:
+    def debug_kill_node(self, job_id: str, node: int | None = None) -> KillNodeAnswer:
         """Admins: SIGKILL one node of the job's cluster (default: its last node)."""
         params = {} if node is None else {"node": node}
-        return dict(self._json("POST", f"/v1/debug/jobs/{_seg(job_id)}/kill-node",
-                               params=params))
+        return self.call("POST", f"/v1/debug/jobs/{_seg(job_id)}/kill-node", KillNodeAnswer,
+                         params=params)
 
-    def debug_preempt(self, job_id: str, notice_s: float = 20.0) -> dict[str, Any]:
+    def debug_preempt(self, job_id: str, notice_s: float = 20.0) -> PreemptAnswer:
         """Admins: a preemption notice; the nodes are reclaimed a little after ``notice_s``."""
-        return dict(self._json("POST", f"/v1/debug/jobs/{_seg(job_id)}/preempt",
-                               params={"notice_s": notice_s}))
+        return self.call("POST", f"/v1/debug/jobs/{_seg(job_id)}/preempt", PreemptAnswer,
+                         params={"notice_s": notice_s})
 
     def logs(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
         """Log bytes from ``offset`` (at most 1 MiB), the stream's size and the job's state."""
@@ -245,8 +281,8 @@ class Client:
 
     def files(self, job_id: str) -> list[StoredFile]:
         """Every file under the job's storage prefix (inputs, outputs, logs, ...)."""
-        data = self._json("GET", f"/v1/jobs/{_seg(job_id)}/files")
-        return [StoredFile(str(f["path"]), int(f["size"])) for f in data]
+        data = self.call("GET", f"/v1/jobs/{_seg(job_id)}/files", list[FileEntry])
+        return [StoredFile(f.path, f.size) for f in data]
 
     def download(self, job_id: str, path: str) -> bytes:
         """The bytes of one stored file, e.g. ``outputs/result.txt``."""
@@ -265,18 +301,18 @@ class Client:
             written.append(target)
         return written
 
-    def status(self) -> dict[str, Any]:
-        return dict(self._json("GET", "/v1/status"))
+    def status(self) -> StatusView:
+        return self.call("GET", "/v1/status", StatusView)
 
-    def gates(self) -> list[dict[str, Any]]:
-        return list(self._json("GET", "/v1/gates"))
+    def gates(self) -> list[GateView]:
+        return self.call("GET", "/v1/gates", list[GateView])
 
-    def timetable(self) -> dict[str, Any]:
-        return dict(self._json("GET", "/v1/timetable"))
+    def timetable(self) -> TimetableView:
+        return self.call("GET", "/v1/timetable", TimetableView)
 
-    def clusters(self) -> list[dict[str, Any]]:
+    def clusters(self) -> list[ClusterView]:
         """Every gate's clusters (yours; an admin's: all) with job, age, state, cost so far."""
-        return list(self._json("GET", "/v1/clusters"))
+        return self.call("GET", "/v1/clusters", list[ClusterView])
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Job:
         """Block until the job is terminal and return it.
@@ -371,7 +407,12 @@ def _error_from_response(response: httpx.Response, method: str, path: str) -> Sk
     except ValueError:
         body = None
     if isinstance(body, dict) and "error" in body and "message" in body:
-        return error_from_dict(body)
+        try:
+            parsed = ErrorBody.model_validate(body)
+        except PydanticValidationError:
+            pass  # not ours after all (a proxy's JSON): mapped by status below
+        else:
+            return error_from_dict(parsed.model_dump(exclude_unset=True))
     cls = _STATUS_ERRORS.get(response.status_code, SkyportError)
     text = response.text.strip()[:300] or response.reason_phrase
     return cls(f"{method} {path} failed with HTTP {response.status_code}: {text}")

@@ -13,11 +13,10 @@ from typing import Any
 import ray
 
 from skyport.config import StateDir
+from skyport.core.commands import Command
 from skyport.core.service import CoreService, CoreSettings
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, GateFeature
 from skyport.gate.runner import GateDescription, GateRunner
-from skyport.models import JobSpec, JobState
-from skyport.pki import Identity
 from skyport.remote import ActorProxy
 from skyport.scheduler import PlanEntry, SchedulerService, UsageCharge
 from skyport.storage import JobStorage
@@ -41,6 +40,10 @@ class GateActor:
 
     def capacity(self) -> Capacity:
         return self.runner.capacity()
+
+    def type_name(self) -> str:
+        """The gate's plugin type (``local``, ``ray``, ...), for ``skyport gates``."""
+        return self.runner.gate.type_name
 
     def can_ever_fit(
         self,
@@ -77,13 +80,6 @@ class GateActor:
         return self.runner.kill_node(cluster_id, rank)
 
     def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
-        return self.runner.preempt(cluster_id, reclaim_after_s)
-
-    # the names the Core's failure drills call (``skyport debug kill-node|preempt``)
-    def ex_kill_node(self, cluster_id: str, rank: int) -> bool:
-        return self.runner.kill_node(cluster_id, rank)
-
-    def ex_preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
         return self.runner.preempt(cluster_id, reclaim_after_s)
 
 
@@ -130,96 +126,9 @@ class CoreActor:
     async def start(self) -> dict[str, Any]:
         return await self.service.start()
 
-    async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None) -> Any:
-        return await self.service.submit(who, spec, payload_b64)
-
-    async def get(self, who: Identity, job_id: str) -> Any:
-        return await self.service.get(who, job_id)
-
-    async def jobs(self, who: Identity, all_users: bool, states: list[JobState] | None) -> Any:
-        return await self.service.jobs(who, all_users, states)
-
-    async def cancel(self, who: Identity, job_id: str) -> Any:
-        return await self.service.cancel(who, job_id)
-
-    async def status(self) -> dict[str, Any]:
-        return await self.service.status()
-
-    async def gate_info(self) -> list[dict[str, Any]]:
-        return await self.service.gate_info()
-
-    async def timetable(self) -> dict[str, Any]:
-        return await self.service.timetable()
-
-    async def clusters(self, who: Identity) -> list[dict[str, Any]]:
-        return await self.service.clusters(who)
-
-    async def agent_auth(self, job_id: str, token: str) -> Any:
-        return await self.service.agent_auth(job_id, token)
-
-    async def agent_hello(self, job_id: str, token: str, rank: int, node_name: str) -> dict:
-        return await self.service.agent_hello(job_id, token, rank, node_name)
-
-    async def agent_heartbeat(self, job_id: str, token: str, rank: int) -> dict:
-        return await self.service.agent_heartbeat(job_id, token, rank)
-
-    async def agent_state(self, job_id: str, token: str, state: JobState, reason: str) -> Any:
-        return await self.service.agent_state(job_id, token, state, reason)
-
-    async def agent_exit(
-        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str
-    ) -> Any:
-        return await self.service.agent_exit(job_id, token, exit_code, timed_out, reason)
-
-    async def reap(self) -> list[str]:
-        return await self.service.reap()
-
-    async def agent_idle_next(self, cluster_id: str, credential: str, rank: int,
-                              wait_s: float) -> dict:
-        return await self.service.agent_idle_next(cluster_id, credential, rank, wait_s)
-
-    async def recovery_call(self, name: str, *args: Any) -> Any:
-        return await self.service.recovery_call(name, *args)
+    async def execute(self, command: Command) -> Any:
+        """Every REST call: the command names the ``CoreService`` method that runs it."""
+        return await command.run(self.service)
 
     async def shutdown(self) -> None:
         await self.service.stop()
-
-    # -- launches (skyport.core.launches) ---------------------------------------
-
-    async def agent_launch_nodes(self, job_id: str, token: str) -> Any:
-        return await self.service.agent_launch_nodes(job_id, token)
-
-    async def agent_launch_create(
-        self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str
-    ) -> Any:
-        return await self.service.agent_launch_create(job_id, token, node, argv, env, cwd)
-
-    async def agent_launch_poll(self, job_id: str, token: str, node: int, wait_s: float) -> Any:
-        return await self.service.agent_launch_poll(job_id, token, node, wait_s)
-
-    async def agent_launch_output(
-        self,
-        job_id: str,
-        token: str,
-        launch_id: str,
-        node: int,
-        stream: str,
-        offset: int,
-        data: bytes,
-    ) -> Any:
-        return await self.service.agent_launch_output(
-            job_id, token, launch_id, node, stream, offset, data
-        )
-
-    async def agent_launch_exit(
-        self, job_id: str, token: str, launch_id: str, node: int, exit_code: int
-    ) -> Any:
-        return await self.service.agent_launch_exit(job_id, token, launch_id, node, exit_code)
-
-    async def agent_launch_read(
-        self, job_id: str, token: str, launch_id: str, offsets: dict[str, int], wait_s: float
-    ) -> Any:
-        return await self.service.agent_launch_read(job_id, token, launch_id, offsets, wait_s)
-
-    async def agent_launch_cancel(self, job_id: str, token: str, launch_id: str) -> Any:
-        return await self.service.agent_launch_cancel(job_id, token, launch_id)

@@ -103,6 +103,7 @@ class GatePort(Protocol):
 
     async def flavors(self) -> list[Flavor]: ...
     async def capacity(self) -> Capacity: ...
+    async def type_name(self) -> str: ...
     async def can_ever_fit(
         self,
         nodes: int,
@@ -649,23 +650,6 @@ class CoreService:
         self._reap_soon = self._reap_soon or failed
         return reaped
 
-    # -- the string dispatcher of the first Core, kept for the routes until they move
-
-    async def recovery_call(self, name: str, *args: Any) -> Any:
-        calls: dict[str, Callable[..., Awaitable[Any]]] = {
-            "agent_request": self.agent_checkpoint_request,
-            "agent_part": self.agent_checkpoint_part,
-            "agent_latest": self.agent_checkpoint_latest,
-            "user_checkpoint": self.user_checkpoint,
-            "checkpoints": self.checkpoints,
-            "requeue": self.requeue,
-            "cancel_after_checkpoint": self.cancel_after_checkpoint,
-            "debug_kill_node": self.debug_kill_node,
-            "debug_preempt": self.debug_preempt,
-        }
-        if name not in calls:
-            raise ValidationError("call", name, "one of " + ", ".join(calls))
-        return await calls[name](*args)
 
 
 __all__ = ["CoreService", "CoreSettings", "GatePort", "Planner"]

@@ -57,6 +57,7 @@ class CoreViews:
                 out.append(
                     {
                         "name": name,
+                        "type": await _type_name(gate),
                         "flavors": flavors,
                         "capacity": cap,
                         "clusters": clusters,
@@ -64,7 +65,8 @@ class CoreViews:
                     }
                 )
             except Exception as exc:  # a sick gate is reported, not fatal
-                out.append({"name": name, "healthy": False, "error": str(exc)})
+                out.append({"name": name, "type": await _type_name(gate), "healthy": False,
+                            "error": str(exc)})
         return out
 
     async def timetable(self) -> dict[str, Any]:
@@ -131,3 +133,15 @@ class CoreViews:
                     }
                 )
         return out
+
+
+async def _type_name(gate: object) -> str:
+    """The gate's plugin type (``GateActor.type_name``); "" for a port that cannot say."""
+    ask = getattr(gate, "type_name", None)
+    if ask is None:
+        return ""
+    try:
+        return str(await ask())
+    except Exception as exc:  # noqa: BLE001 - a sick gate is reported, not fatal
+        log.warning("cannot read a gate's type: %s", exc)
+        return ""

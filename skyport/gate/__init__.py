@@ -365,6 +365,7 @@ BUILTIN_GATES = {
     "libcloud": "gates.libcloud:LibcloudGate",
     "chaos": "gates.chaos:ChaosGate",
     "ray": "gates.ray:RayGate",
+    "memory": "gates.memory:MemoryGate",
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import skyport
 from skyport.models import Job, JobSpec, JobState
+from skyport.protocol import CheckpointRecord
 from skyport.script import build_spec, cli_directives
 
 from .conftest import ControlPlane, processes_of_job
@@ -49,11 +50,11 @@ def _running(client, job_id: str, attempt: int, timeout: float = 60) -> Job:
                  lambda j: j.state == JobState.RUNNING and j.restarts == attempt, timeout)
 
 
-def _checkpointed(client, job_id: str, version: int, timeout: float = 30) -> dict:
+def _checkpointed(client, job_id: str, version: int, timeout: float = 30) -> CheckpointRecord:
     deadline = time.monotonic() + timeout
     while True:
-        latest = client.checkpoints(job_id)["latest"]
-        if latest and latest["version"] >= version:
+        latest = client.checkpoints(job_id).latest
+        if latest and latest.version >= version:
             return latest
         assert time.monotonic() < deadline, client.job(job_id).events
         time.sleep(0.2)
@@ -67,7 +68,7 @@ def test_counter_survives_kill_node_and_preemption(admin) -> None:
     job = admin.submit(build_spec(COUNTER))
     _running(admin, job.id, 0)
     first = _checkpointed(admin, job.id, 1)  # the first periodic checkpoint is stored
-    print(f"\nfirst checkpoint: {first['reason']}, took {first['took_s']}s")
+    print(f"\nfirst checkpoint: {first.reason}, took {first.took_s}s")
     time.sleep(rng.uniform(0, 3))
     admin.debug_kill_node(job.id)  # node 1
     job1 = _running(admin, job.id, 1)
@@ -150,7 +151,9 @@ def test_mpi_counter_survives_kill_node_and_preemption(admin) -> None:
     reasons = [e.reason for e in done.events if e.state == JobState.QUEUED][1:]
     assert len(reasons) == 2 and "node lost" in reasons[0] and "preempted" in reasons[1], events
     # every rank's state went into its own node's part of the checkpoints
-    files = {f["path"].split("/", 1)[1] for f in admin.checkpoints(job.id)["latest"]["files"]}
+    latest = admin.checkpoints(job.id).latest
+    assert latest is not None
+    files = {f.path.split("/", 1)[1] for f in latest.files}
     assert {"shared/count", "nodes/0/rank-0.json", "nodes/1/rank-1.json"} <= files, files
 
     base = admin.wait(plain.id, timeout=60)
@@ -218,8 +221,9 @@ def test_requeue_by_hand_resumes_from_the_checkpoint(admin) -> None:
               if line.startswith("attempt ")]
     assert starts[0] == 0 and starts[1] >= 8, out  # ~3 s of counting kept
     assert out.count(f"count={N}") == 1, out
-    latest = admin.checkpoints(job.id)["latest"]
-    assert latest["version"] >= 1 and latest["files"] and latest["time"]
+    latest = admin.checkpoints(job.id).latest
+    assert latest is not None
+    assert latest.version >= 1 and latest.files and latest.time
 
 
 @pytest.mark.timeout(90)

@@ -85,7 +85,7 @@ def test_hybrid_on_libcloud_gate_matches_local_gate(
         assert SECRET not in out and SECRET not in c.logs(job.id, "stderr").data.decode()
         assert all(SECRET not in e.reason for e in done.events)
         # the Core deletes the cluster once the job is over (a delete of VMs takes a moment)
-        _wait_until(lambda: all(x["job_id"] != job.id for x in c.clusters()), 60,
+        _wait_until(lambda: all(x.job_id != job.id for x in c.clusters()), 60,
                     "the job's cluster to be deleted")
     local_done = admin.wait(local_job.id, timeout=150)
     assert local_done.state == JobState.SUCCEEDED
@@ -150,7 +150,7 @@ def test_killed_control_plane_leaves_no_cluster_without_live_job(
                 for _ in range(2)]
         _wait_until(lambda: all(c.job(j).state == JobState.RUNNING for j in long), 90,
                     "both jobs to run")
-        assert {x["job_id"] for x in c.clusters()} == set(long)
+        assert {x.job_id for x in c.clusters()} == set(long)
     # a cluster whose job the store never heard of (created just before a crash)
     from skyport.gate import ClusterRequest
     from tests.conformance.gate_suite import ca_pem_for_tests
@@ -168,8 +168,8 @@ def test_killed_control_plane_leaves_no_cluster_without_live_job(
     with cp.client() as c:
         def only_live() -> bool:
             for x in c.clusters():
-                job = c.job(x["job_id"]) if x["job_id"] != "orphan" else None
-                if job is None or job.state.is_terminal() or job.cluster_id != x["cluster_id"]:
+                job = c.job(x.job_id) if x.job_id != "orphan" else None
+                if job is None or job.state.is_terminal() or job.cluster_id != x.cluster_id:
                     return False
             return True
 

@@ -19,7 +19,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gpu" / "job.sh"
 def test_two_concurrent_gpu_jobs_get_different_devices(fresh_controlplane) -> None:
     cp = fresh_controlplane(local_gpus=[0, 1])
     with cp.client() as admin:
-        assert admin.gates()[0]["flavors"][0]["gpus"] == 2  # declared, no nvidia-smi here
+        assert admin.gates()[0].flavors[0].gpus == 2  # declared, no nvidia-smi here
         spec = build_spec(EXAMPLE.read_text(), cli_directives([("env", "HOLD_S=4")]))
         jobs = [admin.submit(spec) for _ in range(2)]
         done = [admin.wait(j.id, timeout=120) for j in jobs]

@@ -11,6 +11,7 @@ import pytest
 import skyport
 from skyport.errors import NotFoundError, PermissionDeniedError, ValidationError
 from skyport.models import JobState
+from skyport.protocol import WhoAmI
 from skyport.script import build_spec, cli_directives
 
 from .conftest import ControlPlane, processes_of_job
@@ -142,7 +143,7 @@ def test_users_see_and_touch_only_their_own_jobs(controlplane: ControlPlane) -> 
         controlplane.client("bob") as bob,
         controlplane.client("admin") as admin,
     ):
-        assert alice.whoami() == {"username": "alice", "role": "user"}
+        assert alice.whoami() == WhoAmI(username="alice", role="user")
         job = alice.submit(build_spec("#!/bin/bash\n#SKYPORT --name=alices\nsleep 1\n"))
         assert job.owner == "alice"
         with pytest.raises(NotFoundError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
 from skyport.agent.main import Agent, AgentSettings
 from skyport.errors import ConflictError, ControlPlaneError
-from skyport.models import JobSpec
+from skyport.models import Job, JobSpec, JobState
+from skyport.protocol import HelloAnswer
 
 pytestmark = pytest.mark.timeout(60)
 PREFIX = "/agent/v1/jobs/j1"
@@ -37,6 +39,11 @@ class FakeControlPlane:
         self.flaky = flaky  # the first N requests fail to connect
         self.lock = threading.Lock()
 
+    def job(self) -> Job:
+        """The job as the real API answers it (``skyport.protocol``)."""
+        return Job(id="j1", owner="alice", spec=self.spec, state=JobState(self.state),
+                   submitted_at=datetime.now(UTC))
+
     def handle(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
             if self.flaky:
@@ -48,8 +55,8 @@ class FakeControlPlane:
             body = request.read()
             if parts[0] == "nodes" and parts[2] == "hello":
                 self.hellos.add(int(parts[1]))
-                return httpx.Response(200, json={"job": {"spec": self.spec.model_dump(
-                    mode="json")}, "num_nodes": self.num_nodes, "restart_count": 0})
+                return httpx.Response(200, json=HelloAnswer(
+                    job=self.job(), num_nodes=self.num_nodes).model_dump(mode="json"))
             if parts[0] == "nodes" and parts[2] == "heartbeat":
                 action = "stop" if self.state in TERMINAL else (
                     "run" if len(self.hellos) == self.num_nodes else "wait")
@@ -57,7 +64,7 @@ class FakeControlPlane:
             if path == "/state":
                 self.state = json.loads(body)["state"]
                 self.states.append(self.state)
-                return httpx.Response(200, json={})
+                return httpx.Response(200, json=self.job().summary())
             if path == "/exit":
                 if self.state in TERMINAL:
                     return httpx.Response(409, json={"error": "ConflictError",
@@ -65,7 +72,7 @@ class FakeControlPlane:
                 self.exit = json.loads(body)
                 self.state = "TIMEOUT" if self.exit["timed_out"] else (
                     "SUCCEEDED" if self.exit["exit_code"] == 0 else "FAILED")
-                return httpx.Response(200, json={})
+                return httpx.Response(200, json=self.job().summary())
             if path == "/inputs":
                 return httpx.Response(200, json=[k for k in self.files if k.startswith("in")])
             if path == "/checkpoints":  # no checkpoint yet: nothing to restore

@@ -9,6 +9,15 @@ from typing import Any
 from skyport import checkpoint
 from skyport.agent.checkpointer import Checkpointer
 from skyport.agent.launchsock import LaunchSocket
+from skyport.models import JobState
+from skyport.protocol import (
+    CheckpointOrder,
+    CheckpointRecord,
+    HeartbeatAnswer,
+    LatestAnswer,
+    PartAnswer,
+    SizeAnswer,
+)
 
 
 class FakeClient:
@@ -21,24 +30,26 @@ class FakeClient:
         self.parts: list[tuple[int, str, int, list[dict[str, Any]]]] = []
         self.log_base: dict[str, int] = {}
 
-    def checkpoint_latest(self) -> dict[str, Any]:
-        return {"latest": self.latest, "pending": self.pending,
-                "log_sizes": {"stdout": 12, "stderr": 0}}
+    def checkpoint_latest(self) -> LatestAnswer:
+        latest = None if self.latest is None else CheckpointRecord(
+            version=self.latest["version"], time="now", files=self.latest["files"])
+        return LatestAnswer(latest=latest, pending=self.pending,
+                            log_sizes={"stdout": 12, "stderr": 0})
 
-    def checkpoint_request(self, reason: str = "") -> dict[str, Any]:
+    def checkpoint_request(self, reason: str = "") -> CheckpointOrder:
         self.pending = (self.latest or {}).get("version", 0) + 1
-        return {"version": self.pending, "id": "abc"}
+        return CheckpointOrder(version=self.pending, id="abc")
 
     def checkpoint_part(self, version: int, ck_id: str, rank: int,
-                        files: list[dict[str, Any]]) -> dict[str, Any]:
+                        files: list[dict[str, Any]]) -> PartAnswer:
         self.parts.append((version, ck_id, rank, files))
         self.latest = {"version": version, "files": files}
         self.pending = None
-        return {"committed": True}
+        return PartAnswer(committed=True, version=version)
 
-    def put_file(self, path: str, src: Path) -> dict[str, Any]:
+    def put_file(self, path: str, src: Path) -> SizeAnswer:
         self.stored[path] = src.read_bytes()
-        return {"size": len(self.stored[path])}
+        return SizeAnswer(size=len(self.stored[path]))
 
     def download(self, path: str, dest: Path) -> int:
         dest.write_bytes(self.stored[path])
@@ -81,7 +92,9 @@ def test_the_job_asks_through_the_socket_and_gets_the_version(tmp_path: Path,
         def beat() -> None:
             while client.pending is None:
                 threading.Event().wait(0.01)
-            listeners[0]({"checkpoint": {"version": client.pending, "id": "abc"}})
+            listeners[0](HeartbeatAnswer(
+                state=JobState.RUNNING, action="run",
+                checkpoint=CheckpointOrder(version=client.pending, id="abc")))
 
         threading.Thread(target=beat, daemon=True).start()
         monkeypatch.setenv("SKYPORT_LAUNCH_SOCKET", str(sock_path))

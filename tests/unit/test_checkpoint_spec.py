@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from skyport import checkpoint
-from skyport.api.checkpoint_routes import check_agent_checkpoint_path
+from skyport.api.routes.agents import check_agent_checkpoint_path
 from skyport.errors import PermissionDeniedError, ScriptError
 from skyport.script import build_spec
 

@@ -1,8 +1,9 @@
-"""The ``skyport`` command against an in-memory control plane (CliRunner, no server)."""
+"""The ``skyport`` command against the real API and Core in this process (CliRunner, no server)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +12,43 @@ from click.testing import CliRunner, Result
 
 from skyport.cli import cli
 from skyport.cli import jobs as jobs_module
-from skyport.client.fake import FakeControlPlane
+from skyport.client.testing import TestControlPlane
 from skyport.errors import ConflictError
-from skyport.models import JobSpec, JobState
+from skyport.models import JobSpec
 
 SCRIPT = "#!/bin/bash\n#SKYPORT --nodes=2 --cpus-per-node=4\n#SKYPORT --output=out.txt\necho hi\n"
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeControlPlane:
-    fake = FakeControlPlane()
-    seen: list[tuple[Any, Any]] = []
+class CliPlane(TestControlPlane):
+    """A test control plane that the ``skyport`` command reaches (``client_factory``)."""
+
+    factory_calls: list[tuple[Any, Any]]
+
+
+def _plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> CliPlane:
+    cp = CliPlane(tmp_path / "cp", **kwargs)
+    cp.factory_calls = []
 
     def factory(home: Any, user: Any) -> Any:
-        seen.append((home, user))
-        return fake.client()
+        cp.factory_calls.append((home, user))
+        return cp.client()
 
     monkeypatch.setattr("skyport.cli.app.client_factory", factory)
     monkeypatch.setattr(jobs_module, "FOLLOW_POLL_S", 0)
-    fake.factory_calls = seen  # type: ignore[attr-defined]
-    return fake
+    return cp
+
+
+@pytest.fixture
+def cp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliPlane]:
+    with _plane(tmp_path, monkeypatch) as cp:
+        yield cp
+
+
+@pytest.fixture
+def one_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliPlane]:
+    """A gate of one 1-core node: a second job waits for the first."""
+    with _plane(tmp_path, monkeypatch, gate={"cpus": 1, "max_nodes": 1}) as cp:
+        yield cp
 
 
 def run(*args: str, input: str | None = None) -> Result:
@@ -41,9 +59,9 @@ def one_json(result: Result) -> Any:
     return json.loads(result.stdout)  # fails unless stdout is exactly one JSON document
 
 
-def submitted(fake: FakeControlPlane, **spec: Any) -> str:
+def submitted(cp: TestControlPlane, **spec: Any) -> str:
     data = {"name": "train", "script": "echo"} | spec
-    return fake.client().submit(JobSpec(**data)).id
+    return cp.client().submit(JobSpec(**data)).id
 
 
 @pytest.fixture
@@ -53,9 +71,7 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-def test_submit_prints_the_id_and_cli_options_override(
-    fake: FakeControlPlane, script: Path
-) -> None:
+def test_submit_prints_the_id_and_cli_options_override(cp: CliPlane, script: Path) -> None:
     result = run(
         "submit",
         str(script),
@@ -74,55 +90,65 @@ def test_submit_prints_the_id_and_cli_options_override(
     )
     assert result.exit_code == 0, result.output
     job_id = result.stdout.strip()
-    spec = fake.jobs[job_id].spec
+    spec = cp.store.get(job_id).spec
     assert spec.resources.nodes == 3 and spec.resources.cpus_per_node == 4
     assert spec.resources.time_limit_s == 600
     assert spec.env == {"A": "1", "B": "2"} and spec.outputs == ("x", "y")
     assert spec.script == SCRIPT
 
 
-def test_submit_json_and_stdin(fake: FakeControlPlane) -> None:
+def test_submit_json_and_stdin(cp: CliPlane) -> None:
     result = run("submit", "-", "--json", "--name", "piped", input=SCRIPT)
     assert result.exit_code == 0
     doc = one_json(result)
     assert doc["name"] == "piped" and doc["state"] == "QUEUED" and doc["nodes"] == 2
 
 
-def test_submit_bad_directive_is_one_line_error(fake: FakeControlPlane, tmp_path: Path) -> None:
+def test_submit_bad_directive_is_one_line_error(cp: CliPlane, tmp_path: Path) -> None:
     path = tmp_path / "bad.sh"
     path.write_text("#!/bin/bash\n#SKYPORT --nodes=lots\necho\n")
     result = run("submit", str(path))
     assert result.exit_code == 1
     assert result.stderr == "error: line 2: invalid --nodes: 'lots' (a whole number)\n"
-    assert result.stdout == "" and fake.jobs == {}
+    assert result.stdout == "" and cp.store.list() == []
     path.write_text("#!/bin/bash\n#SKYPORT --nodes=2\necho\n")
     result = run("submit", str(path), "--cpus-per-node", "0")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: invalid --cpus-per-node (command line): '0'")
 
 
-def test_json_error_is_one_document_too(fake: FakeControlPlane) -> None:
+def test_a_job_no_gate_can_run_is_refused_by_the_server(cp: CliPlane) -> None:
+    result = run("submit", "-", "--cpus-per-node", "64", "--json", input="#!/bin/bash\necho\n")
+    assert result.exit_code == 1
+    doc = one_json(result)
+    assert doc["error"] == "ValidationError" and doc["field"] == "resources"
+    assert "no gate can ever run this" in doc["allowed"]
+
+
+def test_json_error_is_one_document_too(cp: CliPlane) -> None:
     result = run("show", "nope", "--json")
     assert result.exit_code == 1
-    assert one_json(result) == {"error": "NotFoundError", "message": "no job 'nope'"}
-    assert result.stderr == "error: no job 'nope'\n"
+    assert one_json(result) == {"error": "NotFoundError", "message": "no job nope"}
+    assert result.stderr == "error: no job nope\n"
 
 
-def test_debug_lets_the_error_raise(fake: FakeControlPlane) -> None:
+def test_debug_lets_the_error_raise(cp: CliPlane) -> None:
     result = run("cancel", "nope", "--debug")
     assert result.exit_code == 1 and type(result.exception).__name__ == "NotFoundError"
 
 
-def test_usage_error_is_exit_2(fake: FakeControlPlane) -> None:
+def test_usage_error_is_exit_2(cp: CliPlane) -> None:
     assert run("submit").exit_code == 2
     assert run("jobs", "--state", "SLEEPING").exit_code == 2
     assert run("submit", "/no/such/file.sh").exit_code == 2
 
 
-def test_jobs_table_and_filters(fake: FakeControlPlane) -> None:
-    a = submitted(fake)
-    b = submitted(fake, name="other")
-    fake.set_state(b, JobState.RUNNING)
+def test_jobs_table_and_filters(one_node: CliPlane) -> None:
+    cp = one_node
+    b = submitted(cp, name="other")
+    cp.start(b)
+    a = submitted(cp)  # waits for b's node
+    cp.wait_planned(a)
     result = run("jobs")
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
@@ -135,47 +161,47 @@ def test_jobs_table_and_filters(fake: FakeControlPlane) -> None:
         "STARTED",
         "ETA/ELAPSED",
     ]
-    assert lines[1].split()[:5] == [a, "train", "admin", "QUEUED", "1"]
-    assert lines[1].split()[-2] == "in"  # planned start ahead: an ETA
-    assert lines[2].split()[:4] == [b, "other", "admin", "RUNNING"]
+    assert lines[1].split()[:4] == [b, "other", "admin", "RUNNING"]
+    assert lines[2].split()[:5] == [a, "train", "admin", "QUEUED", "1"]
+    assert lines[2].split()[-2] == "in"  # planned start ahead: an ETA
     result = run("jobs", "--state", "running", "--json", "--all")
     assert [j["id"] for j in one_json(result)] == [b]
-    assert fake.requests[-1].url.params["all"] == "true"
+    assert cp.requests[-1].url.params["all"] == "true"
     assert run("jobs", "--state", "FAILED").stdout == "no jobs\n"
 
 
-def test_show_fields_events_files(fake: FakeControlPlane) -> None:
-    job_id = submitted(fake)
-    fake.set_state(job_id, JobState.RUNNING, "started on local")
-    fake.put_file(job_id, "outputs/out.txt", b"x" * 2048)
+def test_show_fields_events_files(cp: CliPlane) -> None:
+    job_id = submitted(cp)
+    cp.start(job_id).write(files={"outputs/out.txt": b"x" * 2048})
     text = run("show", job_id).stdout
     assert f"id:            {job_id}" in text
-    assert "events:" in text and "started on local" in text
+    assert "events:" in text and "test: running" in text
     assert "outputs/out.txt  2.0 KiB" in text
     doc = one_json(run("show", job_id, "--json"))
-    assert doc["files"] == [{"path": "outputs/out.txt", "size": 2048}]
-    assert [e["state"] for e in doc["events"]] == ["QUEUED", "RUNNING"]
+    assert {"path": "outputs/out.txt", "size": 2048} in doc["files"]
+    assert [e["state"] for e in doc["events"]] == [
+        "QUEUED", "SCHEDULED", "PROVISIONING", "STAGING_IN", "RUNNING"]
 
 
-def test_logs_and_follow(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
-    job_id = submitted(fake)
-    fake.append_log(job_id, "stdout", b"one\n")
-    fake.append_log(job_id, "stderr", b"warn\n")
+def test_logs_and_follow(cp: CliPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = submitted(cp)
+    agents = cp.start(job_id)
+    agents.write(stdout=b"one\n", stderr=b"warn\n")
     assert run("logs", job_id).stdout == "one\n"
     assert run("logs", job_id, "--stderr").stdout == "warn\n"
     assert one_json(run("logs", job_id, "--json"))["text"] == "one\n"
 
     # -f: the job writes more and ends while we follow
-    real = fake.client().logs
+    real = cp.client().logs
     calls = {"n": 0}
 
     def feeding_logs(self: Any, jid: str, stream: str = "stdout", offset: int = 0) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
-            fake.append_log(job_id, "stdout", b"two\n")
+            agents.write(stdout=b"two\n")
         if calls["n"] == 4:
-            fake.append_log(job_id, "stdout", b"three\n")
-            fake.set_state(job_id, JobState.SUCCEEDED, exit_code=0)
+            agents.write(stdout=b"three\n")
+            agents.exit(0)
         return real.__func__(self, jid, stream, offset)  # type: ignore[attr-defined]
 
     monkeypatch.setattr("skyport.client.core.Client.logs", feeding_logs)
@@ -184,26 +210,26 @@ def test_logs_and_follow(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch
     assert result.stdout == "one\ntwo\nthree\n"
 
 
-def test_wait_exit_status(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("skyport.client.core.time.sleep", lambda s: None)
-    ok, bad = submitted(fake), submitted(fake)
-    fake.then(ok, JobState.RUNNING, JobState.SUCCEEDED)
-    fake.then(bad, JobState.RUNNING, JobState.FAILED)
+def test_wait_exit_status(cp: CliPlane) -> None:
+    ok, bad = submitted(cp), submitted(cp)
+    cp.run(ok, 0)
+    cp.run(bad, 1)
     result = run("wait", ok)
     assert result.exit_code == 0 and result.stdout.startswith(f"{ok} SUCCEEDED")
     result = run("wait", bad, "--json")
     assert result.exit_code == 1 and one_json(result)["state"] == "FAILED"
 
 
-def test_wait_timeout_is_an_error(fake: FakeControlPlane) -> None:
-    job_id = submitted(fake)
+def test_wait_timeout_is_an_error(cp: CliPlane) -> None:
+    job_id = submitted(cp)
+    cp.agents(job_id)  # the cluster is up, no agent calls in: it stays PROVISIONING
     result = run("wait", job_id, "--timeout", "0.01")
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: job {job_id} is still QUEUED after waiting")
+    assert result.stderr.startswith(f"error: job {job_id} is still PROVISIONING after waiting")
 
 
-def test_cancel(fake: FakeControlPlane) -> None:
-    job_id = submitted(fake)
+def test_cancel(cp: CliPlane) -> None:
+    job_id = submitted(cp)
     assert run("cancel", job_id).stdout == f"{job_id} CANCELLED\n"
     result = run("cancel", job_id)
     assert result.exit_code == 1
@@ -211,67 +237,48 @@ def test_cancel(fake: FakeControlPlane) -> None:
 
 
 def test_fetch_default_and_explicit_dest(
-    fake: FakeControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cp: CliPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_id = submitted(fake)
-    fake.put_file(job_id, "outputs/a/b.txt", b"B")
+    job_id = submitted(cp)
+    cp.run(job_id, files={"outputs/a/b.txt": b"B"})
     monkeypatch.chdir(tmp_path)
     result = run("fetch", job_id)
     assert result.exit_code == 0
     assert (tmp_path / job_id / "outputs" / "a" / "b.txt").read_bytes() == b"B"
     doc = one_json(run("fetch", job_id, "elsewhere", "--json"))
-    assert doc["files"] == [str(Path("elsewhere/outputs/a/b.txt"))]
+    assert str(Path("elsewhere/outputs/a/b.txt")) in doc["files"]
 
 
-def test_status_gates_whoami(fake: FakeControlPlane) -> None:
-    submitted(fake)
+def test_status_gates_whoami(cp: CliPlane) -> None:
+    cp.agents(submitted(cp))
     text = run("status").stdout
-    assert "policy:" in text and "fcfs" in text and "QUEUED=1" in text
-    assert one_json(run("status", "--json"))["counts"] == {"QUEUED": 1}
+    assert "policy:" in text and "fcfs" in text and "PROVISIONING=1" in text
+    assert one_json(run("status", "--json"))["counts"] == {"PROVISIONING": 1}
     lines = run("gates").stdout.splitlines()
     assert lines[0].split() == ["NAME", "TYPE", "HEALTHY", "FLAVORS", "CAPACITY"]
-    assert lines[1].split() == ["local", "local", "yes", "local-4", "cpus=4", "gpus=0"]
+    # the type and capacity come from the real Core's gate view (once '-' and blank)
+    assert lines[1].split() == ["memory", "memory", "yes", "mem-4", "cpus", "28/32", "free"]
+    (gate,) = one_json(run("gates", "--json"))
+    assert gate["type"] == "memory" and gate["capacity"]["free_cpus"] == 28
     assert run("whoami").stdout == "admin (admin)\n"
 
 
-def test_home_and_user_reach_the_client_factory(fake: FakeControlPlane) -> None:
+def test_home_and_user_reach_the_client_factory(cp: CliPlane) -> None:
     run("--home", "/some/home", "--user", "alice", "status")
-    assert fake.factory_calls[-1] == ("/some/home", "alice")  # type: ignore[attr-defined]
+    assert cp.factory_calls[-1] == ("/some/home", "alice")
 
 
-def test_timetable_text_json_and_picture(fake: FakeControlPlane, tmp_path: Path) -> None:
-    fake.timetable_info = {
-        "now": "2024-05-01T10:00:00+00:00",
-        "policy": "easy",
-        "entries": [
-            {
-                "job_id": "j1",
-                "name": "train",
-                "owner": "a",
-                "state": "RUNNING",
-                "start": "2024-05-01T09:30:00+00:00",
-                "end": "2024-05-01T10:30:00+00:00",
-                "gate": "local",
-                "nodes": 1,
-                "procs": 4,
-            },
-            {
-                "job_id": "j2",
-                "name": "post",
-                "owner": "a",
-                "state": "QUEUED",
-                "start": "2024-05-01T10:30:00+00:00",
-                "end": "2024-05-01T11:30:00+00:00",
-                "gate": "local",
-                "nodes": 1,
-                "procs": 4,
-            },
-        ],
-    }
+def test_timetable_text_json_and_picture(one_node: CliPlane, tmp_path: Path) -> None:
+    cp = one_node
+    first = submitted(cp, name="train")
+    cp.start(first)
+    second = submitted(cp, name="post")  # planned after the first, on the one node
+    cp.wait_planned(second)
     text = run("timetable").stdout
-    assert text.startswith("policy: easy\n")
+    assert text.startswith("policy: fcfs\n")
     rows = text.splitlines()[1:3]
-    assert rows[0].startswith("j1 train  RUNNING  █") and "▒" in rows[1]
+    assert rows[0].startswith(f"{first} train  RUNNING  █") and "▒" in rows[1]
+    assert rows[1].startswith(f"{second} post")
     assert "┴" in text
     out = tmp_path / "plan.png"
     result = run("timetable", "--output", str(out), "--json")

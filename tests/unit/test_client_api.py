@@ -1,38 +1,43 @@
-"""The REST client against an in-memory control plane (no server, no TLS)."""
+"""The REST client against the real API and Core in this process (no server, no TLS)."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from skyport.client import Client, WaitTimeoutError, connect
-from skyport.client.fake import FakeControlPlane
+from skyport.client.testing import TestControlPlane
 from skyport.errors import (
     AuthenticationError,
     ConflictError,
     ControlPlaneError,
     NotFoundError,
+    PermissionDeniedError,
     PkiError,
     ScriptError,
     SkyportError,
     ValidationError,
 )
-from skyport.models import JobSpec, JobState
+from skyport.models import Job, JobSpec, JobState
+from skyport.protocol import CapacityView, WhoAmI
 
 SPEC = JobSpec(name="hello", script="#!/bin/bash\necho hi\n")
 
 
 @pytest.fixture
-def fake() -> FakeControlPlane:
-    return FakeControlPlane()
+def cp(tmp_path: Path) -> Iterator[TestControlPlane]:
+    with TestControlPlane(tmp_path / "cp") as cp:
+        yield cp
 
 
 @pytest.fixture
-def client(fake: FakeControlPlane) -> Client:
-    return fake.client()
+def client(cp: TestControlPlane) -> Client:
+    return cp.client()
 
 
 def answering(status: int, **kwargs: object) -> Client:
@@ -117,17 +122,17 @@ def test_connect_with_real_certificates(tmp_path: Path, monkeypatch: pytest.Monk
         assert client.url == "https://other:2"
 
 
-def test_submit_list_show_cancel(client: Client, fake: FakeControlPlane) -> None:
+def test_submit_list_show_cancel(client: Client, cp: TestControlPlane) -> None:
     job = client.submit(SPEC)
     assert job.state is JobState.QUEUED and job.spec == SPEC
-    assert json.loads(fake.requests[-1].content)["payload_b64"] is None
+    assert json.loads(cp.requests[-1].content)["payload_b64"] is None
     other = client.submit(SPEC)
-    fake.set_state(other.id, JobState.RUNNING)
+    cp.start(other.id)
     assert [j.id for j in client.jobs()] == [job.id, other.id]
     assert [j.id for j in client.jobs(states=["running"])] == [other.id]
-    assert fake.requests[-1].url.params.get_list("state") == ["RUNNING"]
+    assert cp.requests[-1].url.params.get_list("state") == ["RUNNING"]
     client.jobs(all=True)
-    assert fake.requests[-1].url.params["all"] == "true"
+    assert cp.requests[-1].url.params["all"] == "true"
     assert client.job(job.id).events[0].reason == "submitted"
     assert client.cancel(job.id).state is JobState.CANCELLED
     with pytest.raises(ConflictError, match="already CANCELLED"):
@@ -136,8 +141,19 @@ def test_submit_list_show_cancel(client: Client, fake: FakeControlPlane) -> None
         client.job("nope")
 
 
+def test_a_user_sees_only_their_own_jobs(cp: TestControlPlane) -> None:
+    alice, bob = cp.client("alice"), cp.client("bob")
+    job = alice.submit(SPEC)
+    assert [j.owner for j in alice.jobs()] == ["alice"] and bob.jobs() == []
+    with pytest.raises(NotFoundError):
+        bob.job(job.id)
+    with pytest.raises(PermissionDeniedError, match="only an admin"):
+        bob.jobs(all=True)
+    assert [j.id for j in cp.client().jobs(all=True)] == [job.id]
+
+
 def test_bad_arguments_are_refused_before_any_request(
-    client: Client, fake: FakeControlPlane
+    client: Client, cp: TestControlPlane
 ) -> None:
     with pytest.raises(ValidationError, match="state"):
         client.jobs(states=["SLEEPING"])
@@ -147,30 +163,38 @@ def test_bad_arguments_are_refused_before_any_request(
         client.logs("j1", "stdlog")
     with pytest.raises(ValidationError, match="path"):
         client.download("j1", "../other/secret")
-    assert fake.requests == []
+    assert cp.requests == []
 
 
-def test_logs_with_offsets(client: Client, fake: FakeControlPlane) -> None:
+def test_a_server_side_validation_error_keeps_its_fields(client: Client) -> None:
+    with pytest.raises(ValidationError) as info:
+        client.submit(SPEC.model_copy(update={"gate": "nowhere"}))
+    assert (info.value.field, info.value.value, info.value.allowed) == (
+        "gate", "nowhere", "one of: memory")
+
+
+def test_logs_with_offsets(client: Client, cp: TestControlPlane) -> None:
     job = client.submit(SPEC)
-    fake.append_log(job.id, "stdout", b"hello\nworld\n")
+    cp.agents(job.id).write(stdout=b"hello\nworld\n")
     chunk = client.logs(job.id, "stdout", 6)
-    assert chunk == (b"world\n", 12, JobState.QUEUED)
+    assert chunk == (b"world\n", 12, JobState.PROVISIONING)
     assert client.logs(job.id, "stderr").data == b""
 
 
-def test_files_download_and_fetch(client: Client, fake: FakeControlPlane, tmp_path: Path) -> None:
+def test_files_download_and_fetch(client: Client, cp: TestControlPlane, tmp_path: Path) -> None:
     job = client.submit(SPEC)
-    fake.put_file(job.id, "outputs/sub dir/a.txt", b"A")
-    fake.put_file(job.id, "logs/stdout", b"log")
+    cp.run(job.id, stdout=b"log", files={"outputs/sub dir/a.txt": b"A"})
     assert [(f.path, f.size) for f in client.files(job.id)] == [
         ("logs/stdout", 3),
         ("outputs/sub dir/a.txt", 1),
+        ("script.sh", len(SPEC.script)),
     ]
     assert client.download(job.id, "outputs/sub dir/a.txt") == b"A"
     written = client.fetch(job.id, tmp_path / "dest")
     assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in written) == [
         "logs/stdout",
         "outputs/sub dir/a.txt",
+        "script.sh",
     ]
     assert (tmp_path / "dest" / "outputs" / "sub dir" / "a.txt").read_bytes() == b"A"
 
@@ -185,27 +209,52 @@ def test_fetch_refuses_a_path_that_escapes_dest(tmp_path: Path) -> None:
     assert not (tmp_path / "evil").exists()
 
 
-def test_wait_returns_the_terminal_job(client: Client, fake: FakeControlPlane) -> None:
+def test_wait_returns_the_terminal_job(client: Client, cp: TestControlPlane) -> None:
     job = client.submit(SPEC)
-    fake.then(job.id, JobState.SCHEDULED, JobState.RUNNING, JobState.SUCCEEDED)
-    done = client.wait(job.id, poll_s=0)
+    polled = threading.Event()
+
+    def run_once_polled() -> None:  # the job ends while wait() is polling
+        polled.wait()
+        cp.run(job.id)
+
+    runner = threading.Thread(target=run_once_polled)
+    runner.start()
+    real_job = client.job
+
+    def job_and_note(job_id: str) -> Job:
+        got = real_job(job_id)
+        polled.set()
+        return got
+
+    client.job = job_and_note  # type: ignore[method-assign]
+    done = client.wait(job.id, poll_s=0.01)
+    runner.join()
     assert done.state is JobState.SUCCEEDED
     assert [e.state for e in done.events][-3:] == [
-        JobState.SCHEDULED,
         JobState.RUNNING,
+        JobState.STAGING_OUT,
         JobState.SUCCEEDED,
     ]
 
 
-def test_wait_times_out(client: Client) -> None:
+def test_wait_times_out(client: Client, cp: TestControlPlane) -> None:
     job = client.submit(SPEC)
-    with pytest.raises(WaitTimeoutError, match=f"job {job.id} is still QUEUED after waiting"):
+    cp.agents(job.id)  # its cluster is up; no agent calls in, so it stays PROVISIONING
+    with pytest.raises(WaitTimeoutError, match=f"job {job.id} is still PROVISIONING after"):
         client.wait(job.id, timeout=0.05, poll_s=0.01)
 
 
-def test_status_gates_timetable_whoami(client: Client) -> None:
-    client.submit(SPEC)
-    assert client.status()["counts"] == {"QUEUED": 1}
-    assert client.gates()[0]["name"] == "local"
-    assert client.timetable()["policy"] == "fcfs"
-    assert client.whoami() == {"username": "admin", "role": "admin"}
+def test_status_gates_timetable_whoami_clusters(client: Client, cp: TestControlPlane) -> None:
+    job = client.submit(SPEC)
+    cp.agents(job.id)
+    assert client.status().counts == {"PROVISIONING": 1}
+    (gate,) = client.gates()
+    assert (gate.name, gate.type, gate.healthy) == ("memory", "memory", True)
+    assert gate.capacity == CapacityView(total_cpus=32, free_cpus=28)  # one 4-core node taken
+    assert gate.flavors[0].cpus == 4 and gate.clusters == 1
+    assert client.timetable().policy == "fcfs"
+    assert [e.job_id for e in client.timetable().entries] == [job.id]
+    assert client.whoami() == WhoAmI(username="admin", role="admin")
+    (cluster,) = client.clusters()
+    assert (cluster.job_id, cluster.gate, cluster.owner) == (job.id, "memory", "admin")
+    assert cp.client("bob").clusters() == []

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import pickle
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import cloudpickle
 import pytest
 
 import skyport
-from skyport.client.fake import FakeControlPlane
+from skyport.client.testing import TestControlPlane
 from skyport.decorator import FUNCTION_SCRIPT, RANKS_SCRIPT, JobHandle, rank_result_path
 from skyport.errors import ValidationError
 from skyport.models import JobState
 
 
 @pytest.fixture
-def fake() -> FakeControlPlane:
-    return FakeControlPlane()
+def cp(tmp_path: Path) -> Iterator[TestControlPlane]:
+    with TestControlPlane(tmp_path / "cp") as cp:
+        yield cp
 
 
 def test_public_api() -> None:
@@ -82,34 +86,33 @@ def test_single_rank_spec_keeps_one_result_file() -> None:
     assert spec.script == FUNCTION_SCRIPT and spec.outputs == ("skyport-result.pkl",)
 
 
-def _finish_ranks(fake: FakeControlPlane, job_id: str, outcomes: dict[int, tuple]) -> None:
-    for rank, outcome in outcomes.items():
-        fake.put_file(job_id, rank_result_path(rank), cloudpickle.dumps(outcome))
+def _finish_ranks(cp: TestControlPlane, job_id: str, outcomes: dict[int, tuple]) -> None:
+    agents = cp.start(job_id)
+    agents.write(files={rank_result_path(rank): cloudpickle.dumps(outcome)
+                        for rank, outcome in outcomes.items()})
     failed = any(o[0] == "error" for o in outcomes.values())
-    fake.set_state(job_id, JobState.FAILED if failed else JobState.SUCCEEDED,
-                   "exit code 1" if failed else "exit code 0",
-                   exit_code=1 if failed else 0)
+    agents.exit(1 if failed else 0)
 
 
-def test_multi_rank_results_in_rank_order(fake: FakeControlPlane) -> None:
-    @skyport.job(nodes=2, ranks_per_node=2, client=fake.client())
+def test_multi_rank_results_in_rank_order(cp: TestControlPlane) -> None:
+    @skyport.job(nodes=2, ranks_per_node=2, client=cp.client())
     def f() -> int:
         return 0
 
     handle = f.submit()
     assert handle.ranks == 4
-    _finish_ranks(fake, handle.id, {r: ("ok", r * 10) for r in (3, 1, 0, 2)})
+    _finish_ranks(cp, handle.id, {r: ("ok", r * 10) for r in (3, 1, 0, 2)})
     assert handle.results() == [0, 10, 20, 30]
     assert handle.result() == 0
 
 
-def test_a_rank_that_raised_is_named(fake: FakeControlPlane) -> None:
-    @skyport.job(nodes=2, ranks_per_node=2, client=fake.client())
+def test_a_rank_that_raised_is_named(cp: TestControlPlane) -> None:
+    @skyport.job(nodes=2, ranks_per_node=2, client=cp.client())
     def f() -> int:
         return 0
 
     handle = f.submit()
-    _finish_ranks(fake, handle.id, {0: ("ok", 0), 2: ("error", "KeyError", "'k'", "tb\n")})
+    _finish_ranks(cp, handle.id, {0: ("ok", 0), 2: ("error", "KeyError", "'k'", "tb\n")})
     for call in (handle.result, handle.results):
         with pytest.raises(skyport.JobFailedError, match="failed on rank 2 of 4: KeyError") \
                 as info:
@@ -117,14 +120,15 @@ def test_a_rank_that_raised_is_named(fake: FakeControlPlane) -> None:
         assert info.value.remote_type == "KeyError"
 
 
-def test_missing_ranks_are_named(fake: FakeControlPlane) -> None:
-    @skyport.job(nodes=2, ranks_per_node=2, client=fake.client())
+def test_missing_ranks_are_named(cp: TestControlPlane) -> None:
+    @skyport.job(nodes=2, ranks_per_node=2, client=cp.client())
     def f() -> int:
         return 0
 
     handle = f.submit()
-    fake.put_file(handle.id, rank_result_path(0), cloudpickle.dumps(("ok", 0)))
-    fake.set_state(handle.id, JobState.TIMEOUT, "time limit reached")
+    agents = cp.start(handle.id)
+    agents.write(files={rank_result_path(0): cloudpickle.dumps(("ok", 0))})
+    agents.exit(137, timed_out=True, reason="time limit reached")
     with pytest.raises(skyport.JobFailedError, match="TIMEOUT without a result from ranks 1, 2, 3"):
         handle.results()
 
@@ -196,28 +200,28 @@ def test_bad_arguments_name_the_argument(kwargs: dict, field: str, shown: str) -
     assert shown in info.value.message
 
 
-def test_submit_builds_a_function_job_and_returns_its_value(fake: FakeControlPlane) -> None:
-    @skyport.job(cpus=2, time="10m", client=fake.client())
+def test_submit_builds_a_function_job_and_returns_its_value(cp: TestControlPlane) -> None:
+    @skyport.job(cpus=2, time="10m", client=cp.client())
     def square(x: int) -> int:
         return x * x
 
     handle = square.submit(7)
     assert isinstance(handle, JobHandle)
-    assert handle.state is JobState.QUEUED
-    fn, args, kwargs = cloudpickle.loads(fake.files[handle.id]["inputs/skyport-payload.pkl"])
+    assert not handle.state.is_terminal()
+    fn, args, kwargs = cloudpickle.loads(cp.storage.get(handle.id, "inputs/skyport-payload.pkl"))
     assert (args, kwargs) == ((7,), {}) and fn(3) == 9
-    fake.run_function(handle.id)
+    cp.run_function(handle.id)
     assert handle.result(timeout=5) == 49
     assert handle.state is JobState.SUCCEEDED
 
 
-def test_remote_exception_becomes_job_failed_error(fake: FakeControlPlane) -> None:
-    @skyport.job(client=fake.client())
+def test_remote_exception_becomes_job_failed_error(cp: TestControlPlane) -> None:
+    @skyport.job(client=cp.client())
     def divide(a: int, b: int) -> float:
         return a / b
 
     handle = divide.submit(1, b=0)
-    fake.run_function(handle.id)
+    cp.run_function(handle.id)
     with pytest.raises(skyport.JobFailedError) as info:
         handle.result()
     err = info.value
@@ -230,54 +234,62 @@ def test_remote_exception_becomes_job_failed_error(fake: FakeControlPlane) -> No
 
 
 @pytest.mark.parametrize(
-    ("state", "reason", "pattern"),
+    ("state", "pattern"),
     [
-        (JobState.CANCELLED, "cancelled by user", "ended CANCELLED without a result: cancelled"),
-        (JobState.TIMEOUT, "time limit 600 s reached", "ended TIMEOUT without a result"),
-        (JobState.FAILED, "exit code 127", r"ended FAILED without a result: exit code 127"),
+        (JobState.CANCELLED, "ended CANCELLED without a result: cancelled by admin"),
+        (JobState.TIMEOUT, "ended TIMEOUT without a result: time limit reached"),
+        (JobState.FAILED, r"ended FAILED without a result: exit code 127"),
     ],
 )
-def test_job_without_result(
-    fake: FakeControlPlane, state: JobState, reason: str, pattern: str
-) -> None:
-    @skyport.job(client=fake.client())
+def test_job_without_result(cp: TestControlPlane, state: JobState, pattern: str) -> None:
+    @skyport.job(client=cp.client())
     def f() -> int:
         return 1
 
     handle = f.submit()
-    fake.set_state(handle.id, state, reason, exit_code=127 if state is JobState.FAILED else None)
+    if state is JobState.CANCELLED:
+        cp.client().cancel(handle.id)
+    else:
+        cp.run(handle.id, 127, timed_out=state is JobState.TIMEOUT)
     with pytest.raises(skyport.JobFailedError, match=pattern) as info:
         handle.result()
     assert info.value.state == state.value and info.value.remote_type == ""
 
 
-def test_handle_cancel_and_logs(fake: FakeControlPlane) -> None:
-    @skyport.job(client=fake.client())
+def test_handle_cancel_and_logs(cp: TestControlPlane) -> None:
+    @skyport.job(client=cp.client())
     def f() -> int:
         return 1
 
     handle = f.submit()
-    fake.append_log(handle.id, "stdout", b"step 1\n")
+    cp.agents(handle.id).write(stdout=b"step 1\n")
     assert handle.logs() == "step 1\n"
     assert handle.cancel().state is JobState.CANCELLED
     assert handle.state is JobState.CANCELLED
 
 
-def test_result_waits_for_the_job(fake: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
-    @skyport.job(client=fake.client())
+def test_result_waits_for_the_job(cp: TestControlPlane) -> None:
+    @skyport.job(client=cp.client())
     def f() -> str:
         return "done"
 
     handle = f.submit()
-    fake.run_function(handle.id)
-    fake.jobs[handle.id] = fake.jobs[handle.id].model_copy(update={"state": JobState.RUNNING})
-    fake.then(handle.id, JobState.STAGING_OUT, JobState.SUCCEEDED)
-    monkeypatch.setattr("skyport.client.core.time.sleep", lambda s: None)
+    asked = len(cp.requests)
+    polled = threading.Event()
+
+    def run_once_polled() -> None:  # the job runs while result() is waiting for it
+        while len(cp.requests) <= asked:
+            polled.wait(0.005)
+        cp.run_function(handle.id)
+
+    runner = threading.Thread(target=run_once_polled)
+    runner.start()
     assert handle.result() == "done"
+    runner.join()
 
 
-def test_job_function_pickles_without_its_connection(fake: FakeControlPlane) -> None:
-    @skyport.job(cpus=2, client=fake.client())
+def test_job_function_pickles_without_its_connection(cp: TestControlPlane) -> None:
+    @skyport.job(cpus=2, client=cp.client())
     def f(x: int) -> int:
         return x + 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ from click.testing import CliRunner
 
 import skyport
 from skyport.cli import cli
-from skyport.client.fake import FakeControlPlane
+from skyport.client.testing import TestControlPlane
 from skyport.errors import ScriptError, ValidationError
-from skyport.models import JobSpec
+from skyport.models import Job, JobSpec, JobState
 from skyport.options import ARGUMENTS, OPTIONS, get_target
 from skyport.runtime.contract import RESULT_FILE, RESULTS_DIR
 from skyport.script import build_spec
@@ -116,14 +117,31 @@ def test_three_doors_give_the_same_spec(
     ) + "run\n"
     from_script = build_spec(script)
 
-    fake = FakeControlPlane()
-    monkeypatch.setattr("skyport.cli.app.client_factory", lambda home, user: fake.client())
+    submitted: list[JobSpec] = []
+
+    class Recorder:  # what the CLI hands the client is what is compared: no server needed
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def submit(self, spec: JobSpec, payload: bytes | None = None) -> Job:
+            submitted.append(spec)
+            return Job(id="j1", owner="alice", spec=spec, state=JobState.QUEUED,
+                       submitted_at=datetime.now(UTC))
+
+    monkeypatch.setattr("skyport.cli.app.client_factory", lambda home, user: Recorder())
     bare = tmp_path / "job.sh"
     bare.write_text("#!/bin/bash\nrun\n")
     args = [w for d, (text, _) in SAMPLES.items() for w in (f"--{d}", text)]
     result = CliRunner().invoke(cli, ["submit", str(bare), *args])
     assert result.exit_code == 0, result.output
-    from_cli = fake.jobs[result.stdout.strip()].spec
+    assert result.stdout.strip() == "j1"
+    from_cli = submitted[0]
 
     from_python = job_spec(**{OPTIONS[d].argument: value for d, (_, value) in SAMPLES.items()})
 
@@ -230,10 +248,11 @@ def test_aliases_name_themselves_in_errors() -> None:
     assert info.value.field == "gpus"
 
 
-def test_per_call_options() -> None:
-    fake = FakeControlPlane()
+def test_per_call_options(tmp_path: Path) -> None:
+    cp = TestControlPlane(tmp_path, gate={"cpus": 8})
+    client = cp.client("alice")
 
-    @skyport.job(cpus=2, time="10m", priority=3, client=fake.client())
+    @skyport.job(cpus=2, time="10m", priority=3, client=client)
     def square(x: int) -> int:
         return x * x
 
@@ -243,7 +262,8 @@ def test_per_call_options() -> None:
     assert (square.spec.resources.cpus_per_node, square.spec.priority) == (2, 3)  # unchanged
     assert bigger(3) == 9
     handle = bigger.submit(4)
-    assert fake.jobs[handle.id].spec == bigger.spec
+    assert client.job(handle.id).spec == bigger.spec
+    cp.close()
     with pytest.raises(ValidationError) as info:
         square.options(time="soon")
     assert info.value.field == "time"

@@ -10,16 +10,16 @@ digest is the one named; the job spec then names it ``upload:<sha256>/<name>``
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
+from skyport.api.deps import User
 from skyport.core.inputs import check_upload_name, upload_url
 from skyport.errors import ValidationError
+from skyport.protocol import UploadAnswer
 from skyport.storage import JobStorage
 
-__all__ = ["MAX_UPLOAD_BYTES", "upload_router"]
+__all__ = ["MAX_UPLOAD_BYTES", "uploads_router"]
 
 MAX_UPLOAD_BYTES = 1 << 40  # streamed to storage chunk by chunk: no memory bound needed
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -31,19 +31,17 @@ def _checked(sha256: str, name: str) -> None:
     check_upload_name(name)
 
 
-def upload_router(storage: JobStorage, user: Callable[..., Any]) -> APIRouter:
+def uploads_router(storage: JobStorage) -> APIRouter:
     r = APIRouter(prefix="/v1/uploads")
-    who_dep = Depends(user)
 
     @r.head("/{sha256}/{name}")
-    async def exists(sha256: str, name: str, who: Any = who_dep) -> Response:
+    async def exists(sha256: str, name: str, who: User) -> Response:
         _checked(sha256, name)
         found = storage.has_upload(who.username, sha256, name)
         return Response(status_code=200 if found else 404)
 
     @r.put("/{sha256}/{name}", status_code=201)
-    async def put(sha256: str, name: str, request: Request,
-                  who: Any = who_dep) -> dict[str, Any]:
+    async def put(sha256: str, name: str, request: Request, who: User) -> UploadAnswer:
         _checked(sha256, name)
         writer = storage.upload_writer(who.username, sha256, name)
         try:
@@ -56,6 +54,6 @@ def upload_router(storage: JobStorage, user: Callable[..., Any]) -> APIRouter:
         except BaseException:
             writer.abort()
             raise
-        return {"url": upload_url(sha256, name), "size": size}
+        return UploadAnswer(url=upload_url(sha256, name), size=size)
 
     return r

@@ -1,0 +1,111 @@
+"""Agent routes under ``/agent/v1/jobs/{job_id}``: the job's bearer token reaches its job only.
+
+See ``skyport/agent/PROTOCOL.md`` for the conversation; the bodies are in
+``skyport.protocol``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from skyport.api.deps import Bearer
+from skyport.checkpoint import LATEST
+from skyport.core import commands as c
+from skyport.core.commands import CorePort
+from skyport.errors import PermissionDeniedError, ValidationError
+from skyport.models import Job
+from skyport.protocol import (
+    ExitBody,
+    HeartbeatAnswer,
+    HelloAnswer,
+    HelloBody,
+    SizeAnswer,
+    StateBody,
+)
+from skyport.storage import JobStorage
+
+__all__ = ["MAX_LOG_CHUNK", "agents_router", "check_agent_checkpoint_path"]
+
+MAX_LOG_CHUNK = 4 * 1024 * 1024
+AGENT_READABLE = ("script.sh", "inputs/", "checkpoints/")
+AGENT_WRITABLE = ("outputs/", "checkpoints/")
+Stream = Literal["stdout", "stderr"]
+
+
+def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
+    r = APIRouter(prefix="/agent/v1/jobs/{job_id}")
+
+    @r.post("/nodes/{rank}/hello")
+    async def hello(job_id: str, rank: int, body: HelloBody, token: Bearer) -> HelloAnswer:
+        got = await core.execute(c.AgentHello(job_id, token, rank, body.node_name))
+        return HelloAnswer.model_validate(got)
+
+    @r.post("/nodes/{rank}/heartbeat")
+    async def heartbeat(job_id: str, rank: int, token: Bearer) -> HeartbeatAnswer:
+        # the Core answers a HeartbeatAnswer (or, before its rewrite, a dict of its keys)
+        got = await core.execute(c.AgentHeartbeat(job_id, token, rank))
+        return HeartbeatAnswer.model_validate(got)
+
+    @r.post("/state")
+    async def agent_state(job_id: str, body: StateBody, token: Bearer) -> Job:
+        return await core.execute(c.AgentState(job_id, token, body.state, body.reason))
+
+    @r.post("/exit")
+    async def agent_exit(job_id: str, body: ExitBody, token: Bearer) -> Job:
+        return await core.execute(
+            c.AgentExit(job_id, token, body.exit_code, body.timed_out, body.reason))
+
+    @r.get("/inputs")
+    async def agent_inputs(job_id: str, token: Bearer) -> list[str]:
+        await core.execute(c.AgentAuth(job_id, token))
+        return [f["path"] for f in storage.listdir(job_id) if f["path"].startswith("inputs/")]
+
+    @r.get("/files/{path:path}")
+    async def agent_get(job_id: str, path: str, token: Bearer) -> Response:
+        await core.execute(c.AgentAuth(job_id, token))
+        _check_prefix(path, AGENT_READABLE)
+        return Response(storage.get(job_id, path), media_type="application/octet-stream")
+
+    @r.put("/files/{path:path}")
+    async def agent_put(job_id: str, path: str, request: Request, token: Bearer) -> SizeAnswer:
+        await core.execute(c.AgentAuth(job_id, token))
+        _check_prefix(path, AGENT_WRITABLE)
+        check_agent_checkpoint_path(path)  # latest.json is the server's alone
+        data = await request.body()
+        storage.put(job_id, path, data)
+        return SizeAnswer(size=len(data))
+
+    @r.post("/logs/{stream}")
+    async def agent_log(
+        job_id: str,
+        stream: Stream,
+        request: Request,
+        token: Bearer,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> SizeAnswer:
+        await core.execute(c.AgentAuth(job_id, token))
+        data = await request.body()
+        if len(data) > MAX_LOG_CHUNK:
+            raise ValidationError("body", f"{len(data)} bytes", f"at most {MAX_LOG_CHUNK} bytes")
+        return SizeAnswer(size=storage.append(job_id, f"logs/{stream}", offset, data))
+
+    return r
+
+
+def check_agent_checkpoint_path(path: str) -> None:
+    """Agents upload under ``checkpoints/v<N>/`` only; the pointer is the server's."""
+    if path.startswith("checkpoints/") and not path.startswith("checkpoints/v"):
+        raise PermissionDeniedError(
+            f"an agent may not write {path!r}: checkpoints go under checkpoints/v<N>/ and "
+            f"{LATEST} is written by the control plane")
+
+
+def _check_prefix(path: str, allowed: tuple[str, ...]) -> None:
+    if ".." in path.split("/") or not any(
+        path == p or (p.endswith("/") and path.startswith(p)) for p in allowed
+    ):
+        raise PermissionDeniedError(
+            f"an agent may not reach {path!r} (allowed: {', '.join(allowed)})"
+        )
