@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test lint check clean
+.PHONY: setup demo test unit lint typecheck check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,20 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# the fast loop: tests/unit runs inside the pytest process, starts no Ray and no
+# other process (tests/unit/conftest.py refuses them), well under a minute
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
 lint: setup
 	$(VENV)/bin/ruff check skyport gates policies benchmarks tests examples
 
-check: lint test
+# what it checks and how strictly: [tool.mypy] in pyproject.toml
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# the linter and the type checker, then exactly what CI runs (.ci/run: make test)
+check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .demo-home

@@ -7,6 +7,7 @@ moment restarts from exactly what it had promised.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -355,7 +356,8 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [self._job(r, []) for r in rows]
 
-    def _events(self, job_id: str) -> list[Event]:
+    # builtins.list: inside this class ``list`` names the method JobStore.list
+    def _events(self, job_id: str) -> builtins.list[Event]:
         rows = self._db.execute(
             "SELECT time, state, reason FROM events WHERE job_id = ? ORDER BY n", (job_id,)
         ).fetchall()
@@ -364,7 +366,7 @@ class JobStore:
         ]
 
     @staticmethod
-    def _job(row: sqlite3.Row, events: list[Event]) -> Job:
+    def _job(row: sqlite3.Row, events: builtins.list[Event]) -> Job:
         return Job(
             id=row["id"],
             owner=row["owner"],

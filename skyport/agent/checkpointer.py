@@ -124,9 +124,13 @@ class Checkpointer:
 
     def start(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(REQUEST_SIGNAL, lambda *_: (self._asked.set(), self._wake.set()))
+            signal.signal(REQUEST_SIGNAL, self._on_request_signal)
         self._thread = threading.Thread(target=self._loop, name="checkpointer", daemon=True)
         self._thread.start()
+
+    def _on_request_signal(self, _signum: int, _frame: object) -> None:
+        self._asked.set()
+        self._wake.set()
 
     def close(self) -> None:
         self._closed.set()

@@ -70,8 +70,10 @@ def wait_for_next_job(boot: Bootstrap, idle: IdleGrant, retry_for_s: float,
     log.info("job %s is over; node %s idles in warm cluster %s", boot.job_id, boot.node_name,
              idle.cluster_id)
     try:
-        with IdleClient(boot.control_url, idle.cluster_id, idle.credential,
-                        ca_pem=boot.ca_pem, retry_for_s=retry_for_s) as client:
+        # bound before ``with``: AgentClient.__enter__ is typed to return the base class
+        client = IdleClient(boot.control_url, idle.cluster_id, idle.credential,
+                            ca_pem=boot.ca_pem, retry_for_s=retry_for_s)
+        with client:
             while True:
                 answer = client.next_job(boot.node_rank, POLL_S)
                 if answer.action == "assign" and answer.job_id and answer.token:

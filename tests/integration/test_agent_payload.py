@@ -46,11 +46,10 @@ def test_time_limit_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     p = payload(tmp_path, "trap '' TERM\nsleep 120 &\necho $! > child.pid\nsleep 120\n")
     p.start()
     child = int(wait_for(tmp_path / "child.pid"))
-    t0 = time.monotonic()
     result = p.run(time_limit_s=0.5, grace_s=0.5)
     assert result.timed_out and not result.stopped
+    # killed, not waited for: the `sleep 120` would have ended with 0
     assert result.exit_code == 128 + 9  # SIGTERM was ignored, SIGKILL was not
-    assert time.monotonic() - t0 < 10
     assert members(pgrp=p.pid) == []
     assert not is_alive(child) and not is_alive(p.pid)
 
