@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from skyport import pki
 from skyport.agent.procfs import kill_sessions, members, proc_stat
@@ -284,16 +284,18 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
         except ValueError:
             pass
     opts = {"namespace": NAMESPACE, "lifetime": "detached", "scheduling_strategy": here}
+    # @ray.remote classes: mypy does not apply a class decorator's type, Ray's ``options`` is there
+    gate_actor, scheduler_actor, core_actor = cast(Any, (GateActor, SchedulerActor, CoreActor))
     gates = [
-        GateActor.options(name=f"gate:{g.name}", **opts).remote(
+        gate_actor.options(name=f"gate:{g.name}", **opts).remote(
             g.name, g.type, g.config, str(state.root)
         )
         for g in config.gates
     ]
     ray.get([g.capacity.remote() for g in gates])  # fail early on a broken gate config
-    SchedulerActor.options(name="scheduler", **opts).remote(config.policy, config.policy_config)
+    scheduler_actor.options(name="scheduler", **opts).remote(config.policy, config.policy_config)
     url = f"https://{config.api_host}:{config.api_port}"
-    core = CoreActor.options(name="core", **opts).remote(
+    core = core_actor.options(name="core", **opts).remote(
         str(state.root), url, [g.name for g in config.gates]
     )
     recovered = ray.get(core.start.remote())

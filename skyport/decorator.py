@@ -251,7 +251,8 @@ class JobHandle(Generic[R]):
         if outcome is None:
             raise self._no_result(job)
         if outcome[0] == "ok":
-            return outcome[1]  # type: ignore[no-any-return]
+            value: R = outcome[1]
+            return value
         raise self._remote_error(job, outcome)
 
     def results(self, timeout: float | None = None) -> list[R]:

@@ -61,7 +61,7 @@ def _restore(cls: type[SkyportError], message: str, state: dict[str, Any]) -> Sk
 
 class ValidationError(SkyportError):
     http_status = 422
-    _fields = ("field", "value", "allowed")
+    _fields: tuple[str, ...] = ("field", "value", "allowed")
 
     def __init__(self, field: str, value: Any, allowed: str) -> None:
         self.field = field
@@ -71,7 +71,7 @@ class ValidationError(SkyportError):
 
 
 class ScriptError(ValidationError):
-    _fields = ("line", "field", "value", "allowed")
+    _fields: tuple[str, ...] = ("line", "field", "value", "allowed")
 
     def __init__(self, line: int, field: str, value: Any, allowed: str) -> None:
         self.line = line

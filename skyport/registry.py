@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 __all__ = ["PluginRegistry"]
 
@@ -33,7 +33,7 @@ class PluginRegistry(Generic[T]):
 
     group: str
     kind: str
-    base: type[T]
+    base: type  # type[T] for an abstract T is refused by mypy: the check below is the type
     builtins: Mapping[str, str]
     error: Callable[[str], Exception]
     field_name: str = field(default="")
@@ -66,7 +66,7 @@ class PluginRegistry(Generic[T]):
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise self.error(
                 f"{label} points at {target!r}, which is not a {self.base.__name__}")
-        return cls
+        return cast(type[T], cls)
 
 
 def _plural(kind: str) -> str:

@@ -206,7 +206,7 @@ class LibcloudGate(Gate):
                     0)
         price = self.prices.get(size.id)
         if price is None:
-            price = float(size.price) if size.price not in (None, "") else 0.0
+            price = float(size.price or 0.0)  # some drivers say "" for unknown
         return Flavor(name=size.id, cpus=cpus, mem_mb=int(size.ram or 0), gpus=gpus,
                       price_per_hour=price, boot_s=self.cfg.boot_s,
                       max_nodes=self.cfg.max_nodes)

@@ -78,7 +78,7 @@ class LocalProcessNodeDriver(NodeDriver):
     def __init__(self, key: str = "local", secret: str | None = None,
                  root: str | None = None, kill_grace_s: float = 3.0, **_: Any) -> None:
         super().__init__(key=key, secret=secret)
-        self.root = Path(root or Path(tempfile.gettempdir()) / "skyport-localdriver")
+        self.root: Path = Path(root or Path(tempfile.gettempdir()) / "skyport-localdriver")
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
         (self.root / "disks").mkdir(parents=True, exist_ok=True)
         self.kill_grace_s = kill_grace_s
@@ -159,7 +159,7 @@ class LocalProcessNodeDriver(NodeDriver):
                                                    grace_s=self.kill_grace_s):
             return False
         path.unlink(missing_ok=True)
-        shutil.rmtree(self.root / "disks" / node.id, ignore_errors=True)
+        shutil.rmtree(self.root / "disks" / str(node.id), ignore_errors=True)
         return True
 
     def reboot_node(self, node: Node) -> bool:

@@ -45,6 +45,7 @@ from skyport.gate import (
     Capacity,
     ClusterInfo,
     ClusterRequest,
+    ClusterState,
     Flavor,
     Gate,
     GateCapabilities,
@@ -269,6 +270,7 @@ class LocalGate(Gate):
                               "gpus": list(n.gpus)})
             for n in record.nodes)
         dead = [n.name for n in nodes if not n.alive]
+        state: ClusterState
         if record.state == "creating":  # seen under the lock: its creator died midway
             state, reason = "failed", "cluster creation was interrupted"
         elif dead:

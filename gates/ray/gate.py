@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import ray
 from ray.util.placement_group import (
@@ -54,6 +54,7 @@ from skyport.gate import (
     Capacity,
     ClusterInfo,
     ClusterRequest,
+    ClusterState,
     Flavor,
     Gate,
     GateCapabilities,
@@ -205,6 +206,7 @@ class RayGate(Gate):
         ray_nodes = sorted({n.details["ray_node_id"] for n in nodes if n.details["ray_node_id"]})
         creating = cluster_id in self._creating
         dead = [n.name for n in nodes if not n.alive]
+        state: ClusterState
         if creating:
             state, reason = "creating", f"placement group {pg_state.lower()} ({strategy})"
         elif record is not None and record.state == "creating":
@@ -275,7 +277,7 @@ class RayGate(Gate):
             meta = {"cluster_id": req.cluster_id, "job_id": req.job_id, "owner": req.owner,
                     "rank": node.rank, "name": node.name, "created_at": record.created_at,
                     "strategy": record.strategy}
-            handles.append(NodeActor.options(
+            handles.append(cast(Any, NodeActor).options(  # a @ray.remote class
                 name=self._actor_name(req.cluster_id, node.rank), namespace=self.cfg.namespace,
                 lifetime="detached", num_gpus=req.gpus_per_node,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(

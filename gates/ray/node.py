@@ -42,7 +42,7 @@ def node_workdir(root: str | None, gate: str, cluster_id: str, node_name: str) -
     return base / gate / cluster_id / node_name
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)
+@ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]  # no max_concurrency in Ray's stubs
 class NodeActor:
     """Starts, watches and kills one node's agent on the Ray node it was placed on."""
 

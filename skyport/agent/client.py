@@ -235,7 +235,8 @@ class AgentClient:
 
 def _parse(answer: type[T] | Any, data: Any, what: str) -> T:
     try:
-        return TypeAdapter(answer).validate_python(data)  # type: ignore[no-any-return]
+        parsed: T = TypeAdapter(answer).validate_python(data)
+        return parsed
     except PydanticValidationError as exc:
         raise ControlPlaneError(f"{what}: the control plane's answer does not fit "
                                 f"{getattr(answer, '__name__', answer)}: {exc}") from exc

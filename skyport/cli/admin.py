@@ -8,7 +8,7 @@ lazily, so the other commands never load Ray); ``user add`` calls
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -128,7 +128,7 @@ def user_add_cmd(out: Output, name: str, admin: bool, force: bool) -> None:
     from skyport.pki import issue_user_cert
 
     state = state_dir()
-    role = "admin" if admin else "user"
+    role: Literal["user", "admin"] = "admin" if admin else "user"
     cert, key = issue_user_cert(state.pki, name, role=role, overwrite=force)
     data = {
         "user": name,

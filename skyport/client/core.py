@@ -172,7 +172,8 @@ class Client:
             kwargs["json"] = body.model_dump(mode="json")
         data = self._json(method, path, **kwargs)
         try:
-            return TypeAdapter(answer).validate_python(data)  # type: ignore[no-any-return]
+            parsed: T = TypeAdapter(answer).validate_python(data)
+            return parsed
         except PydanticValidationError as exc:
             raise ControlPlaneError(
                 f"{method} {path}: the answer does not fit {getattr(answer, '__name__', answer)} "
@@ -281,7 +282,8 @@ class Client:
 
     def files(self, job_id: str) -> list[StoredFile]:
         """Every file under the job's storage prefix (inputs, outputs, logs, ...)."""
-        data = self.call("GET", f"/v1/jobs/{_seg(job_id)}/files", list[FileEntry])
+        data: list[FileEntry] = self.call("GET", f"/v1/jobs/{_seg(job_id)}/files",
+                                          list[FileEntry])
         return [StoredFile(f.path, f.size) for f in data]
 
     def download(self, job_id: str, path: str) -> bytes:

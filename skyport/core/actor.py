@@ -8,13 +8,13 @@ tests can reach it without Ray.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 
 from skyport.config import StateDir
 from skyport.core.commands import Command
-from skyport.core.service import CoreService, CoreSettings
+from skyport.core.service import CoreService, CoreSettings, GatePort
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, GateFeature
 from skyport.gate.runner import GateDescription, GateRunner
 from skyport.remote import ActorProxy
@@ -26,7 +26,7 @@ from skyport.timetable import Snapshot
 NAMESPACE = "skyport"
 
 
-@ray.remote(num_cpus=0, max_concurrency=16)
+@ray.remote(num_cpus=0, max_concurrency=16)  # type: ignore[call-overload]  # no max_concurrency in Ray's stubs
 class GateActor:
     """One configured gate: a Ray shell around its ``GateRunner``, which holds every
     gate's validation, retries, cleanup, agent environment and feature checks.
@@ -95,7 +95,7 @@ class SchedulerActor:
         return self.service.policy_name
 
 
-@ray.remote(num_cpus=0, max_concurrency=64)
+@ray.remote(num_cpus=0, max_concurrency=64)  # type: ignore[call-overload]  # no max_concurrency in Ray's stubs
 class CoreActor:
     """Async actor: agent and user calls interleave with the lifecycle loop."""
 
@@ -103,7 +103,9 @@ class CoreActor:
         state = StateDir(Path(home))
         config = state.load_config()
         storage_url = config.storage_url or state.storage.as_uri()
-        gates = {n: ActorProxy(ray.get_actor(f"gate:{n}", namespace=NAMESPACE)) for n in gate_names}
+        # an ActorProxy answers every GatePort method (through __getattr__)
+        gates = {n: cast(GatePort, ActorProxy(ray.get_actor(f"gate:{n}", namespace=NAMESPACE)))
+                 for n in gate_names}
         scheduler = ray.get_actor("scheduler", namespace=NAMESPACE)
 
         async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:

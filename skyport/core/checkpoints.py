@@ -194,7 +194,7 @@ class CheckpointBook:
 
 def latest_record(ck: OpenCheckpoint, attempt: int, time_iso: str, now: float) -> dict[str, Any]:
     """The ``checkpoints/latest.json`` of a complete checkpoint."""
-    files = sorted(({"path": p, "size": s} for p, s in ck.files), key=lambda f: f["path"])
+    files = [{"path": p, "size": s} for p, s in sorted(ck.files)]
     return {
         "version": ck.version,
         "time": time_iso,

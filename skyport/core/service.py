@@ -222,9 +222,9 @@ class CoreService:
             elif isinstance(i, Replan):
                 self._dirty.set()
             elif isinstance(i, WakeIdle):
-                event = self._idle_events.pop(i.cluster_id, None)
-                if event is not None:
-                    event.set()
+                waiter = self._idle_events.pop(i.cluster_id, None)
+                if waiter is not None:
+                    waiter.set()
             elif isinstance(i, PruneCheckpoint):
                 self._prune(i.job_id, i.version)
         return reply
@@ -413,7 +413,7 @@ class CoreService:
         if not 0 <= rank < job.nodes:
             raise ValidationError("node", node, f"0..{job.nodes - 1}")
         gate = self.gates[job.gate or ""]
-        killed = await gate.kill_node(job.cluster_id, rank)
+        killed = await gate.kill_node(job.cluster_id or "", rank)
         self._liveness_at = 0.0  # look at once
         return {"job_id": job_id, "cluster_id": job.cluster_id, "node": rank, "killed": killed}
 
@@ -422,7 +422,7 @@ class CoreService:
         job = self._admin_job(who, job_id)
         gate = self.gates[job.gate or ""]
         # the "cloud" takes the nodes back a little after the notice's deadline
-        await gate.preempt(job.cluster_id, notice_s + 5.0)
+        await gate.preempt(job.cluster_id or "", notice_s + 5.0)
         self._run(Preempted(self._job(job_id), notice_s))
         return {"job_id": job_id, "cluster_id": job.cluster_id, "notice_s": notice_s}
 

@@ -79,7 +79,7 @@ class CoreViews:
                 plan = planned.get(job.id)
                 if plan is None:
                     continue
-                start, gate = plan.start_s, plan.pool
+                start, gate = plan.start_s, plan.pool or None
             else:
                 start = (job.started_at or job.submitted_at).timestamp()
                 gate = job.gate

@@ -141,20 +141,20 @@ def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceab
         return board, placeable, ()
     placeable = []
     unplaceable: list[Unplaceable] = []
-    for job in queued:
-        procs = job.procs
-        if not job.allowed_pools and 0 < procs <= smallest and job.est_runtime_s >= 0:
-            placeable.append(job)
+    for waiting in queued:
+        procs = waiting.procs
+        if not waiting.allowed_pools and 0 < procs <= smallest and waiting.est_runtime_s >= 0:
+            placeable.append(waiting)
             continue
-        reason = _why_unplaceable(job, pools, index)
+        reason = _why_unplaceable(waiting, pools, index)
         if reason is not None:
-            unplaceable.append(Unplaceable(job.id, reason))
+            unplaceable.append(Unplaceable(waiting.id, reason))
             continue
-        allowed = set(job.allowed_pools) if job.allowed_pools else set(index)
-        special[job.id] = tuple(
+        allowed = set(waiting.allowed_pools) if waiting.allowed_pools else set(index)
+        special[waiting.id] = tuple(
             k for k in every_pool if pools[k].name in allowed and pools[k].capacity >= procs
         )
-        placeable.append(job)
+        placeable.append(waiting)
     board = _Board(now, pools, free, releases, list(boot), every_pool, special)
     return board, placeable, tuple(unplaceable)
 
