@@ -56,6 +56,16 @@ class InputPolicy(BaseModel):
         "to private or local addresses")
 
 
+class SubmitLimits(BaseModel):
+    """``limits`` in config.json: what one user may hold in the queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued_per_user: int = Field(
+        1000, ge=1,
+        description="QUEUED jobs one user may have at once; a submission past it is refused")
+
+
 class ControlPlaneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +78,7 @@ class ControlPlaneConfig(BaseModel):
     gates: list[GateEntry] = Field(default_factory=list)
     heartbeat_timeout_s: float = Field(60.0, gt=0)
     inputs: InputPolicy = Field(default_factory=InputPolicy)
+    limits: SubmitLimits = Field(default_factory=SubmitLimits)
     ray_num_cpus: int = Field(4, ge=1)
     ray_memory_mb: int = Field(2048, ge=256)
     ray_object_store_mb: int = Field(128, ge=78)

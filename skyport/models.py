@@ -16,6 +16,35 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MPI_IMPLEMENTATIONS = ("mpich", "openmpi")
+# caps on what one submission may carry: every listing, plan and store row carries the spec
+MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_ENV_BYTES = 128 * 1024  # keys and values together, as UTF-8
+MAX_ENV_VARS = 512
+MAX_PATHS = 256  # inputs, and outputs
+MAX_URL_CHARS = 4096
+# control characters a text field may hold: none, but tabs and newlines where text is prose
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_ANY_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_text(value: str, field: str, *, multiline: bool = True) -> str:
+    """``value`` as UTF-8 text with no NUL, lone surrogate or control character.
+
+    Tabs and newlines are kept where ``multiline`` (scripts, env values);
+    everything else would reach a shell, an environment block or a terminal
+    as something other than text.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{field} holds a lone surrogate at position {exc.start}: "
+                         "it must be valid UTF-8 text") from None
+    bad = (_CONTROL if multiline else _ANY_CONTROL).search(value)
+    if bad is not None:
+        raise ValueError(f"{field} holds control character {bad.group()!r} at position "
+                         f"{bad.start()}: only printable text"
+                         + (", tabs and newlines" if multiline else ""))
+    return value
 
 
 class JobState(enum.StrEnum):
@@ -76,7 +105,7 @@ class JobSpec(BaseModel):
     layout: Layout = Layout()
     gate: str | None = None
     flavor: str | None = None
-    max_price_per_hour: float | None = Field(None, gt=0)
+    max_price_per_hour: float | None = Field(None, gt=0, allow_inf_nan=False)
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
@@ -96,11 +125,37 @@ class JobSpec(BaseModel):
             )
         return v
 
+    @field_validator("script")
+    @classmethod
+    def _script(cls, v: str) -> str:
+        check_text(v, "script")
+        size = len(v.encode("utf-8"))
+        if size > MAX_SCRIPT_BYTES:
+            raise ValueError(f"script is {size} bytes: at most {MAX_SCRIPT_BYTES} bytes "
+                             "(larger data goes in as an input)")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
+        if len(v) > MAX_ENV_VARS:
+            raise ValueError(f"env has {len(v)} variables: at most {MAX_ENV_VARS}")
+        size = 0
+        for key, value in v.items():
             check_env_key(key)
+            check_text(value, f"env value of {key}")
+            size += len(key.encode()) + len(value.encode())
+        if size > MAX_ENV_BYTES:
+            raise ValueError(f"env is {size} bytes: at most {MAX_ENV_BYTES} bytes")
+        return v
+
+    @field_validator("gate", "flavor")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_text(v, "gate or flavor name", multiline=False)
+            if len(v) > 200:
+                raise ValueError(f"name {v[:20]!r}... is {len(v)} characters: at most 200")
         return v
 
     @field_validator("signal")
@@ -116,6 +171,8 @@ class JobSpec(BaseModel):
     @field_validator("outputs")
     @classmethod
     def _outputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > MAX_PATHS:
+            raise ValueError(f"{len(v)} outputs: at most {MAX_PATHS}")
         for path in v:
             check_relative_path(path, "output")
         return v
@@ -123,9 +180,13 @@ class JobSpec(BaseModel):
     @field_validator("inputs")
     @classmethod
     def _inputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > MAX_PATHS:
+            raise ValueError(f"{len(v)} inputs: at most {MAX_PATHS}")
         for url in v:
-            if not url or any(c in url for c in "\n\r\0"):
-                raise ValueError(f"input {url!r} must be a URL or a path")
+            if not url or len(url) > MAX_URL_CHARS:
+                raise ValueError(f"input {url[:40]!r} must be a URL or a path of 1 to "
+                                 f"{MAX_URL_CHARS} characters")
+            check_text(url, "input", multiline=False)
         return v
 
     @model_validator(mode="after")
@@ -166,13 +227,15 @@ def check_relative_path(path: str, field: str) -> str:
     parts = path.split("/")
     if (
         not path
+        or len(path) > MAX_URL_CHARS
         or path.startswith("/")
         or any(p in ("", "..") for p in parts)
-        or any(c in path for c in "\n\r\0\\")
+        or "\\" in path
+        or _ANY_CONTROL.search(path)
     ):
         raise ValueError(
-            f"{field} {path!r} must be a relative path inside the job directory "
-            "(no leading '/', no '..', no empty parts)"
+            f"{field} {path[:80]!r} must be a relative path inside the job directory "
+            "(no leading '/', no '..', no empty parts, no control characters)"
         )
     return path
 

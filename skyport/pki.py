@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from skyport.errors import PkiError
+from skyport.users import UserRegistry
 
 __all__ = [
     "ROLES",
@@ -221,6 +222,8 @@ def issue_user_cert(
 
     Refuses to re-issue an existing user unless ``overwrite=True``: silently
     replacing a key would lock the user out of the machine holding the old one.
+    The new certificate is registered (``skyport.users``): it is the only one
+    of ``username`` the API accepts from now on, so re-issuing revokes the old.
     """
     if role not in ROLES:
         raise PkiError(f"invalid role: {role!r} (one of {', '.join(ROLES)})")
@@ -248,6 +251,7 @@ def issue_user_cert(
     _make_private_dir(cert_path.parent)
     _write_file(key_path, _key_pem(key), mode=0o600, replace=True)
     _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644, replace=True)
+    UserRegistry(pki_dir).register(username, role, cert.serial_number)
     return cert_path, key_path
 
 

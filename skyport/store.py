@@ -356,6 +356,22 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [self._job(r, []) for r in rows]
 
+    def count(self, *, owner: str | None = None,
+              states: Iterable[JobState] | None = None) -> int:
+        """How many jobs ``owner`` has in ``states`` (None: anyone's, any state)."""
+        sql, where, args = "SELECT COUNT(*) FROM jobs", [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if states is not None:
+            st = [s.value for s in states]
+            where.append(f"state IN ({', '.join('?' * len(st))})")
+            args.extend(st)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
     # builtins.list: inside this class ``list`` names the method JobStore.list
     def _events(self, job_id: str) -> builtins.list[Event]:
         rows = self._db.execute(

@@ -14,13 +14,19 @@ model.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from skyport.api.audit import AuditLog
+from skyport.api.deps import User
 
 from skyport.api.routes.agents import agents_router
 from skyport.api.routes.checkpoints import checkpoints_router
@@ -33,6 +39,7 @@ from skyport.core.service import CoreService
 from skyport.errors import SkyportError, ValidationError
 from skyport.protocol import ErrorBody
 from skyport.storage import JobStorage
+from skyport.users import UserRegistry
 
 log = logging.getLogger("skyport.api")
 MAX_BODY_BYTES = 96 * 1024 * 1024
@@ -74,31 +81,57 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error may echo a lone surrogate."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
+    return _AsciiJSON(
         {"error": "ValidationError", "message": f"invalid body: too large (at most {limit} bytes)"},
         status_code=413,
     )
 
 
 def create_app(core: CorePort | CoreService, storage: JobStorage, *,
-               version: str = "0.1.0") -> FastAPI:
+               version: str = "0.1.0", users: UserRegistry | None = None,
+               audit_log: Path | None = None) -> FastAPI:
+    """The app; ``users``: the registry every user certificate must be in (None: the CA's
+    signature alone, for tests that bring no registry); ``audit_log``: where the audit
+    lines go (None: no audit log)."""
     port = LocalCore(core) if isinstance(core, CoreService) else core
     # every error answer is an ErrorBody (skyport.errors.SkyportError.to_dict)
     errors: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 500, 502, 503)}
-    app = FastAPI(title="Sky Port", version=version, responses=errors)
+    # the docs and the schema are served below, behind a user certificate like the rest
+    app = FastAPI(title="Sky Port", version=version, responses=errors,
+                  openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.users = users
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def _openapi(who: User) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs(who: User) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Sky Port API")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def _redoc(who: User) -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="Sky Port API")
 
     @app.exception_handler(SkyportError)
     async def _skyport_error(_: Request, exc: SkyportError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+        return _AsciiJSON(exc.to_dict(), status_code=exc.http_status)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # a bug or a failing dependency: logged in full here, one clear line for the caller
         cause = getattr(exc, "cause", None) or exc  # Ray wraps an actor's exception
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(
+        return _AsciiJSON(
             {"error": "SkyportError",
              "message": f"internal error: {type(cause).__name__}: {cause}"},
             status_code=500,
@@ -109,8 +142,8 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        err = ValidationError(loc, first.get("input"), msg)
-        return JSONResponse(err.to_dict(), status_code=422)
+        err = ValidationError(loc, _shown(first.get("input")), msg)
+        return _AsciiJSON(err.to_dict(), status_code=422)
 
     app.include_router(jobs_router(port, storage, version))
     app.include_router(agents_router(port, storage))
@@ -119,4 +152,14 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
     app.include_router(idle_router(port))
     app.include_router(uploads_router(storage))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",))
+    if audit_log is not None:
+        app.add_middleware(AuditLog, path=audit_log)  # outermost: sees every refusal too
     return app
+
+
+def _shown(value: Any) -> Any:
+    """An invalid input as an error echoes it: short, and only what JSON can carry."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value[:200] + "..." if isinstance(value, str) and len(value) > 200 else value
+    text = repr(value)
+    return text[:200] + "..." if len(text) > 200 else text

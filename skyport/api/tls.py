@@ -69,6 +69,7 @@ from skyport.pki import Identity, ca_cert_path, identity_from_cert, server_cert_
 __all__ = [
     "ServerHandle",
     "client_ssl_context",
+    "peer_certificate",
     "peer_identity",
     "serve",
     "start_in_thread",
@@ -88,6 +89,19 @@ _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 # --------------------------------------------------------------------------- app side
 
 
+def peer_certificate(request: HTTPConnection) -> x509.Certificate | None:
+    """The verified client certificate of ``request``'s connection, if it presented one."""
+    tls = (request.scope.get("extensions") or {}).get("tls")
+    chain = (tls or {}).get("client_cert_chain") or []
+    if not chain:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+    except ValueError as exc:
+        logger.warning("client certificate cannot be read: %s", exc)
+        return None
+
+
 def peer_identity(request: HTTPConnection) -> Identity | None:
     """The verified user behind ``request``, or ``None`` if it has no user certificate.
 
@@ -97,14 +111,10 @@ def peer_identity(request: HTTPConnection) -> Identity | None:
     also gives ``None``, with a warning logged, rather than an error: to the
     app it is the same as no certificate.
     """
-    tls = (request.scope.get("extensions") or {}).get("tls")
-    if not tls:
-        return None
-    chain = tls.get("client_cert_chain") or []
-    if not chain:
+    cert = peer_certificate(request)
+    if cert is None:
         return None
     try:
-        cert = x509.load_pem_x509_certificate(chain[0].encode("ascii"))
         return identity_from_cert(cert)
     except (PkiError, ValueError) as exc:
         logger.warning("client certificate is not a Sky Port user certificate: %s", exc)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import click
 
+from skyport.cli import render
 from skyport.client import Client, connect
 from skyport.config import StateDir
 from skyport.errors import SkyportError
@@ -66,7 +67,8 @@ class Output:
         if self.json:
             click.echo(to_json(document))
         else:
-            click.echo(text() if callable(text) else text)
+            # every text answer passes here: no control character reaches the terminal
+            click.echo(render.safe(text() if callable(text) else text))
 
 
 def to_json(document: Any) -> str:
@@ -120,7 +122,7 @@ def fail(out: Output, exc: BaseException) -> None:
         # a Sky Port error keeps its fields (ErrorBody: field, value, allowed, ...)
         body = exc.to_dict() if isinstance(exc, SkyportError) else {"error": type(exc).__name__}
         click.echo(to_json({**body, "message": one_line(exc)}))
-    click.echo(f"error: {one_line(exc)}", err=True)
+    click.echo(render.safe(f"error: {one_line(exc)}"), err=True)
     click.get_current_context().exit(1)
 
 

@@ -12,6 +12,7 @@ import click
 
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
+from skyport.errors import ValidationError
 from skyport.models import Job, JobState
 from skyport.options import OPTIONS, input_url
 from skyport.script import build_spec, cli_directives
@@ -48,9 +49,14 @@ def _submit_options(fn: Any) -> Any:
 def submit_cmd(out: Output, script: str, **options: Any) -> None:
     """Submit a job script; command-line options override its #SKYPORT directives."""
     if script == "-":
-        text, base_dir = sys.stdin.read(), Path.cwd()
+        raw, base_dir = sys.stdin.buffer.read(), Path.cwd()
     else:
-        text, base_dir = Path(script).read_text(), Path(script).resolve().parent
+        raw, base_dir = Path(script).read_bytes(), Path(script).resolve().parent
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError("script", f"{script} (byte {exc.start}: {raw[exc.start]:#04x})",
+                              "a UTF-8 text file") from None
     pairs: list[tuple[str, str]] = []
     for opt in OPTIONS.values():
         value = options.get(opt.argument)

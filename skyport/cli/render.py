@@ -7,6 +7,7 @@ clock reads, so the tests pin the exact output.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -21,6 +22,7 @@ __all__ = [
     "format_size",
     "format_when",
     "gantt",
+    "safe",
     "job_rows",
     "key_values",
     "table",
@@ -33,6 +35,32 @@ BAR_ACTIVE = "█"  # holds a cluster (provisioning .. staging out)
 BAR_PLANNED = "▒"  # queued or scheduled: where the plan puts it
 BAR_DONE = "░"
 NOW_MARK = "│"
+
+
+_KEEP = frozenset("\n\t")
+
+
+def safe(text: str) -> str:
+    """``text`` with every control character escaped (``\\x1b``), newlines and tabs kept.
+
+    Reasons, names and messages come from users and agents: an escape
+    sequence in them (an OSC title, a cursor move, a bidi override) must
+    reach the terminal as text, never as a command to it.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _KEEP or (ch.isprintable() and unicodedata.category(ch) not in _ESCAPED):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+_ESCAPED = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], gap: int = 2) -> str:
@@ -153,7 +181,8 @@ class GanttEntry:
         end = as_datetime(entry["end"])
         if start is None or end is None:
             raise ValueError(f"timetable entry without start/end: {entry!r}")
-        label = f"{entry.get('job_id', '?')} {entry.get('name', '')}".strip()
+        # another user's job comes without id and name: busy capacity, nothing more
+        label = f"{entry.get('job_id', '?')} {entry.get('name', '')}".strip() or "(busy)"
         return cls(label=label, state=str(entry.get("state", "")), start=start, end=end)
 
 

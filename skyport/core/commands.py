@@ -90,6 +90,7 @@ class Cancel(Command):
 @dataclass(frozen=True)
 class Status(Command):
     handler = "status"
+    who: Identity
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class GateInfo(Command):
 @dataclass(frozen=True)
 class Timetable(Command):
     handler = "timetable"
+    who: Identity
 
 
 @dataclass(frozen=True)

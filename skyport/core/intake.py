@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from skyport.config import InputPolicy
+from skyport.config import InputPolicy, SubmitLimits
 from skyport.core.inputs import InputSource, check_input_url
-from skyport.errors import NotFoundError, ValidationError
-from skyport.models import Job, JobSpec
+from skyport.errors import ConflictError, NotFoundError, ValidationError
+from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
 from skyport.storage import JobStorage
@@ -24,8 +24,10 @@ from skyport.store import JobStore
 
 class JobIntake:
     def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any],
-                 inputs: InputPolicy | None = None, state_dir: Path | None = None) -> None:
+                 inputs: InputPolicy | None = None, state_dir: Path | None = None,
+                 limits: SubmitLimits | None = None) -> None:
         self.store = store
+        self.limits = limits or SubmitLimits()
         self.storage = storage
         self.gates = gates
         self.inputs = inputs or InputPolicy()
@@ -50,6 +52,12 @@ class JobIntake:
         return out
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
+        queued = self.store.count(owner=who.username, states=[JobState.QUEUED])
+        if queued >= self.limits.max_queued_per_user:
+            # one user's flood must not slow every listing and plan for everyone
+            raise ConflictError(
+                f"user {who.username} already has {queued} queued jobs: at most "
+                f"{self.limits.max_queued_per_user} (limits.max_queued_per_user in config.json)")
         await self._validate(spec, who.username)
         payload = None
         if spec.kind == "function":

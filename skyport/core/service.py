@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from skyport import tokens
 from skyport.checkpoint import LATEST
-from skyport.config import InputPolicy
+from skyport.config import InputPolicy, SubmitLimits
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
 from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
@@ -157,6 +157,7 @@ class CoreService:
         settings: CoreSettings,
         policy_name: str = "fcfs",
         inputs: InputPolicy | None = None,
+        limits: SubmitLimits | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -176,7 +177,7 @@ class CoreService:
         self._reap_soon = False  # a delete failed: reap before reap_interval_s is up
         self._liveness_at = 0.0
         self._idle_events: dict[str, asyncio.Event] = {}
-        self.intake = JobIntake(store, storage, gates, inputs)
+        self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
                                self.started_at, lambda: {"passes": self._passes})
@@ -445,14 +446,14 @@ class CoreService:
 
     # -- views ------------------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
-        return await self.views.status()
+    async def status(self, who: Identity | None = None) -> dict[str, Any]:
+        return await self.views.status(who)
 
     async def gate_info(self) -> list[dict[str, Any]]:
         return await self.views.gate_info()
 
-    async def timetable(self) -> dict[str, Any]:
-        return await self.views.timetable()
+    async def timetable(self, who: Identity | None = None) -> dict[str, Any]:
+        return await self.views.timetable(who)
 
     async def clusters(self, who: Identity) -> list[dict[str, Any]]:
         return await self.views.clusters(who)

@@ -34,9 +34,11 @@ class CoreViews:
         self.started_at = started_at
         self._stats = stats
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, who: Identity | None = None) -> dict[str, Any]:
+        """Job counts by state: a user's own jobs (an admin's: everyone's), and gates."""
         counts: dict[str, int] = {}
-        for job in self.store.list():
+        owner = None if who is None or who.is_admin else who.username
+        for job in self.store.list(owner=owner):
             counts[job.state.value] = counts.get(job.state.value, 0) + 1
         return {
             "policy": self.policy_name,
@@ -69,7 +71,11 @@ class CoreViews:
                             "error": str(exc)})
         return out
 
-    async def timetable(self) -> dict[str, Any]:
+    async def timetable(self, who: Identity | None = None) -> dict[str, Any]:
+        """The plan; a user sees other users' jobs only as anonymous busy capacity.
+
+        ``who=None`` (the Core itself, tests of the plan) sees everything.
+        """
         now = time.time()
         entries = []
         planned = self._plan()
@@ -83,11 +89,13 @@ class CoreViews:
             else:
                 start = (job.started_at or job.submitted_at).timestamp()
                 gate = job.gate
+            own = who is None or who.is_admin or job.owner == who.username
             entries.append(
                 {
-                    "job_id": job.id,
-                    "name": job.spec.name,
-                    "owner": job.owner,
+                    # another user's job: its shape and times only (no id, name, owner)
+                    "job_id": job.id if own else "",
+                    "name": job.spec.name if own else "",
+                    "owner": job.owner if own else "",
                     "state": job.state.value,
                     "start": start,
                     "end": start + limit,

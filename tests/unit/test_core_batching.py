@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from skyport.config import SubmitLimits
 from skyport.core.service import CoreService, CoreSettings
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import JobSpec
@@ -75,7 +76,8 @@ async def _burst(tmp_path: Path) -> list[int]:
     store = JobStore(tmp_path / "jobs.db")
     storage = JobStorage((tmp_path / "storage").as_uri())
     settings = CoreSettings(control_url="", ca_pem="", replan_interval_s=REPLAN_S)
-    core = CoreService(store, storage, {"fake": FakeGate()}, planner, settings)
+    core = CoreService(store, storage, {"fake": FakeGate()}, planner, settings,
+                       limits=SubmitLimits(max_queued_per_user=JOBS))
     try:
         await core.start()
         alice = Identity("alice", "user")

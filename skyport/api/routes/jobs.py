@@ -81,7 +81,7 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     @r.get("/status")
     async def status(who: User) -> StatusView:
         return StatusView.model_validate({"version": version,
-                                          **(await core.execute(c.Status()))})
+                                          **(await core.execute(c.Status(who)))})
 
     @r.get("/gates")
     async def gates(who: User) -> list[GateView]:
@@ -94,6 +94,6 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
 
     @r.get("/timetable")
     async def timetable(who: User) -> TimetableView:
-        return TimetableView.model_validate(await core.execute(c.Timetable()))
+        return TimetableView.model_validate(await core.execute(c.Timetable(who)))
 
     return r
