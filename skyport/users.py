@@ -22,7 +22,6 @@ issuing does (``skyport.pki.issue_user_cert``), so the key can stay offline.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import threading
 from collections.abc import Iterator

@@ -27,7 +27,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skyport.api.audit import AuditLog
 from skyport.api.deps import User
-
 from skyport.api.routes.agents import agents_router
 from skyport.api.routes.checkpoints import checkpoints_router
 from skyport.api.routes.idle import idle_router
