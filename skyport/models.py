@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
@@ -25,6 +26,24 @@ MAX_URL_CHARS = 4096
 # control characters a text field may hold: none, but tabs and newlines where text is prose
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ANY_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+_ESCAPED = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})  # controls, formats, surrogates, unassigned
+
+
+def escape_controls(text: str, keep: str = "\n\t") -> str:
+    """``text`` with every control or format character written as an escape (``\\x1b``)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in keep or (ch.isprintable() and unicodedata.category(ch) not in _ESCAPED):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def check_text(value: str, field: str, *, multiline: bool = True) -> str:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skyport.models import Job, JobSpec, JobState, SubmitRequest
+from skyport.models import Job, JobSpec, JobState, SubmitRequest, escape_controls
 
 __all__ = [
     "CapacityView",
@@ -297,11 +297,23 @@ class StateBody(Body):
     state: JobState
     reason: str = Field("", max_length=2000)
 
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        return escape_controls(v)
+
 
 class ExitBody(Body):
-    exit_code: int
+    exit_code: int = Field(ge=-(2**31), le=2**31 - 1)
     timed_out: bool = False
     reason: str = Field("", max_length=4000)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        # escaped, not refused: an exit that does not count would leave the job to the
+        # node-loss path; the reason then reaches no terminal as anything but text
+        return escape_controls(v)
 
 
 # -- launches: node 0 runs commands on node k ---------------------------------------------

@@ -337,9 +337,15 @@ class JobStore:
         owner: str | None = None,
         states: Iterable[JobState] | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[Job]:
+        """Jobs in submission order; ``after``: only those submitted after that job."""
         sql = "SELECT * FROM jobs"
-        where, args = [], []
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        if after is not None:
+            where.append("seq > COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)")
+            args.append(after)
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)

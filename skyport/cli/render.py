@@ -7,13 +7,12 @@ clock reads, so the tests pin the exact output.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from skyport.models import Job, JobState
+from skyport.models import Job, JobState, escape_controls
 from skyport.units import format_duration
 
 __all__ = [
@@ -37,9 +36,6 @@ BAR_DONE = "░"
 NOW_MARK = "│"
 
 
-_KEEP = frozenset("\n\t")
-
-
 def safe(text: str) -> str:
     """``text`` with every control character escaped (``\\x1b``), newlines and tabs kept.
 
@@ -47,20 +43,7 @@ def safe(text: str) -> str:
     sequence in them (an OSC title, a cursor move, a bidi override) must
     reach the terminal as text, never as a command to it.
     """
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch in _KEEP or (ch.isprintable() and unicodedata.category(ch) not in _ESCAPED):
-            out.append(ch)
-        else:
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else
-                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-    return "".join(out)
-
-
-_ESCAPED = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+    return escape_controls(text)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], gap: int = 2) -> str:

@@ -223,7 +223,20 @@ class Client:
             params.append(("all", "true"))
         for state in states or ():
             params.append(("state", _state(state).value))
-        return self.call("GET", "/v1/jobs", list[Job], params=params)
+        # the answer comes in pages (X-Skyport-Next-After), without scripts
+        out: list[Job] = []
+        after: str | None = None
+        while True:
+            page_params = params + ([("after", after)] if after else [])
+            response = self._request("GET", "/v1/jobs", params=page_params)
+            try:
+                out.extend(TypeAdapter(list[Job]).validate_json(response.content))
+            except PydanticValidationError as exc:
+                raise ControlPlaneError(f"GET /v1/jobs: the answer is not a list of jobs "
+                                        f"(a server of another version?): {exc}") from exc
+            after = response.headers.get("x-skyport-next-after")
+            if not after:
+                return out
 
     def job(self, job_id: str) -> Job:
         """One job, with its event history."""

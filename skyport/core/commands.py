@@ -78,6 +78,8 @@ class ListJobs(Command):
     who: Identity
     all_users: bool
     states: list[JobState] | None
+    after: str | None = None
+    limit: int | None = None
 
 
 @dataclass(frozen=True)

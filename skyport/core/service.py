@@ -372,12 +372,15 @@ class CoreService:
         return self._visible(who, job_id)
 
     async def jobs(
-        self, who: Identity, all_users: bool = False, states: list[JobState] | None = None
+        self, who: Identity, all_users: bool = False, states: list[JobState] | None = None,
+        after: str | None = None, limit: int | None = None,
     ) -> list[Job]:
+        """One page of jobs in submission order: up to ``limit`` after the job ``after``."""
         if all_users and not who.is_admin:
             raise PermissionDeniedError("only an admin may list every user's jobs")
         owner = None if all_users else who.username
-        return [self._with_plan(j) for j in self.store.list(owner=owner, states=states)]
+        return [self._with_plan(j) for j in self.store.list(owner=owner, states=states,
+                                                            after=after, limit=limit)]
 
     async def cancel(self, who: Identity, job_id: str) -> Job:
         self._run(CancelAsked(self._visible(who, job_id), who.username))

@@ -83,7 +83,7 @@ def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
         stream: Stream,
         request: Request,
         token: Bearer,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     ) -> SizeAnswer:
         await core.execute(c.AgentAuth(job_id, token))
         data = await request.body()

@@ -20,9 +20,18 @@ from skyport.protocol import (
 )
 from skyport.storage import JobStorage
 
-__all__ = ["jobs_router"]
+__all__ = ["MAX_OFFSET", "MAX_PAGE", "SCRIPT_IN_LISTINGS", "jobs_router"]
 
 Stream = Literal["stdout", "stderr"]
+MAX_PAGE = 500  # jobs in one answer of GET /v1/jobs
+MAX_OFFSET = 2**63 - 1  # the largest a file offset can be
+SCRIPT_IN_LISTINGS = "# not in listings: GET /v1/jobs/{id} (skyport show {id}) has the script\n"
+
+
+def _without_script(job: Job) -> Job:
+    """A listing carries no script: one user's 1 MiB scripts would make everyone's slow."""
+    spec = job.spec.model_copy(update={"script": SCRIPT_IN_LISTINGS.format(id=job.id)})
+    return job.model_copy(update={"spec": spec})
 
 
 def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
@@ -39,10 +48,21 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     @r.get("/jobs")
     async def jobs(
         who: User,
+        response: Response,
         all: bool = False,  # noqa: A002 - the query parameter's public name
         state: Annotated[list[JobState] | None, Query()] = None,
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
     ) -> list[Job]:
-        return list(await core.execute(c.ListJobs(who, all, state)))
+        """A page of jobs without their scripts (``GET /v1/jobs/{id}`` has the script).
+
+        ``X-Skyport-Next-After`` names the last job when the page is full: ask again
+        with ``after=`` it for the next page.
+        """
+        page = list(await core.execute(c.ListJobs(who, all, state, after, limit)))
+        if len(page) == limit:
+            response.headers["X-Skyport-Next-After"] = page[-1].id
+        return [_without_script(j) for j in page]
 
     @r.get("/jobs/{job_id}")
     async def job(job_id: str, who: User) -> Job:
@@ -54,7 +74,8 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
 
     @r.get("/jobs/{job_id}/logs/{stream}")
     async def logs(
-        job_id: str, stream: Stream, who: User, offset: Annotated[int, Query(ge=0)] = 0
+        job_id: str, stream: Stream, who: User,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0
     ) -> Response:
         job: Job = await core.execute(c.GetJob(who, job_id))
         rel = f"logs/{stream}"
