@@ -36,6 +36,7 @@ back as ``skyport-results/skyport-result.<rank>.pkl``.  ``result()`` is rank
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -314,6 +315,18 @@ class JobHandle(Generic[R]):
         import cloudpickle
 
         data = self._client.download(job.id, path)
+        expected = job.result_digests.get(path)
+        if expected is None or hashlib.sha256(data).hexdigest() != expected:
+            # never unpickle bytes the job's live attempt did not store: pickles run code
+            why = "no digest was recorded for it" if expected is None else \
+                "its digest differs from the one recorded when the job stored it"
+            raise JobFailedError(
+                f"job {job.id}: refusing to load {path}: {why} (written outside the job's "
+                "run, or changed since)",
+                job_id=job.id,
+                state=job.state.value,
+                exit_code=job.exit_code,
+            )
         try:
             outcome = cloudpickle.loads(data)
         except Exception as exc:  # unpickling may need modules this side lacks

@@ -288,6 +288,9 @@ class Job(BaseModel):
     restarts: int = 0  # every requeue (the new cluster's suffix, SKYPORT_RESTART_COUNT)
     lost_attempts: list[str] = Field(default_factory=list)  # why each counted restart was
     checkpoint_version: int = 0  # the latest complete checkpoint (0: none)
+    # path -> sha256 of each function outcome a live attempt's agent stored: result()
+    # unpickles only bytes with the digest recorded here (skyport.decorator)
+    result_digests: dict[str, str] = Field(default_factory=dict)
     events: list[Event] = Field(default_factory=list)
 
     # in every dump (the REST answers, ``--json``): readers need not dig into the spec

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     restarts INTEGER NOT NULL DEFAULT 0,
     token_hash TEXT,
     lost_attempts TEXT NOT NULL DEFAULT '[]',
-    checkpoint_version INTEGER NOT NULL DEFAULT 0
+    checkpoint_version INTEGER NOT NULL DEFAULT 0,
+    result_digests TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -91,11 +92,13 @@ _UPDATABLE = {
     "token_hash",
     "lost_attempts",
     "checkpoint_version",
+    "result_digests",
 }
 _ADDED_COLUMNS = {  # columns a store written by an earlier version lacks
     "price_per_hour": "REAL",
     "lost_attempts": "TEXT NOT NULL DEFAULT '[]'",
     "checkpoint_version": "INTEGER NOT NULL DEFAULT 0",
+    "result_digests": "TEXT NOT NULL DEFAULT '{}'",
 }
 
 
@@ -277,6 +280,8 @@ class JobStore:
                 value = _ts(value)
             elif key in ("node_names", "lost_attempts"):
                 value = json.dumps(list(value))
+            elif key == "result_digests":
+                value = json.dumps(dict(value), sort_keys=True)
             cols.append(f"{key} = ?")
             values.append(value)
         if cols:
@@ -408,5 +413,6 @@ class JobStore:
             restarts=row["restarts"],
             lost_attempts=json.loads(row["lost_attempts"]),
             checkpoint_version=row["checkpoint_version"],
+            result_digests=json.loads(row["result_digests"]),
             events=events,
         )

@@ -203,6 +203,15 @@ class AgentExit(Command):
 
 
 @dataclass(frozen=True)
+class AgentResultStored(Command):
+    handler = "agent_result_stored"
+    job_id: str
+    token: str = dataclasses.field(repr=False)
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class AgentCheckpointRequest(Command):
     handler = "agent_checkpoint_request"
     job_id: str

@@ -65,6 +65,7 @@ from skyport.core.messages import (
     Replan,
     Reply,
     RequeueAsked,
+    ResultStored,
     SaveCheckpoint,
     Started,
     Tick,
@@ -320,6 +321,13 @@ class JobMachine:
             if now >= due and self.checkpoints.signal_due(job.id, rank):
                 answer.signal = name
         return [Reply(answer)]
+
+    def _on_ResultStored(self, ev: ResultStored, now: float) -> list[Instruction]:
+        job = ev.job
+        if not job.state.has_cluster():  # only a live attempt's bytes become a result
+            raise PermissionDeniedError(
+                f"job {job.id} is {job.state.value}: no attempt of it may store a result now")
+        return [Update(job.id, {"result_digests": {**job.result_digests, ev.path: ev.sha256}})]
 
     def _on_AgentState(self, ev: AgentState, now: float) -> list[Instruction]:
         if ev.state not in (S.RUNNING, S.STAGING_OUT):

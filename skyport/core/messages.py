@@ -70,6 +70,15 @@ class AgentHello:
 
 
 @dataclass(frozen=True)
+class ResultStored:
+    """The live attempt's agent stored a function outcome at ``path`` with this digest."""
+
+    job: Job
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     job: Job
     rank: int
@@ -248,4 +257,5 @@ Instruction = (Transition | Update | PutWarm | DropWarm | SaveCheckpoint | Write
                | WakeIdle | Replan | Reply)
 Event = (Started | Planned | ProvisionReady | ClusterCreated | CreateFailed | AgentHello
          | Heartbeat | AgentState | AgentExited | CancelAsked | CheckpointAsked
-         | CheckpointPart | RequeueAsked | CancelAfterCheckpoint | Preempted | IdleNext | Tick)
+         | CheckpointPart | RequeueAsked | CancelAfterCheckpoint | Preempted | IdleNext | Tick
+         | ResultStored)

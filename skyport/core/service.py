@@ -62,6 +62,7 @@ from skyport.core.messages import (
     Replan,
     Reply,
     RequeueAsked,
+    ResultStored,
     SaveCheckpoint,
     Started,
     Tick,
@@ -502,6 +503,12 @@ class CoreService:
             job = self._job(job_id)
         self._run(AgentExited(job, exit_code, timed_out, reason, info))
         return self.store.get(job_id)
+
+    async def agent_result_stored(self, job_id: str, token: str, path: str,
+                                  sha256: str) -> None:
+        """Record the digest of a function outcome the live attempt just stored."""
+        job = await self.agent_auth(job_id, token)
+        self._run(ResultStored(job, path, sha256))
 
     async def agent_checkpoint_request(self, job_id: str, token: str,
                                        reason: str) -> dict[str, Any]:

@@ -47,6 +47,20 @@ exec "$SKYPORT_MPIEXEC" "${{SKYPORT_PYTHON:-python3}}" -m {RUNNER} \\
 """
 
 
+def is_result_path(path: str) -> bool:
+    """Is ``path`` (under the job's prefix) where a function's outcome is stored?
+
+    An outcome is unpickled by its owner's ``result()``: the control plane records
+    the digest of each one an attempt's agent stores (``skyport.core.service``).
+    """
+    if path == RESULT_STORED_AS:
+        return True
+    prefix, _, name = path.rpartition("/")
+    stem = name.removeprefix("skyport-result.").removesuffix(".pkl")
+    return prefix == f"outputs/{RESULTS_DIR}" and name == rank_result_name(int(stem)) \
+        if stem.isdigit() else False
+
+
 def rank_result_name(rank: int) -> str:
     """The file of one rank's outcome inside a multi-rank job's result directory."""
     return f"skyport-result.{rank}.pkl"

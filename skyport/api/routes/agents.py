@@ -6,6 +6,7 @@ See ``skyport/agent/PROTOCOL.md`` for the conversation; the bodies are in
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -24,6 +25,7 @@ from skyport.protocol import (
     SizeAnswer,
     StateBody,
 )
+from skyport.runtime.contract import is_result_path
 from skyport.storage import JobStorage
 
 __all__ = ["MAX_LOG_CHUNK", "agents_router", "check_agent_checkpoint_path"]
@@ -75,6 +77,11 @@ def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
         check_agent_checkpoint_path(path)  # latest.json is the server's alone
         data = await request.body()
         storage.put(job_id, path, data)
+        if is_result_path(path):
+            # stored first, then its digest: bytes without a recorded digest are never
+            # unpickled (result()), so a token revoked in between leaves no result at all
+            await core.execute(c.AgentResultStored(job_id, token, path,
+                                                   hashlib.sha256(data).hexdigest()))
         return SizeAnswer(size=len(data))
 
     @r.post("/logs/{stream}")
