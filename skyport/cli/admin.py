@@ -1,4 +1,4 @@
-"""Commands that act on the state directory: init, start, stop, user add, whoami.
+"""Commands that act on the state directory: init, start, stop, user add/list/revoke, whoami.
 
 ``init``, ``start`` and ``stop`` call ``skyport.controlplane`` (imported
 lazily, so the other commands never load Ray); ``user add`` calls
@@ -122,9 +122,13 @@ def user_group() -> None:
 @command(user_group, "add")
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="may see and cancel everyone's jobs")
-@click.option("--force", is_flag=True, help="re-issue an existing user's certificate")
+@click.option("--force", is_flag=True,
+              help="re-issue an existing user's certificate (the old one is revoked)")
 def user_add_cmd(out: Output, name: str, admin: bool, force: bool) -> None:
-    """Issue a certificate for user NAME; prints the certificate and key paths."""
+    """Issue a certificate for user NAME and register it; prints its paths.
+
+    Needs the CA key (pki/ca.key); ``user list`` and ``user revoke`` do not.
+    """
     from skyport.pki import issue_user_cert
 
     state = state_dir()
@@ -149,6 +153,28 @@ def user_add_cmd(out: Output, name: str, admin: bool, force: bool) -> None:
         )
 
     out.emit(data, text)
+
+
+@command(user_group, "list")
+def user_list_cmd(out: Output) -> None:
+    """The registered users: role, current certificate serial, revoked or not."""
+    from skyport.users import UserRegistry
+
+    users = UserRegistry(state_dir().pki).summary()
+    out.emit(users, lambda: render.table(
+        ("USER", "ROLE", "SERIAL", "REVOKED", "CHANGED"),
+        [(u["name"], u["role"], u["serial"], u["revoked"], u["changed_at"]) for u in users]))
+
+
+@command(user_group, "revoke")
+@click.argument("name")
+def user_revoke_cmd(out: Output, name: str) -> None:
+    """Revoke user NAME: their certificates answer 401 from the next call on (no restart)."""
+    from skyport.users import UserRegistry
+
+    entry = UserRegistry(state_dir().pki).revoke(name)
+    data = {"user": entry.name, "revoked": True, "revoked_serials": entry.revoked_serials}
+    out.emit(data, lambda: render.key_values(data.items()))
 
 
 @command(cli, "whoami")

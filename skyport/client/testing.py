@@ -61,7 +61,8 @@ class TestControlPlane:
     __test__ = False  # not a pytest test class
 
     def __init__(self, root: Path | None = None, *, gate: dict[str, Any] | None = None,
-                 policy: str = "fcfs", wait_s: float = 30.0) -> None:
+                 policy: str = "fcfs", wait_s: float = 30.0,
+                 audit_log: Path | None = None) -> None:
         self._tmp = None if root is not None else tempfile.TemporaryDirectory()
         self.root = Path(root if root is not None else self._tmp.name)  # type: ignore[union-attr]
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ class TestControlPlane:
 
         self.service = self._run(build())
         self._run(self.service.start())
-        self.app = create_app(self.service, self.storage)
+        self.app = create_app(self.service, self.storage, audit_log=audit_log)
         self.app.dependency_overrides[deps.user] = _named_user
 
     # -- doors ----------------------------------------------------------------------
@@ -272,6 +273,7 @@ def _named_user(request: Request) -> Identity:
     name, _, role = request.headers.get(_USER_HEADER, "").partition(":")
     if not name or role not in ("admin", "user"):
         raise AuthenticationError("a client certificate issued by this Sky Port's CA is required")
+    request.state.who = name  # as skyport.api.deps.user does, for the audit log
     return Identity(username=name, role=role)  # type: ignore[arg-type]
 
 
