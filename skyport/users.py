@@ -21,6 +21,7 @@ issuing does (``skyport.pki.issue_user_cert``), so the key can stay offline.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import os
 import threading
@@ -160,7 +161,7 @@ class UserRegistry:
             data.users[username] = entry
             return entry
 
-    def summary(self) -> list[dict[str, Any]]:
+    def summary(self) -> builtins.list[dict[str, Any]]:
         return [u.model_dump() for u in self.list()]
 
 

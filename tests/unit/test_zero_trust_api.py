@@ -239,7 +239,7 @@ def test_bad_specs_are_refused_in_one_line_and_leave_nothing(
 
 @pytest.mark.parametrize("price", ["1e999", "-1e999", "NaN", "Infinity"])
 def test_an_infinite_max_price_is_refused(cp: TestControlPlane, price: str) -> None:
-    body = '{"spec": {"script": "#!/bin/bash\\ntrue\\n", "max_price_per_hour": %s}}' % price
+    body = '{"spec": {"script": "#!/bin/bash\\ntrue\\n", "max_price_per_hour": ' + price + "}}"
     answer = _raw(cp).post("/v1/jobs", content=body,
                            headers={"content-type": "application/json"})
     assert answer.status_code == 422, answer.text
