@@ -79,12 +79,14 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     ) -> Response:
         job: Job = await core.execute(c.GetJob(who, job_id))
         rel = f"logs/{stream}"
-        data = storage.read_from(job_id, rel, offset)
+        size = storage.size(job_id, rel)
+        # past the end there is nothing to read (a seek far past it fails on some systems)
+        data = storage.read_from(job_id, rel, offset) if offset < size else b""
         return Response(
             data,
             media_type="application/octet-stream",
             headers={
-                "X-Skyport-Log-Size": str(storage.size(job_id, rel)),
+                "X-Skyport-Log-Size": str(size),
                 "X-Skyport-Job-State": job.state.value,
             },
         )
