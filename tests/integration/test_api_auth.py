@@ -6,6 +6,7 @@ are about the door, not the lifecycle.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from skyport.core.service import CoreService, CoreSettings
 from skyport.models import JobSpec, JobState
 from skyport.storage import JobStorage
 from skyport.store import JobStore
+from skyport.users import REGISTRY_FILE, UserRegistry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,17 +51,22 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
         store.transition(job.id, JobState.PROVISIONING, "test", token_hash=tokens.hash_token(token))
         storage.put(job.id, "script.sh", spec.script.encode())
         jobs[name] = (job.id, token)
-    handle = start_in_thread(create_app(core, storage), pki_dir=pki_dir)
+    audit = tmp_path / "logs" / "audit.jsonl"
+    app = create_app(core, storage, users=UserRegistry(pki_dir), audit_log=audit)
+    handle = start_in_thread(app, pki_dir=pki_dir)
     try:
-        yield {"url": handle.url, "pki": pki_dir, "jobs": jobs, "store": store}
+        yield {"url": handle.url, "pki": pki_dir, "jobs": jobs, "store": store, "audit": audit}
     finally:
         handle.stop()
         store.close()
 
 
-def _client(srv: dict[str, Any], user: str | None = None) -> httpx.Client:
+def _client(srv: dict[str, Any], user: str | None = None,
+            cert: tuple[Path, Path] | None = None) -> httpx.Client:
     ca = srv["pki"] / "ca.crt"
-    if user is None:
+    if cert is not None:
+        ctx = client_ssl_context(ca, *cert)
+    elif user is None:
         ctx = client_ssl_context(ca)
     else:
         ctx = client_ssl_context(ca, *pki.user_cert_paths(srv["pki"], user))
@@ -146,3 +153,66 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(server: dict[str, Any]
         r = alice.get("/v1/jobs", params={"state": "DANCING"})
         assert r.status_code == 422 and "DANCING" in r.json()["message"]
         assert alice.get("/v1/jobs").json() == before
+
+
+# -- issue 10: the registry, the docs, the audit log, over real TLS -------------------------
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_docs_and_schema_need_a_user_certificate(server: dict[str, Any], path: str) -> None:
+    with _client(server) as anonymous:
+        answer = anonymous.get(path)
+        assert answer.status_code == 401 and "paths" not in answer.text
+    with _client(server, "alice") as alice:
+        assert alice.get(path).status_code == 200
+
+
+def test_revoking_a_user_refuses_their_next_call_without_a_restart(
+        server: dict[str, Any]) -> None:
+    with _client(server, "bob") as bob:
+        assert bob.get("/v1/whoami").json()["username"] == "bob"
+        UserRegistry(server["pki"]).revoke("bob")  # `skyport user revoke bob`
+        # the same kept-alive connection: the check is per call, not per handshake
+        answer = bob.post("/v1/jobs", json={"spec": {"script": "#!/bin/bash\ntrue\n"}})
+        assert answer.status_code == 401 and "revoked" in answer.json()["message"]
+    with _client(server, "bob") as again:
+        assert again.get("/v1/whoami").status_code == 401
+    assert server["store"].list(owner="bob") == []
+
+
+def test_a_reissued_certificate_replaces_the_old_one(server: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    cert, key = pki.user_cert_paths(server["pki"], "alice")
+    old = (tmp_path / "old.crt", tmp_path / "old.key")
+    old[0].write_bytes(cert.read_bytes())
+    old[1].write_bytes(key.read_bytes())
+    pki.issue_user_cert(server["pki"], "alice", overwrite=True)  # `user add alice --force`
+    with _client(server, cert=old) as thief:
+        assert thief.get("/v1/jobs").status_code == 401
+    with _client(server, "alice") as alice:
+        assert alice.get("/v1/whoami").status_code == 200
+
+
+def test_a_ca_signed_certificate_for_an_unregistered_name_is_refused(
+        server: dict[str, Any]) -> None:
+    registry = server["pki"] / REGISTRY_FILE
+    saved = registry.read_bytes()
+    pki.issue_user_cert(server["pki"], "mallory", role="admin")
+    registry.write_bytes(saved)  # signed by our CA, never registered
+    with _client(server, "mallory") as mallory:
+        answer = mallory.get("/v1/jobs", params={"all": "true"})
+        assert answer.status_code == 401 and "not registered" in answer.json()["message"]
+
+
+def test_changing_calls_are_audited_with_who_and_result(server: dict[str, Any]) -> None:
+    mine, token = server["jobs"]["mine"]
+    with _client(server, "bob") as bob:
+        assert bob.post(f"/v1/jobs/{mine}/cancel").status_code == 404
+    with _client(server, "alice") as alice:
+        assert alice.post(f"/v1/jobs/{mine}/cancel").status_code == 200
+        alice.get("/v1/jobs")
+    lines = [json.loads(x) for x in server["audit"].read_text().splitlines()]
+    assert [(x["who"], x["path"], x["job_id"], x["status"], x["result"]) for x in lines] == [
+        ("bob", f"/v1/jobs/{mine}/cancel", mine, 404, "NotFoundError"),
+        ("alice", f"/v1/jobs/{mine}/cancel", mine, 200, "ok"),
+    ]
