@@ -161,6 +161,29 @@ class UserRegistry:
             data.users[username] = entry
             return entry
 
+    def adopt_issued(self) -> builtins.list[str]:
+        """A state directory from before the registry: register ``pki/users/*.crt`` once.
+
+        Only when there is no registry file yet (the control plane calls this at
+        start-up); afterwards the registry alone decides.  Returns the names adopted.
+        """
+        if self.path.exists():
+            return []
+        from cryptography import x509  # the registry itself never parses certificates
+
+        found: builtins.list[tuple[str, Literal["user", "admin"], int]] = []
+        for cert_path in sorted((self.path.parent / "users").glob("*.crt")):
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            names = {a.oid.dotted_string: str(a.value) for a in cert.subject}
+            name, role = names.get("2.5.4.3", ""), names.get("2.5.4.11", "")
+            if name == cert_path.stem and role in ("user", "admin"):
+                found.append((name, role, cert.serial_number))  # type: ignore[arg-type]
+        with self._editing():
+            pass  # an empty registry, even when no certificate was found
+        for name, role, serial in found:
+            self.register(name, role, serial)
+        return [name for name, _, _ in found]
+
     def summary(self) -> builtins.list[dict[str, Any]]:
         return [u.model_dump() for u in self.list()]
 

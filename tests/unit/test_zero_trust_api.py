@@ -155,6 +155,20 @@ def test_a_certificate_whose_role_differs_from_the_registry_is_refused(tmp_path:
     assert _call(app, "/v1/whoami", saved).status_code == 401
 
 
+def test_a_state_directory_from_before_the_registry_adopts_its_certificates_once(
+        tmp_path: Path) -> None:
+    pki = _pki(tmp_path)
+    issue_user_cert(pki, "admin", role="admin")
+    issue_user_cert(pki, "alice")
+    (pki / REGISTRY_FILE).unlink()  # as an earlier version left it
+    registry = UserRegistry(pki)
+    assert registry.adopt_issued() == ["admin", "alice"]
+    assert {u.name: u.role for u in registry.list()} == {"admin": "admin", "alice": "user"}
+    registry.revoke("alice")
+    assert registry.adopt_issued() == []  # once: a revoked user is not adopted again
+    assert registry.check("alice", "user", 1).ok is False
+
+
 def test_user_list_and_revoke_from_the_cli(tmp_path: Path) -> None:
     home = tmp_path / "home"
     pki = home / "pki"
