@@ -123,6 +123,7 @@ class CoreActor:
             ),
             policy_name=config.policy,
             inputs=config.inputs,
+            limits=config.limits,
         )
 
     async def start(self) -> dict[str, Any]:
