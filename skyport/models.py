@@ -24,7 +24,7 @@ MAX_ENV_VARS = 512
 MAX_PATHS = 256  # inputs, and outputs
 MAX_URL_CHARS = 4096
 # control characters a text field may hold: none, but tabs and newlines where text is prose
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # \t \n \r pass
 _ANY_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -49,7 +49,8 @@ def escape_controls(text: str, keep: str = "\n\t") -> str:
 def check_text(value: str, field: str, *, multiline: bool = True) -> str:
     """``value`` as UTF-8 text with no NUL, lone surrogate or control character.
 
-    Tabs and newlines are kept where ``multiline`` (scripts, env values);
+    Tabs, newlines and carriage returns (a script saved with CRLF) are kept
+    where ``multiline`` (scripts, env values);
     everything else would reach a shell, an environment block or a terminal
     as something other than text.
     """
@@ -62,7 +63,7 @@ def check_text(value: str, field: str, *, multiline: bool = True) -> str:
     if bad is not None:
         raise ValueError(f"{field} holds control character {bad.group()!r} at position "
                          f"{bad.start()}: only printable text"
-                         + (", tabs and newlines" if multiline else ""))
+                         + (", tabs and line ends" if multiline else ""))
     return value
 
 

@@ -155,6 +155,16 @@ def test_a_certificate_whose_role_differs_from_the_registry_is_refused(tmp_path:
     assert _call(app, "/v1/whoami", saved).status_code == 401
 
 
+def test_init_registers_the_admin(tmp_path: Path) -> None:
+    from skyport.config import StateDir
+    from skyport.controlplane import init_state
+
+    state = StateDir(tmp_path / "home")
+    init_state(state, local_cpus=1)
+    assert [(u.name, u.role, u.revoked) for u in UserRegistry(state.pki).list()] == [
+        ("admin", "admin", False)]
+
+
 def test_a_state_directory_from_before_the_registry_adopts_its_certificates_once(
         tmp_path: Path) -> None:
     pki = _pki(tmp_path)
