@@ -231,6 +231,9 @@ def test_a_huge_log_offset_is_refused_not_a_500(cp: TestControlPlane, offset: in
     answer = _raw(cp).get(f"/v1/jobs/{job.id}/logs/stdout", params={"offset": str(offset)})
     assert answer.status_code == 422
     assert answer.json()["field"].endswith("offset")
+    # the largest offset a file can have is past the end: nothing to read, not an error
+    last = _raw(cp).get(f"/v1/jobs/{job.id}/logs/stdout", params={"offset": str(2**63 - 1)})
+    assert (last.status_code, last.content) == (200, b"")
 
 
 BAD_SPECS = [
