@@ -335,6 +335,21 @@ def test_control_characters_in_an_agent_reason_never_reach_a_terminal(
     assert safe("line one\n\ttwo") == "line one\n\ttwo"
 
 
+def test_show_and_wait_print_no_control_character_a_job_sent(
+        cp: TestControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = cp.client("alice").submit(JobSpec(script=SCRIPT))
+    agents = cp.start(job.id)
+    # even were it stored raw (a store from before the escaping), the terminal gets text
+    agents.exit(1, reason="bye")
+    cp.store.update(job.id, reason="\x1b]0;owned\x07\x9b2J")
+    monkeypatch.setattr(cli_app, "client_factory", lambda *_: cp.client("alice"))
+    for args in (["show", job.id], ["wait", job.id]):
+        result = CliRunner().invoke(cli_app.cli, args)
+        printed = result.output
+        assert "owned" in printed, printed
+        assert not any(ch in printed for ch in "\x1b\x07\x9b"), printed
+
+
 # -- finding 4: result() unpickles only what the live attempt stored --------------------------
 
 
