@@ -64,6 +64,7 @@ class _Board:
 
 def plan(snapshot: Snapshot, policy: Policy) -> Timetable:
     """Plan every queued job of ``snapshot`` under ``policy``."""
+    snapshot = policy.planning_view(snapshot)
     board, placeable, unplaceable = _board(snapshot)
     ordered = policy.order(snapshot, placeable)
     discipline = policy.discipline

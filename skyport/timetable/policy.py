@@ -48,6 +48,10 @@ class Capability(enum.Enum):
     """Every queued job holds a reservation (no job is ever delayed by a later one)."""
     NEEDS_USAGE = "needs-usage"
     """Reads ``Snapshot.usage``: the caller must keep a usage ledger."""
+    NEEDS_HISTORY = "needs-history"
+    """Reads ``Snapshot.history``: the caller must keep the owners' ended jobs."""
+    PREDICTS = "predicts"
+    """Plans with predicted runtimes: planned starts are predictions, not promises."""
 
 
 class PolicyConfig(BaseModel):
@@ -68,6 +72,15 @@ class Policy(ABC):
         if config is not None and options:
             raise TypeError("pass either a config object or keyword options, not both")
         self.config = config if config is not None else self.config_model(**options)
+
+    def planning_view(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot the engine places jobs on; by default ``snapshot`` itself.
+
+        A policy that plans with predicted runtimes returns a copy whose
+        ``est_runtime_s`` are its predictions. Jobs keep their ids, so the
+        timetable names the caller's jobs; only holds and ends change.
+        """
+        return snapshot
 
     @abstractmethod
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
