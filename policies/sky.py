@@ -33,6 +33,7 @@ workloads.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -41,7 +42,7 @@ from pydantic import Field
 
 from skyport.timetable.policy import Capability, Discipline, Policy, PolicyConfig
 from skyport.timetable.predict import correct, owner_means, predict
-from skyport.timetable.snapshot import QueuedJob, RunningJob, Snapshot
+from skyport.timetable.snapshot import JobId, QueuedJob, RunningJob, Snapshot
 
 __all__ = ["SkyConfig", "SkyPolicy"]
 
@@ -55,10 +56,18 @@ class SkyConfig(PolicyConfig):
     """Predictions shorter than this count as this (the bounded-slowdown threshold)."""
     boost_s: float = Field(default=1.0, ge=0)
     """Head start added to every wait in the priority."""
+    alpha: float = Field(default=1.0, gt=0, le=2)
+    """Exponent on the job's size in the priority: below 1 lets wide, long jobs catch up sooner."""
     depth: int = Field(default=2, ge=1, le=16)
     """How many of the owner's last ended jobs the prediction averages."""
+    reserve_oldest: int = Field(default=0, ge=0, le=16)
+    """How many of the longest-waiting jobs hold a reservation besides the head."""
+    reserve_after_s: float = Field(default=0.0, ge=0)
+    """Only jobs that have waited this long get those reservations."""
     predict: bool = True
     """Plan with predictions (False: with requested times, for comparison)."""
+    order_on: str = Field(default="predicted", pattern="^(predicted|requested)$")
+    """Which runtime the queue order's priority divides by."""
 
 
 class SkyPolicy(Policy):
@@ -70,16 +79,22 @@ class SkyPolicy(Policy):
     config_model = SkyConfig
     config: SkyConfig
 
+    _requested: dict[JobId, float] = {}
+
     def planning_view(self, snapshot: Snapshot) -> Snapshot:
+        self._requested = {}
         if not self.config.predict or not snapshot.history:
             return snapshot
         aged_before = snapshot.now_s - self.config.max_wait_s
         if any(job.submit_s <= aged_before for job in snapshot.queued):
             return snapshot  # the aging guard: an aged head's reservation must hold
+        self._requested = {job.id: job.est_runtime_s for job in snapshot.queued}
         means = owner_means(snapshot.history, self.config.depth)
         queued = tuple(_predicted_queued(job, means.get(job.owner)) for job in snapshot.queued)
         now = snapshot.now_s
-        running = tuple(_predicted_running(job, means.get(job.owner), now) for job in snapshot.running)
+        running = tuple(
+            _predicted_running(job, means.get(job.owner), now) for job in snapshot.running
+        )
         return replace(snapshot, queued=queued, running=running)
 
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
@@ -87,20 +102,38 @@ class SkyPolicy(Policy):
         aged_before = now - self.config.max_wait_s
         tau = self.config.tau_s
         boost = self.config.boost_s
+        requested = self._requested if self.config.order_on == "requested" else {}
+        alpha = self.config.alpha
 
         def key(job: QueuedJob) -> tuple[int, float, float]:
             if job.submit_s <= aged_before:
                 return (0, job.submit_s, 0.0)
-            est = job.est_runtime_s
-            size = math.log2(job.procs + 1) * (est if est > tau else tau)
+            est = requested.get(job.id, job.est_runtime_s)
+            size = (math.log2(job.procs + 1) * (est if est > tau else tau)) ** alpha
             return (1, -(now - job.submit_s + boost) / size, job.submit_s)
 
         return sorted(jobs, key=key)
+
+    def also_reserve(
+        self, snapshot: Snapshot, waiting: Sequence[QueuedJob]
+    ) -> Sequence[QueuedJob]:
+        count = self.config.reserve_oldest
+        if not count:
+            return ()
+        before = snapshot.now_s - self.config.reserve_after_s
+        old = [job for job in waiting if job.submit_s <= before]
+        if len(old) > count:
+            old = heapq.nsmallest(count, old, key=_by_submit)
+        return sorted(old, key=_by_submit)
 
     def backfill_order(
         self, snapshot: Snapshot, candidates: Sequence[QueuedJob]
     ) -> Sequence[QueuedJob]:
         return sorted(candidates, key=_by_estimate)
+
+
+def _by_submit(job: QueuedJob) -> tuple[float, str]:
+    return (job.submit_s, str(job.id))
 
 
 def _by_estimate(job: QueuedJob) -> tuple[float, float]:

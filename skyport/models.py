@@ -203,6 +203,7 @@ class Job(BaseModel):
     cluster_id: str | None = None
     node_names: list[str] = Field(default_factory=list)
     planned_start_at: datetime | None = None
+    planned_start_predicted: bool = False  # planned_start_at rests on predicted runtimes
     restarts: int = 0
     events: list[Event] = Field(default_factory=list)
 

@@ -278,6 +278,7 @@ class CoreService(CoreViews, LaunchCalls):
         entry = self._plan.get(job.id)
         if entry is not None and job.state == S.QUEUED:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
+            job.planned_start_predicted = entry.predicted
         return job
 
     # -- agent calls ---------------------------------------------------------
@@ -553,8 +554,10 @@ class CoreService(CoreViews, LaunchCalls):
         self._dirty.set()
         if job.started_at is not None and job.cluster_id:
             now = utcnow()
-            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
-            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
+            ran_s = max(0.0, (now - job.started_at).total_seconds())
+            asked_s = float(job.spec.resources.time_limit_s)  # the runtime history's two facts
+            used_s = ran_s * job.spec.total_cpus
+            self._charges.append(UsageCharge(job.owner, used_s, now.timestamp(), ran_s, asked_s))
 
     async def _requeue_lost(self, job: Job, reason: str) -> None:
         # the restart policy (revoke the token, drop the cluster, QUEUED or FAILED)

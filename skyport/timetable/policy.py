@@ -12,7 +12,9 @@ Disciplines:
 * ``STRICT``: start jobs in policy order while the next one fits; the first
   that does not fit blocks the rest (FCFS, SJF).
 * ``EASY``: as strict, then the blocked head gets a reservation at its shadow
-  time and later jobs may start now if they do not delay it.
+  time and later jobs may start now if they do not delay it. A policy may
+  name more jobs to reserve after the head (:meth:`Policy.also_reserve`);
+  backfilled jobs then delay none of those reservations either.
 * ``CONSERVATIVE``: every job, in policy order, gets the earliest reservation
   that does not delay any earlier one.
 """
@@ -85,6 +87,18 @@ class Policy(ABC):
     @abstractmethod
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         """The queue in the order jobs are considered (highest precedence first)."""
+
+    def also_reserve(
+        self, snapshot: Snapshot, waiting: Sequence[QueuedJob]
+    ) -> Sequence[QueuedJob]:
+        """Jobs besides the head that hold reservations under ``EASY`` (by default none).
+
+        ``waiting`` is the ordered queue after the head. The engine reserves the
+        head, then these jobs in the order given, and backfills only jobs that
+        delay none of them. A slowdown-first order uses this to keep a
+        reservation for the longest-waiting jobs.
+        """
+        return ()
 
     def backfill_order(
         self, snapshot: Snapshot, candidates: Sequence[QueuedJob]

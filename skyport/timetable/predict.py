@@ -101,7 +101,7 @@ class RuntimeHistory:
         self._view: dict[str, tuple[Ended, ...]] = {}
 
     def record(self, owner: str, runtime_s: float, requested_s: float) -> None:
-        """Remember that a job of ``owner`` ended after ``runtime_s`` (it asked for ``requested_s``)."""
+        """Remember that a job of ``owner`` ran ``runtime_s``; it had asked for ``requested_s``."""
         jobs = self._jobs.get(owner)
         if jobs is None:
             jobs = self._jobs[owner] = deque(maxlen=self.keep)
