@@ -1,42 +1,51 @@
-"""Sky Port's house policy (``sky``): predicted runtimes, slowdown order, EASY, an aging guard.
+"""Sky Port's house policy (``sky``): predicted runtimes, slowdown order, reservations for the old.
 
-Three levers, each from the backfilling literature:
+Levers from the backfilling literature:
 
-* **Predicted runtimes for planning.** A job is planned to run for the mean
-  runtime of its owner's last two ended jobs, never more than it requested
-  (:mod:`skyport.timetable.predict`, after Tsafrir, Etsion and Feitelson
-  2007); a running job that outlives its prediction is re-predicted a step
-  further. Shadow times and backfill decisions use these, so a job that
-  asked for a day but whose owner's jobs take ten minutes backfills like a
-  ten-minute job. Jobs are still killed only at their requested time.
-* **Slowdown order.** The queue is ordered by ``(wait_s + w) / (log2(procs
-  + 1) * max(predicted_s, tau_s))``, highest first: a minute of waiting
-  costs a short job more bounded slowdown than a long one. ``w`` is
-  ``boost_s``, a head start that keeps a fresh short job from being pinned
-  behind an old wide one. Backfill candidates go shortest prediction first.
-* **Aging guard.** A job that has waited ``max_wait_s`` is *aged*: aged jobs
-  go before every other job, oldest first, and while any job is aged the
-  pass plans with requested times, not predictions, so EASY's reservation
-  for the head is one no backfilled job can break (a job ends by its
-  requested time, where it is killed).
+* **Predicted runtimes.** A queued job is predicted the mean runtime of its
+  owner's last two ended jobs, never more than it requested; an owner with
+  no history, or whose last jobs each ran at least 90 % of their request,
+  is taken at their word (:mod:`skyport.timetable.predict`, after Tsafrir,
+  Etsion and Feitelson 2007). The priority below divides by the prediction,
+  and backfilling plans queued jobs with it, so a job that asked for a day
+  but whose owner's jobs take ten minutes is ranked and backfilled like a
+  ten-minute job. Running jobs are planned at their requested ends
+  (``plan_with="queued"``): on KTH-SP2 this beat predicting them as well,
+  since an underpredicted running job makes every reservation too early.
+  Jobs are still killed only at their requested time.
+* **Slowdown order.** The queue is ordered by ``(wait_s + boost_s) /
+  (log2(procs + 1) * max(predicted_s, tau_s))``, highest first: a minute of
+  waiting costs a short job more bounded slowdown than a long one; the
+  hour-long ``boost_s`` keeps fresh jobs in shortest-first order among
+  themselves. Backfill candidates go shortest prediction first.
+* **Reservations for the longest-waiting.** The head of that order holds
+  EASY's reservation, and so does the oldest job once it has waited
+  ``reserve_after_s`` (2 days): backfilling delays neither
+  (:meth:`Policy.also_reserve`).
+* **Aging guard.** A job that has waited ``max_wait_s`` (3 days) is *aged*:
+  aged jobs go before every other job, oldest first, and while any job is
+  aged the pass plans with requested times only, so no backfilled job can
+  break the aged head's reservation (every job ends by its requested time,
+  where it is killed).
 
-The bound: a job's wait is at most ``max_wait_s``, plus the time to serve
-the aged jobs submitted before it, plus one longest requested time. Once
-aged it is overtaken only by older aged jobs and by backfilled jobs; once it
-is the head, its reservation is computed from requested ends, which
-backfilling never delays, so it starts by the latest requested end of the
-jobs running when it became the head. When no other job is aged as it ages
-(the common case), its wait is at most ``max_wait_s`` plus the longest
-requested time; ``tests/unit/timetable/test_sky.py`` checks that on random
-workloads.
+The bound, given jobs end by their requested time: a job's wait is at most
+``max_wait_s + (k + 1) * R``, where ``R`` is the longest requested time and
+``k`` the number of jobs submitted before it still queued when it aged. Once
+aged it is overtaken only by those older aged jobs (and by backfilled jobs,
+which delay no reservation); each of them, and then the job itself, starts
+within ``R`` of becoming the head, because the head's reservation is
+computed from requested ends and backfilling never moves it later. With no
+older job waiting the bound is ``max_wait_s + R``.
+``tests/unit/timetable/test_sky.py`` checks it on random workloads.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 
 from pydantic import Field
 
@@ -46,32 +55,36 @@ from skyport.timetable.snapshot import JobId, QueuedJob, RunningJob, Snapshot
 
 __all__ = ["SkyConfig", "SkyPolicy"]
 
+_NONE: Mapping[JobId, float] = MappingProxyType({})
+
 
 class SkyConfig(PolicyConfig):
-    """Knobs of the house policy."""
+    """Knobs of the house policy (defaults chosen on KTH-SP2 and Lublin, see RESULTS.md)."""
 
-    max_wait_s: float = Field(default=36 * 3600.0, gt=0)
+    max_wait_s: float = Field(default=3 * 86_400.0, gt=0)
     """Wait after which a job goes before all non-aged jobs, oldest first."""
-    tau_s: float = Field(default=10.0, gt=0)
-    """Predictions shorter than this count as this (the bounded-slowdown threshold)."""
-    boost_s: float = Field(default=1.0, ge=0)
-    """Head start added to every wait in the priority."""
-    alpha: float = Field(default=1.0, gt=0, le=2)
-    """Exponent on the job's size in the priority: below 1 lets wide, long jobs catch up sooner."""
-    depth: int = Field(default=2, ge=1, le=16)
-    """How many of the owner's last ended jobs the prediction averages."""
-    reserve_oldest: int = Field(default=0, ge=0, le=16)
+    reserve_oldest: int = Field(default=1, ge=0, le=16)
     """How many of the longest-waiting jobs hold a reservation besides the head."""
-    reserve_after_s: float = Field(default=0.0, ge=0)
+    reserve_after_s: float = Field(default=2 * 86_400.0, ge=0)
     """Only jobs that have waited this long get those reservations."""
+    boost_s: float = Field(default=3600.0, ge=0)
+    """Head start added to every wait in the priority."""
+    tau_s: float = Field(default=10.0, gt=0)
+    """Runtimes shorter than this count as this in the priority (bounded slowdown's threshold)."""
+    depth: int = Field(default=2, ge=1, le=16)
+    """How many of the owner's last ended jobs a prediction averages."""
     predict: bool = True
-    """Plan with predictions (False: with requested times, for comparison)."""
+    """Use predictions at all (False: requested times everywhere, for comparison)."""
     order_on: str = Field(default="predicted", pattern="^(predicted|requested)$")
-    """Which runtime the queue order's priority divides by."""
+    """Which runtime the priority divides by."""
+    plan_with: str = Field(default="queued", pattern="^(predicted|requested|queued)$")
+    """Holds the engine plans with: predictions for queued jobs only, for all jobs, or none."""
+    protect_after_s: float | None = Field(default=None, gt=0)
+    """While some job has waited this long, plan with requested times (as when one is aged)."""
 
 
 class SkyPolicy(Policy):
-    """Slowdown order on predicted runtimes, EASY backfilling, an aging guard."""
+    """Slowdown order on predicted runtimes, EASY with reservations for the old, aging guard."""
 
     name = "sky"
     discipline = Discipline.EASY
@@ -79,37 +92,50 @@ class SkyPolicy(Policy):
     config_model = SkyConfig
     config: SkyConfig
 
-    _requested: dict[JobId, float] = {}
+    # This pass's runtime for the priority of each queued job, and the
+    # snapshot it belongs to (order() receives the view planning_view made).
+    _pass: tuple[Snapshot | None, Mapping[JobId, float]] = (None, _NONE)
 
     def planning_view(self, snapshot: Snapshot) -> Snapshot:
-        self._requested = {}
-        if not self.config.predict or not snapshot.history:
+        cfg = self.config
+        self._pass = (snapshot, _NONE)
+        if not cfg.predict or not snapshot.history:
             return snapshot
-        aged_before = snapshot.now_s - self.config.max_wait_s
-        if any(job.submit_s <= aged_before for job in snapshot.queued):
-            return snapshot  # the aging guard: an aged head's reservation must hold
-        self._requested = {job.id: job.est_runtime_s for job in snapshot.queued}
-        means = owner_means(snapshot.history, self.config.depth)
-        queued = tuple(_predicted_queued(job, means.get(job.owner)) for job in snapshot.queued)
-        now = snapshot.now_s
-        running = tuple(
-            _predicted_running(job, means.get(job.owner), now) for job in snapshot.running
-        )
-        return replace(snapshot, queued=queued, running=running)
+        means = owner_means(snapshot.history, cfg.depth)
+        predicted = tuple(_predicted_queued(job, means.get(job.owner)) for job in snapshot.queued)
+        estimates: Mapping[JobId, float] = _NONE
+        if cfg.order_on == "predicted":
+            estimates = {job.id: job.est_runtime_s for job in predicted}
+        guard_s = min(cfg.max_wait_s, cfg.protect_after_s or cfg.max_wait_s)
+        aged_before = snapshot.now_s - guard_s
+        if cfg.plan_with == "requested" or any(
+            job.submit_s <= aged_before for job in snapshot.queued
+        ):
+            # the aging guard: the aged head's reservation is made on requested ends
+            self._pass = (snapshot, estimates)
+            return snapshot
+        running = snapshot.running
+        if cfg.plan_with == "predicted":
+            now = snapshot.now_s
+            running = tuple(_predicted_running(job, means.get(job.owner), now) for job in running)
+        view = replace(snapshot, queued=predicted, running=running)
+        self._pass = (view, estimates)
+        return view
 
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         now = snapshot.now_s
         aged_before = now - self.config.max_wait_s
         tau = self.config.tau_s
         boost = self.config.boost_s
-        requested = self._requested if self.config.order_on == "requested" else {}
-        alpha = self.config.alpha
+        seen, estimates = self._pass
+        if seen is not snapshot:
+            estimates = _NONE
 
         def key(job: QueuedJob) -> tuple[int, float, float]:
             if job.submit_s <= aged_before:
                 return (0, job.submit_s, 0.0)
-            est = requested.get(job.id, job.est_runtime_s)
-            size = (math.log2(job.procs + 1) * (est if est > tau else tau)) ** alpha
+            est = estimates.get(job.id, job.est_runtime_s)
+            size = math.log2(job.procs + 1) * (est if est > tau else tau)
             return (1, -(now - job.submit_s + boost) / size, job.submit_s)
 
         return sorted(jobs, key=key)
@@ -145,14 +171,7 @@ def _predicted_queued(job: QueuedJob, mean_s: float | None) -> QueuedJob:
     if est == job.est_runtime_s:
         return job
     return QueuedJob(
-        job.id,
-        job.owner,
-        job.submit_s,
-        job.procs,
-        est,
-        job.nodes,
-        job.priority,
-        job.allowed_pools,
+        job.id, job.owner, job.submit_s, job.procs, est, job.nodes, job.priority, job.allowed_pools
     )
 
 

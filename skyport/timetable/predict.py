@@ -10,7 +10,9 @@ caller from the jobs it has seen end (:class:`RuntimeHistory`).
 
 Rules, all in seconds:
 
-* a user with no history is predicted their requested time;
+* a user with no history is predicted their requested time, and so is a
+  user whose last jobs each ran at least ``TRUST_REQUESTS_AT`` (90 %) of
+  what they requested (their requests are accurate);
 * otherwise the mean runtime of their last ``depth`` ended jobs (2 by
   default), never more than the job's requested time and never less than
   ``MIN_PREDICTION_S``;
@@ -34,6 +36,7 @@ from skyport.timetable.snapshot import Ended
 __all__ = [
     "CORRECTION_STEPS_S",
     "MIN_PREDICTION_S",
+    "TRUST_REQUESTS_AT",
     "RuntimeHistory",
     "correct",
     "owner_means",
@@ -41,6 +44,9 @@ __all__ = [
 ]
 
 MIN_PREDICTION_S = 1.0
+
+TRUST_REQUESTS_AT = 0.9
+"""An owner whose last jobs each ran at least this share of their request is taken at their word."""
 
 # Tsafrir et al.'s correction ladder: a job past its prediction is expected
 # to end at the next of these elapsed times (then its requested time).
@@ -59,13 +65,23 @@ CORRECTION_STEPS_S: tuple[float, ...] = (
 )
 
 
-def owner_means(history: Mapping[str, Sequence[Ended]], depth: int = 2) -> dict[str, float]:
-    """Each owner's mean runtime over their last ``depth`` ended jobs (owners with history)."""
+def owner_means(
+    history: Mapping[str, Sequence[Ended]], depth: int = 2, trust: float = TRUST_REQUESTS_AT
+) -> dict[str, float]:
+    """Each owner's mean runtime over their last ``depth`` ended jobs.
+
+    Owners with no history are left out, and so are owners whose last jobs
+    each ran at least ``trust`` of what they requested: their requests are
+    accurate, and their next job is predicted its own requested time.
+    """
     out: dict[str, float] = {}
     for owner, ended in history.items():
         recent = ended[-depth:]
-        if recent:
-            out[owner] = sum(e.runtime_s for e in recent) / len(recent)
+        if not recent:
+            continue
+        if all(e.runtime_s >= trust * e.requested_s for e in recent):
+            continue
+        out[owner] = sum(e.runtime_s for e in recent) / len(recent)
     return out
 
 

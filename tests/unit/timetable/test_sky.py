@@ -12,6 +12,8 @@ from benchmarks.timetable.replay import replay
 from benchmarks.timetable.swf import TraceJob
 from skyport.timetable import Capability, Pool, QueuedJob, RunningJob, Snapshot, load_policy, plan
 from skyport.timetable.snapshot import Ended
+from tests.unit.timetable.conftest import CAPACITY, snapshots
+from tests.unit.timetable.test_engine_properties import _as_running, _peak_use
 
 POOL = (Pool("p", 10),)
 
@@ -45,8 +47,10 @@ def test_the_planning_view_predicts_and_corrects_running_jobs() -> None:
         RunningJob("stranger", "bob", "p", 1, 0.0, 5000.0),  # no history: requested
     )
     snapshot = Snapshot(1000.0, (), running, POOL, history=history)
-    view = load_policy("sky").planning_view(snapshot)
+    view = load_policy("sky", plan_with="predicted").planning_view(snapshot)
     assert [job.est_runtime_s for job in view.running] == [200.0, 1800.0, 5000.0]
+    # by default running jobs keep their requested ends
+    assert load_policy("sky").planning_view(snapshot).running == running
 
 
 def test_an_aged_job_switches_planning_back_to_requested_times() -> None:
@@ -74,8 +78,14 @@ def _workload(seed: int, n: int = 300) -> list[TraceJob]:
 
 @pytest.mark.parametrize("seed", range(4))
 @settings(max_examples=15, deadline=None)
-@given(max_wait_s=st.sampled_from([600.0, 1800.0, 7200.0]))
-def test_the_aging_guard_bounds_every_wait(seed: int, max_wait_s: float) -> None:
+@given(
+    max_wait_s=st.sampled_from([600.0, 1800.0, 7200.0]),
+    reserve_after_s=st.sampled_from([0.0, 300.0, 1e9]),
+    plan_with=st.sampled_from(["queued", "predicted"]),
+)
+def test_the_aging_guard_bounds_every_wait(
+    seed: int, max_wait_s: float, reserve_after_s: float, plan_with: str
+) -> None:
     """wait <= max_wait_s + (k + 1) * R for every job.
 
     R is the longest requested time and k the number of jobs submitted
@@ -84,7 +94,10 @@ def test_the_aging_guard_bounds_every_wait(seed: int, max_wait_s: float) -> None
     (no older job waiting) the bound is max_wait_s + R.
     """
     jobs = _workload(seed)
-    starts = replay(jobs, 16, load_policy("sky", max_wait_s=max_wait_s)).starts
+    policy = load_policy(
+        "sky", max_wait_s=max_wait_s, reserve_after_s=reserve_after_s, plan_with=plan_with
+    )
+    starts = replay(jobs, 16, policy).starts
     longest = max(job.req_s for job in jobs)
     aged = 0
     for i, job in enumerate(jobs):
@@ -97,3 +110,31 @@ def test_the_aging_guard_bounds_every_wait(seed: int, max_wait_s: float) -> None
         )
         assert wait <= max_wait_s + (older + 1) * longest, (i, wait, older)
     assert aged > 0  # the workload is heavy enough that the guard is exercised
+
+
+RESERVING = {"reserve_oldest": 2, "reserve_after_s": 0.0, "plan_with": "predicted"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(snapshot=snapshots())
+def test_reserving_the_oldest_keeps_capacity_and_gives_every_job_a_start(
+    snapshot: Snapshot,
+) -> None:
+    policy = load_policy("sky", **RESERVING)
+    timetable = plan(snapshot, policy)
+    assert sorted(map(str, (p.job_id for p in timetable.entries))) == sorted(
+        str(j.id) for j in snapshot.queued
+    )
+    assert _peak_use(policy.planning_view(snapshot), timetable.entries) <= CAPACITY
+    busy = sum(r.procs for r in snapshot.running)
+    assert busy + sum(p.procs for p in timetable.to_start_now) <= CAPACITY
+
+
+@settings(max_examples=150, deadline=None)
+@given(snapshot=snapshots())
+def test_backfilling_delays_none_of_the_reserved_jobs(snapshot: Snapshot) -> None:
+    policy = load_policy("sky", **RESERVING)
+    timetable = plan(snapshot, policy)
+    after = plan(_as_running(snapshot, timetable), policy)
+    for reserved in timetable.reserved:
+        assert after.start_of(reserved.job_id) <= reserved.start_s
