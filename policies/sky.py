@@ -43,15 +43,16 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
+from typing import Any
 
 from pydantic import Field
 
 from skyport.timetable.policy import Capability, Discipline, Policy, PolicyConfig
-from skyport.timetable.predict import correct, owner_means, predict
-from skyport.timetable.snapshot import JobId, QueuedJob, RunningJob, Snapshot
+from skyport.timetable.predict import correct, owner_mean, predict
+from skyport.timetable.snapshot import Ended, JobId, QueuedJob, RunningJob, Snapshot
 
 __all__ = ["SkyConfig", "SkyPolicy"]
 
@@ -96,13 +97,17 @@ class SkyPolicy(Policy):
     # snapshot it belongs to (order() receives the view planning_view made).
     _pass: tuple[Snapshot | None, Mapping[JobId, float]] = (None, _NONE)
 
+    def __init__(self, config: PolicyConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._memo: dict[str, tuple[tuple[Ended, ...], float | None]] = {}
+
     def planning_view(self, snapshot: Snapshot) -> Snapshot:
         cfg = self.config
         self._pass = (snapshot, _NONE)
         if not cfg.predict or not snapshot.history:
             return snapshot
-        means = owner_means(snapshot.history, cfg.depth)
-        predicted = tuple(_predicted_queued(job, means.get(job.owner)) for job in snapshot.queued)
+        means = self._means(snapshot.history)
+        predicted = tuple(_predicted_queued(job, means(job.owner)) for job in snapshot.queued)
         estimates: Mapping[JobId, float] = _NONE
         if cfg.order_on == "predicted":
             estimates = {job.id: job.est_runtime_s for job in predicted}
@@ -117,10 +122,32 @@ class SkyPolicy(Policy):
         running = snapshot.running
         if cfg.plan_with == "predicted":
             now = snapshot.now_s
-            running = tuple(_predicted_running(job, means.get(job.owner), now) for job in running)
+            running = tuple(_predicted_running(job, means(job.owner), now) for job in running)
         view = replace(snapshot, queued=predicted, running=running)
         self._pass = (view, estimates)
         return view
+
+    def _means(self, history: Mapping[str, tuple[Ended, ...]]) -> Callable[[str], float | None]:
+        """Each owner's mean recent runtime, recomputed only when their history changed.
+
+        A caller's history hands out a new tuple when an owner's jobs end, so
+        the memo is keyed on the tuple's identity (and held with it).
+        """
+        memo = self._memo
+        depth = self.config.depth
+
+        def mean(owner: str) -> float | None:
+            ended = history.get(owner)
+            if ended is None:
+                return None
+            known = memo.get(owner)
+            if known is not None and known[0] is ended:
+                return known[1]
+            value = owner_mean(ended, depth)
+            memo[owner] = (ended, value)
+            return value
+
+        return mean
 
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         now = snapshot.now_s

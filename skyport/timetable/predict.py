@@ -39,6 +39,7 @@ __all__ = [
     "TRUST_REQUESTS_AT",
     "RuntimeHistory",
     "correct",
+    "owner_mean",
     "owner_means",
     "predict",
 ]
@@ -76,13 +77,20 @@ def owner_means(
     """
     out: dict[str, float] = {}
     for owner, ended in history.items():
-        recent = ended[-depth:]
-        if not recent:
-            continue
-        if all(e.runtime_s >= trust * e.requested_s for e in recent):
-            continue
-        out[owner] = sum(e.runtime_s for e in recent) / len(recent)
+        mean = owner_mean(ended, depth, trust)
+        if mean is not None:
+            out[owner] = mean
     return out
+
+
+def owner_mean(
+    ended: Sequence[Ended], depth: int = 2, trust: float = TRUST_REQUESTS_AT
+) -> float | None:
+    """One owner's entry of :func:`owner_means`; None where requested times are used."""
+    recent = ended[-depth:]
+    if not recent or all(e.runtime_s >= trust * e.requested_s for e in recent):
+        return None
+    return sum(e.runtime_s for e in recent) / len(recent)
 
 
 def predict(mean_s: float | None, requested_s: float) -> float:

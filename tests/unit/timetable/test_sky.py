@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.timetable.replay import replay
@@ -134,6 +134,18 @@ def test_reserving_the_oldest_keeps_capacity_and_gives_every_job_a_start(
 @given(snapshot=snapshots())
 def test_backfilling_delays_none_of_the_reserved_jobs(snapshot: Snapshot) -> None:
     policy = load_policy("sky", **RESERVING)
+    timetable = plan(snapshot, policy)
+    after = plan(_as_running(snapshot, timetable), policy)
+    for reserved in timetable.reserved:
+        assert after.start_of(reserved.job_id) <= reserved.start_s
+
+
+@settings(max_examples=150, deadline=None)
+@given(snapshot=snapshots())
+def test_with_a_job_aged_backfilling_delays_no_reservation(snapshot: Snapshot) -> None:
+    """The aging guard: with an aged job queued, the default sky plans on requested ends."""
+    policy = load_policy("sky", max_wait_s=50.0, reserve_after_s=20.0)
+    assume(any(job.submit_s <= snapshot.now_s - 50.0 for job in snapshot.queued))
     timetable = plan(snapshot, policy)
     after = plan(_as_running(snapshot, timetable), policy)
     for reserved in timetable.reserved:
