@@ -45,6 +45,7 @@ import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -107,24 +108,23 @@ class SkyPolicy(Policy):
         if not cfg.predict or not snapshot.history:
             return snapshot
         means = self._means(snapshot.history)
-        predicted = tuple(_predicted_queued(job, means(job.owner)) for job in snapshot.queued)
-        estimates: Mapping[JobId, float] = _NONE
-        if cfg.order_on == "predicted":
-            estimates = {job.id: job.est_runtime_s for job in predicted}
+        predicted = _predicted_queue(snapshot.queued, means)
         guard_s = min(cfg.max_wait_s, cfg.protect_after_s or cfg.max_wait_s)
         aged_before = snapshot.now_s - guard_s
         if cfg.plan_with == "requested" or any(
             job.submit_s <= aged_before for job in snapshot.queued
         ):
             # the aging guard: the aged head's reservation is made on requested ends
-            self._pass = (snapshot, estimates)
+            if cfg.order_on == "predicted":
+                self._pass = (snapshot, {job.id: job.est_runtime_s for job in predicted})
             return snapshot
         running = snapshot.running
         if cfg.plan_with == "predicted":
             now = snapshot.now_s
             running = tuple(_predicted_running(job, means(job.owner), now) for job in running)
         view = replace(snapshot, queued=predicted, running=running)
-        self._pass = (view, estimates)
+        if cfg.order_on == "requested":
+            self._pass = (view, {job.id: job.est_runtime_s for job in snapshot.queued})
         return view
 
     def _means(self, history: Mapping[str, tuple[Ended, ...]]) -> Callable[[str], float | None]:
@@ -157,15 +157,24 @@ class SkyPolicy(Policy):
         seen, estimates = self._pass
         if seen is not snapshot:
             estimates = _NONE
-
-        def key(job: QueuedJob) -> tuple[int, float, float]:
-            if job.submit_s <= aged_before:
-                return (0, job.submit_s, 0.0)
-            est = estimates.get(job.id, job.est_runtime_s)
-            size = math.log2(job.procs + 1) * (est if est > tau else tau)
-            return (1, -(now - job.submit_s + boost) / size, job.submit_s)
-
-        return sorted(jobs, key=key)
+        # Sorted by submit time first, so that the stable sorts below break
+        # ties by submit time; one float key per job keeps the sorts in C.
+        jobs = sorted(jobs, key=_SUBMIT)
+        aged = [job for job in jobs if job.submit_s <= aged_before]
+        if aged:
+            jobs = [job for job in jobs if job.submit_s > aged_before]
+        log2 = _LOG2
+        if estimates:
+            ests = [estimates.get(job.id, job.est_runtime_s) for job in jobs]
+        else:
+            ests = [job.est_runtime_s for job in jobs]
+        keys = [
+            (job.submit_s - now - boost)
+            / ((log2.get(job.procs) or _log2(job.procs)) * (est if est > tau else tau))
+            for job, est in zip(jobs, ests, strict=True)
+        ]
+        ranked = sorted(range(len(jobs)), key=keys.__getitem__)
+        return aged + [jobs[i] for i in ranked]
 
     def also_reserve(
         self, snapshot: Snapshot, waiting: Sequence[QueuedJob]
@@ -182,24 +191,56 @@ class SkyPolicy(Policy):
     def backfill_order(
         self, snapshot: Snapshot, candidates: Sequence[QueuedJob]
     ) -> Sequence[QueuedJob]:
-        return sorted(candidates, key=_by_estimate)
+        # shortest planned runtime first, ties by submit time (two stable sorts in C)
+        return sorted(sorted(candidates, key=_SUBMIT), key=_ESTIMATE)
+
+
+_SUBMIT = attrgetter("submit_s")
+_ESTIMATE = attrgetter("est_runtime_s")
+_LOG2: dict[int, float] = {}
+
+
+def _log2(procs: int) -> float:
+    """log2(procs + 1), remembered per width (the priority's size factor)."""
+    value = _LOG2[procs] = math.log2(procs + 1)
+    return value
 
 
 def _by_submit(job: QueuedJob) -> tuple[float, str]:
     return (job.submit_s, str(job.id))
 
 
-def _by_estimate(job: QueuedJob) -> tuple[float, float]:
-    return (job.est_runtime_s, job.submit_s)
-
-
-def _predicted_queued(job: QueuedJob, mean_s: float | None) -> QueuedJob:
-    est = predict(mean_s, job.est_runtime_s)
-    if est == job.est_runtime_s:
-        return job
-    return QueuedJob(
-        job.id, job.owner, job.submit_s, job.procs, est, job.nodes, job.priority, job.allowed_pools
-    )
+def _predicted_queue(
+    queued: Sequence[QueuedJob], means: Callable[[str], float | None]
+) -> tuple[QueuedJob, ...]:
+    """The queue with each job's hold replaced by its prediction where that is shorter."""
+    owner_mean: dict[str, float | None] = {}
+    out: list[QueuedJob] = []
+    append = out.append
+    for job in queued:
+        owner = job.owner
+        if owner in owner_mean:
+            mean_s = owner_mean[owner]
+        else:
+            mean_s = owner_mean[owner] = means(owner)
+        requested = job.est_runtime_s
+        if mean_s is None or mean_s >= requested:
+            append(job)
+            continue
+        est = predict(mean_s, requested)
+        append(
+            QueuedJob(
+                job.id,
+                owner,
+                job.submit_s,
+                job.procs,
+                est,
+                job.nodes,
+                job.priority,
+                job.allowed_pools,
+            )
+        )
+    return tuple(out)
 
 
 def _predicted_running(job: RunningJob, mean_s: float | None, now_s: float) -> RunningJob:
