@@ -3,15 +3,17 @@
 Levers from the backfilling literature:
 
 * **Predicted runtimes.** A queued job is predicted the mean runtime of its
-  owner's last two ended jobs, never more than it requested; an owner with
-  no history, or whose last jobs each ran at least 90 % of their request,
-  is taken at their word (:mod:`skyport.timetable.predict`, after Tsafrir,
-  Etsion and Feitelson 2007). The priority below divides by the prediction,
-  and backfilling plans queued jobs with it, so a job that asked for a day
-  but whose owner's jobs take ten minutes is ranked and backfilled like a
-  ten-minute job. Running jobs are planned at their requested ends
-  (``plan_with="queued"``): on KTH-SP2 this beat predicting them as well,
-  since an underpredicted running job makes every reservation too early.
+  owner's last two ended jobs that asked for the same time limit (or, if
+  none did, of their last two ended jobs), never more than it requested; an
+  owner with no history, or whose jobs each ran at least 90 % of their
+  request, is taken at their word (:mod:`skyport.timetable.predict`, after
+  Tsafrir, Etsion and Feitelson 2007, who average the last two jobs). The
+  priority below divides by the prediction, and backfilling plans queued
+  jobs with it, so a job that asked for a day but whose owner's jobs take
+  ten minutes is ranked and backfilled like a ten-minute job. Running jobs
+  are planned at their requested ends (``plan_with="queued"``): on KTH-SP2
+  this beat predicting them as well, since an underpredicted running job
+  makes every reservation too early.
   Jobs are still killed only at their requested time.
 * **Slowdown order.** The queue is ordered by ``(wait_s + boost_s) /
   (log2(procs + 1) * max(predicted_s, tau_s))``, highest first: a minute of
@@ -52,12 +54,16 @@ from typing import Any
 from pydantic import Field
 
 from skyport.timetable.policy import Capability, Discipline, Policy, PolicyConfig
-from skyport.timetable.predict import correct, owner_mean, predict
+from skyport.timetable.predict import correct, owner_mean, predict, same_request_mean
 from skyport.timetable.snapshot import Ended, JobId, QueuedJob, RunningJob, Snapshot
 
 __all__ = ["SkyConfig", "SkyPolicy"]
 
 _NONE: Mapping[JobId, float] = MappingProxyType({})
+
+# An owner's mean recent runtime, and per time limit the mean of their jobs that asked for it.
+_OwnerFacts = tuple[float | None, Mapping[float, float | None]]
+_NO_FACTS: _OwnerFacts = (None, MappingProxyType({}))
 
 
 class SkyConfig(PolicyConfig):
@@ -81,6 +87,8 @@ class SkyConfig(PolicyConfig):
     """Which runtime the priority divides by."""
     plan_with: str = Field(default="queued", pattern="^(predicted|requested|queued)$")
     """Holds the engine plans with: predictions for queued jobs only, for all jobs, or none."""
+    match_request: bool = True
+    """Predict from the owner's last jobs with the same requested time, where there are any."""
     protect_after_s: float | None = Field(default=None, gt=0)
     """While some job has waited this long, plan with requested times (as when one is aged)."""
 
@@ -100,7 +108,7 @@ class SkyPolicy(Policy):
 
     def __init__(self, config: PolicyConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        self._memo: dict[str, tuple[tuple[Ended, ...], float | None]] = {}
+        self._memo: dict[str, tuple[tuple[Ended, ...], _OwnerFacts]] = {}
 
     def planning_view(self, snapshot: Snapshot) -> Snapshot:
         cfg = self.config
@@ -121,33 +129,41 @@ class SkyPolicy(Policy):
         running = snapshot.running
         if cfg.plan_with == "predicted":
             now = snapshot.now_s
-            running = tuple(_predicted_running(job, means(job.owner), now) for job in running)
+            running = tuple(_predicted_running(job, means(job.owner)[0], now) for job in running)
         view = replace(snapshot, queued=predicted, running=running)
         if cfg.order_on == "requested":
             self._pass = (view, {job.id: job.est_runtime_s for job in snapshot.queued})
         return view
 
-    def _means(self, history: Mapping[str, tuple[Ended, ...]]) -> Callable[[str], float | None]:
-        """Each owner's mean recent runtime, recomputed only when their history changed.
+    def _means(self, history: Mapping[str, tuple[Ended, ...]]) -> Callable[[str], _OwnerFacts]:
+        """Each owner's prediction facts, recomputed only when their history changed.
 
-        A caller's history hands out a new tuple when an owner's jobs end, so
-        the memo is keyed on the tuple's identity (and held with it).
+        The facts are the mean over the owner's last jobs and, per time limit
+        among their ended jobs, the mean over the last jobs that asked for it
+        (None: take the request at its word). A caller's history hands out a
+        new tuple when an owner's jobs end, so the memo is keyed on the
+        tuple's identity (and holds it).
         """
         memo = self._memo
         depth = self.config.depth
+        match = self.config.match_request
 
-        def mean(owner: str) -> float | None:
+        def facts(owner: str) -> _OwnerFacts:
             ended = history.get(owner)
             if ended is None:
-                return None
+                return _NO_FACTS
             known = memo.get(owner)
             if known is not None and known[0] is ended:
                 return known[1]
-            value = owner_mean(ended, depth)
+            by_request: dict[float, float | None] = {}
+            if match:
+                for requested in {e.requested_s for e in ended}:
+                    by_request[requested] = same_request_mean(ended, requested, depth)[1]
+            value = (owner_mean(ended, depth), by_request)
             memo[owner] = (ended, value)
             return value
 
-        return mean
+        return facts
 
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         now = snapshot.now_s
@@ -211,19 +227,21 @@ def _by_submit(job: QueuedJob) -> tuple[float, str]:
 
 
 def _predicted_queue(
-    queued: Sequence[QueuedJob], means: Callable[[str], float | None]
+    queued: Sequence[QueuedJob], facts: Callable[[str], _OwnerFacts]
 ) -> tuple[QueuedJob, ...]:
     """The queue with each job's hold replaced by its prediction where that is shorter."""
-    owner_mean: dict[str, float | None] = {}
+    known: dict[str, _OwnerFacts] = {}
     out: list[QueuedJob] = []
     append = out.append
     for job in queued:
         owner = job.owner
-        if owner in owner_mean:
-            mean_s = owner_mean[owner]
+        if owner in known:
+            mean_s, by_request = known[owner]
         else:
-            mean_s = owner_mean[owner] = means(owner)
+            mean_s, by_request = known[owner] = facts(owner)
         requested = job.est_runtime_s
+        if by_request and requested in by_request:
+            mean_s = by_request[requested]
         if mean_s is None or mean_s >= requested:
             append(job)
             continue

@@ -14,8 +14,9 @@ Rules, all in seconds:
   user whose last jobs each ran at least ``TRUST_REQUESTS_AT`` (90 %) of
   what they requested (their requests are accurate);
 * otherwise the mean runtime of their last ``depth`` ended jobs (2 by
-  default), never more than the job's requested time and never less than
-  ``MIN_PREDICTION_S``;
+  default) that asked for the same time as this one, or, if none did, of
+  their last ``depth`` ended jobs; never more than the job's requested time
+  and never less than ``MIN_PREDICTION_S``;
 * a running job that has outlived its prediction is re-predicted to end at
   the next step of :data:`CORRECTION_STEPS_S` past its elapsed time, capped
   at its requested time (where it is killed).
@@ -42,6 +43,7 @@ __all__ = [
     "owner_mean",
     "owner_means",
     "predict",
+    "same_request_mean",
 ]
 
 MIN_PREDICTION_S = 1.0
@@ -93,6 +95,26 @@ def owner_mean(
     return sum(e.runtime_s for e in recent) / len(recent)
 
 
+def same_request_mean(
+    ended: Sequence[Ended],
+    requested_s: float,
+    depth: int = 2,
+    trust: float = TRUST_REQUESTS_AT,
+) -> tuple[bool, float | None]:
+    """The owner's mean over their last ``depth`` ended jobs that asked for ``requested_s``.
+
+    Jobs an owner submits with the same time limit are often runs of the
+    same program, so they predict each other better than the owner's other
+    jobs do. Returns ``(found, mean)``: ``found`` is False when no ended job
+    asked for that time (fall back on :func:`owner_mean`); ``mean`` is None
+    when those jobs ran close to their request (trust it).
+    """
+    same = [e for e in ended if e.requested_s == requested_s][-depth:]
+    if not same:
+        return False, None
+    return True, owner_mean(same, depth, trust)
+
+
 def predict(mean_s: float | None, requested_s: float) -> float:
     """The planned runtime of a job whose owner's recent mean is ``mean_s`` (None: no history)."""
     if mean_s is None or mean_s >= requested_s:
@@ -117,7 +139,7 @@ class RuntimeHistory:
     replay); :meth:`view` is what goes into a :class:`Snapshot`.
     """
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 8) -> None:
         if keep < 1:
             raise ValueError(f"keep={keep}; keep at least 1 ended job per owner")
         self.keep = keep

@@ -13,6 +13,7 @@ from skyport.timetable.predict import (
     correct,
     owner_means,
     predict,
+    same_request_mean,
 )
 from skyport.timetable.snapshot import Ended
 
@@ -75,3 +76,12 @@ def test_history_keeps_the_last_jobs_and_round_trips_through_a_file(tmp_path: Pa
     assert again.view() == history.view()
     assert not (tmp_path / "history.json.tmp").exists()
     assert RuntimeHistory.load(tmp_path / "absent.json").view() == {}
+
+
+def test_jobs_that_asked_for_the_same_time_predict_each_other() -> None:
+    ended = (Ended(50.0, 3600.0), Ended(3000.0, 7200.0), Ended(70.0, 3600.0), Ended(10.0, 60.0))
+    assert same_request_mean(ended, 3600.0) == (True, 60.0)
+    assert same_request_mean(ended, 600.0) == (False, None)  # fall back on the owner's mean
+    # asked for 60 s and ran 10 s: not trusted; a job that ran its full request is
+    accurate = (Ended(3600.0, 3600.0),)
+    assert same_request_mean(accurate, 3600.0) == (True, None)
