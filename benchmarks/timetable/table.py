@@ -11,7 +11,8 @@ Window rows give the mean over the 30 windows of mean wait and mean bounded
 slowdown, and the p99 / largest wait / share over 24 h of all their jobs
 pooled. Rows go to ``rows.jsonl`` as they finish (a long run can be
 resumed: rows already there are skipped), the table to ``table.md``, the
-wait-tail plots to ``<trace>-<protocol>-wait-tail.png``.
+wait-tail plots (complementary CDF of the wait, log-log, from one hour) to
+``<trace>-<protocol>-wait-tail.png``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(line)
             done[(r["trace"], r["protocol"], r["policy"])] = r
     names = args.policy or list(known_policies())
+    shown: list[tuple[str, str, str]] = []  # rows of this run, in trace, protocol, policy order
     for path in args.trace or TRACES:
         logged = read_swf(path)
         has_req = any(j.req_s != j.run_s for j in logged.jobs)
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             waits: dict[str, np.ndarray] = {}
             for name in names:
                 key = (trace.name, protocol, name)
+                shown.append(key)
                 npy = out / f"{trace.name}-{protocol.replace(' ', '_').replace(',', '')}-{name}.npy"
                 if key in done and npy.exists():
                     waits[name] = np.load(npy)
@@ -157,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                 with rows_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-            slug = protocol.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-            plot = out / f"{trace.name}-{slug}-wait-tail.png"
+            slug = protocol.replace(" (= req=run)", "").replace(" ", "_")
+            slug = slug.replace(",", "").replace("=", "")
+            plot = out / f"{Path(trace.name).stem}-{slug}-wait-tail.png"
             _plot_tail(f"{trace.name}, {protocol}", waits, plot)
-    (out / "table.md").write_text(_table(list(done.values())))
+    (out / "table.md").write_text(_table([done[key] for key in shown]))
     return 0
 
 
