@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from benchmarks.timetable.replay import replay
 from benchmarks.timetable.swf import TraceJob
+from policies.sky import SkyPolicy
 from skyport.timetable import Capability, Pool, QueuedJob, RunningJob, Snapshot, load_policy, plan
 from skyport.timetable.snapshot import Ended
 from tests.unit.timetable.conftest import CAPACITY, snapshots
@@ -150,3 +151,28 @@ def test_with_a_job_aged_backfilling_delays_no_reservation(snapshot: Snapshot) -
     after = plan(_as_running(snapshot, timetable), policy)
     for reserved in timetable.reserved:
         assert after.start_of(reserved.job_id) <= reserved.start_s
+
+
+class _Spy(SkyPolicy):
+    """sky, remembering every snapshot the replay handed it."""
+
+    seen: list[Snapshot]
+
+    def planning_view(self, snapshot: Snapshot) -> Snapshot:
+        self.seen.append(snapshot)
+        return super().planning_view(snapshot)
+
+
+def test_the_replay_feeds_only_jobs_that_ended_before_now() -> None:
+    jobs = _workload(7, n=60)
+    spy = _Spy()
+    spy.seen = []
+    starts = replay(jobs, 16, spy).starts
+    # the replay ends jobs in (end time, trace position) order
+    ends = sorted((starts[i] + job.run_s, i, job.user, job.run_s) for i, job in enumerate(jobs))
+    assert any(s.history for s in spy.seen)
+    for snapshot in spy.seen:
+        ended = [(user, run) for end, _, user, run in ends if end <= snapshot.now_s]
+        for owner, history in snapshot.history.items():
+            mine = [run for user, run in ended if user == owner]
+            assert [e.runtime_s for e in history] == mine[-len(history) :]
