@@ -73,6 +73,7 @@ class SchedulerService:
         self.history_path = Path(state_dir) / HISTORY_FILE if state_dir is not None else None
         self.history = self._load_history()
         self._predicts = Capability.PREDICTS in self.policy.capabilities
+        self._needs_history = Capability.NEEDS_HISTORY in self.policy.capabilities
 
     def _load_history(self) -> RuntimeHistory:
         if self.history_path is None:
@@ -100,7 +101,7 @@ class SchedulerService:
         snapshot = replace(
             snapshot,
             usage=self.ledger.at(snapshot.now_s, owners),
-            history=self.history.view(),
+            history=self.history.view() if self._needs_history else snapshot.history,
         )
         table = plan(snapshot, self.policy)
         now = {p.job_id for p in table.to_start_now}
