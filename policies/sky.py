@@ -129,7 +129,7 @@ class SkyPolicy(Policy):
         running = snapshot.running
         if cfg.plan_with == "predicted":
             now = snapshot.now_s
-            running = tuple(_predicted_running(job, means(job.owner)[0], now) for job in running)
+            running = tuple(_predicted_running(job, means(job.owner), now) for job in running)
         view = replace(snapshot, queued=predicted, running=running)
         if cfg.order_on == "requested":
             self._pass = (view, {job.id: job.est_runtime_s for job in snapshot.queued})
@@ -261,8 +261,12 @@ def _predicted_queue(
     return tuple(out)
 
 
-def _predicted_running(job: RunningJob, mean_s: float | None, now_s: float) -> RunningJob:
+def _predicted_running(job: RunningJob, facts: _OwnerFacts, now_s: float) -> RunningJob:
+    """A running job's end on the same prediction as when queued, corrected once outlived."""
+    mean_s, by_request = facts
     requested = job.est_runtime_s
+    if requested in by_request:
+        mean_s = by_request[requested]
     est = correct(predict(mean_s, requested), now_s - job.start_s, requested)
     if est == requested:
         return job
