@@ -203,6 +203,7 @@ class Job(BaseModel):
     cluster_id: str | None = None
     node_names: list[str] = Field(default_factory=list)
     planned_start_at: datetime | None = None
+    planned_start_predicted: bool = False  # planned_start_at rests on predicted runtimes
     restarts: int = 0  # every requeue (the new cluster's suffix, SKYPORT_RESTART_COUNT)
     lost_attempts: list[str] = Field(default_factory=list)  # why each counted restart was
     checkpoint_version: int = 0  # the latest complete checkpoint (0: none)

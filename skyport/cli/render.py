@@ -105,7 +105,9 @@ def timing(job: Job, now: datetime) -> str:
     if planned is None:
         return "-"
     wait_s = (planned - now).total_seconds()
-    return "now" if wait_s <= 0 else "in " + format_duration(wait_s)
+    # "~": the Scheduler planned with predicted runtimes, not users' time limits
+    mark = "~" if job.planned_start_predicted else ""
+    return "now" if wait_s <= 0 else f"{mark}in " + format_duration(wait_s)
 
 
 def job_rows(jobs: Iterable[Job], now: datetime, tz: tzinfo | None = None) -> list[list[str]]:

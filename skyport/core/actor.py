@@ -85,8 +85,10 @@ class GateActor:
 
 @ray.remote(num_cpus=0)
 class SchedulerActor:
-    def __init__(self, policy: str, policy_config: dict[str, Any]) -> None:
-        self.service = SchedulerService(policy, policy_config)
+    def __init__(
+        self, policy: str, policy_config: dict[str, Any], state_dir: str | None = None
+    ) -> None:
+        self.service = SchedulerService(policy, policy_config, state_dir=state_dir)
 
     def plan(self, snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
         return self.service.plan(snapshot, charges)

@@ -286,8 +286,11 @@ class CoreService:
     def _charge(self, job: Job) -> None:
         if job.started_at is not None and job.cluster_id:
             now = utcnow()
-            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
-            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
+            ran_s = max(0.0, (now - job.started_at).total_seconds())
+            asked_s = float(job.spec.resources.time_limit_s)
+            # the Scheduler charges fair share with it and learns the owner's runtimes
+            self._charges.append(UsageCharge(job.owner, ran_s * job.spec.total_cpus,
+                                             now.timestamp(), ran_s, asked_s))
 
     def _prune(self, job_id: str, version: int) -> None:
         """Delete checkpoint versions older than the last ``KEEP_VERSIONS`` (best effort)."""
@@ -386,6 +389,7 @@ class CoreService:
         entry = self._plan.get(job.id)
         if entry is not None and job.state == S.QUEUED:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
+            job.planned_start_predicted = entry.predicted
         return job
 
     async def user_checkpoint(self, who: Identity, job_id: str) -> dict[str, Any]:
