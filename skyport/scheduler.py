@@ -9,10 +9,11 @@ reduces the engine's timetable to what the Core acts on.  The Ray actor
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from skyport.timetable import Snapshot, UsageLedger, load_policy, plan
+from skyport.timetable.reasons import wait_reasons
 
 # Past this many queued jobs only the starts and the head's reservation are
 # computed each pass; the projected start of every other job costs more than
@@ -28,6 +29,23 @@ class PlanEntry:
     procs: int
     nodes: int
     start_now: bool
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a queued job does not start now (``skyport.timetable.reasons``)."""
+
+    job_id: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """One pass's answer: planned starts, and a reason for every job that waits."""
+
+    entries: list[PlanEntry]
+    waiting: list[Waiting] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,8 @@ class SchedulerService:
         for c in charges:
             self.ledger.charge(c.owner, c.proc_s, c.at_s)
 
-    def plan(self, snapshot: Snapshot, charges: Iterable[UsageCharge] = ()) -> list[PlanEntry]:
+    def plan(self, snapshot: Snapshot, charges: Iterable[UsageCharge] = ()) -> SchedulePlan:
+        """The plan, and why each queued job that does not start now waits."""
         self.charge(charges)
         owners = {j.owner for j in snapshot.queued}
         snapshot = replace(snapshot, usage=self.ledger.at(snapshot.now_s, owners))
@@ -65,7 +84,10 @@ class SchedulerService:
             if len(snapshot.queued) <= PROJECT_UP_TO
             else table.starts + table.reserved
         )
-        return [
+        entries = [
             PlanEntry(str(p.job_id), p.start_s, p.pool, p.procs, p.nodes, p.job_id in now)
             for p in placements
         ]
+        reasons = wait_reasons(snapshot, table, placements)
+        return SchedulePlan(entries, [Waiting(str(k), r.code, r.detail)
+                                      for k, r in reasons.items()])

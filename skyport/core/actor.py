@@ -18,7 +18,7 @@ from skyport.core.service import CoreService, CoreSettings, GatePort
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, GateFeature
 from skyport.gate.runner import GateDescription, GateRunner
 from skyport.remote import ActorProxy
-from skyport.scheduler import PlanEntry, SchedulerService, UsageCharge
+from skyport.scheduler import SchedulePlan, SchedulerService, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 from skyport.timetable import Snapshot
@@ -88,7 +88,7 @@ class SchedulerActor:
     def __init__(self, policy: str, policy_config: dict[str, Any]) -> None:
         self.service = SchedulerService(policy, policy_config)
 
-    def plan(self, snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+    def plan(self, snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
         return self.service.plan(snapshot, charges)
 
     def policy(self) -> str:
@@ -108,7 +108,7 @@ class CoreActor:
                  for n in gate_names}
         scheduler = ray.get_actor("scheduler", namespace=NAMESPACE)
 
-        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
             return await scheduler.plan.remote(snapshot, charges)
 
         self.service = CoreService(
