@@ -207,6 +207,10 @@ class Job(BaseModel):
     restarts: int = 0  # every requeue (the new cluster's suffix, SKYPORT_RESTART_COUNT)
     lost_attempts: list[str] = Field(default_factory=list)  # why each counted restart was
     checkpoint_version: int = 0  # the latest complete checkpoint (0: none)
+    held: bool = False  # kept out of planning until released (``skyport hold``)
+    # why a job that is not running waits: a short code and a sentence (the scheduler's)
+    wait_reason: str | None = None
+    wait_detail: str | None = None
     events: list[Event] = Field(default_factory=list)
 
     # in every dump (the REST answers, ``--json``): readers need not dig into the spec

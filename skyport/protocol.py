@@ -201,6 +201,7 @@ class TimetableEntry(Answer):
     gate: str | None = None
     nodes: int
     procs: int
+    reason: str | None = None  # why a queued job waits (``Job.wait_reason``)
 
 
 class TimetableView(Answer):

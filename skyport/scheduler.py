@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from skyport.timetable import Capability, Snapshot, UsageLedger, load_policy, plan
 from skyport.timetable.predict import RuntimeHistory
+from skyport.timetable.reasons import wait_reasons
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,23 @@ class PlanEntry:
     start_now: bool
     predicted: bool = False
     """``start_s`` was planned with predicted runtimes (an estimate, not a promise)."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a queued job does not start now (``skyport.timetable.reasons``)."""
+
+    job_id: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """One pass's answer: planned starts, and a reason for every job that waits."""
+
+    entries: list[PlanEntry]
+    waiting: list[Waiting] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,8 @@ class SchedulerService:
         if recorded and self.history_path is not None:
             self.history.save(self.history_path)
 
-    def plan(self, snapshot: Snapshot, charges: Iterable[UsageCharge] = ()) -> list[PlanEntry]:
+    def plan(self, snapshot: Snapshot, charges: Iterable[UsageCharge] = ()) -> SchedulePlan:
+        """The plan, and why each queued job that does not start now waits."""
         self.charge(charges)
         owners = {j.owner for j in snapshot.queued}
         snapshot = replace(
@@ -111,7 +130,7 @@ class SchedulerService:
             if len(snapshot.queued) <= PROJECT_UP_TO
             else table.starts + table.reserved
         )
-        return [
+        entries = [
             PlanEntry(
                 str(p.job_id),
                 p.start_s,
@@ -123,3 +142,6 @@ class SchedulerService:
             )
             for p in placements
         ]
+        reasons = wait_reasons(snapshot, table, placements)
+        return SchedulePlan(entries, [Waiting(str(k), r.code, r.detail)
+                                      for k, r in reasons.items()])

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     restarts INTEGER NOT NULL DEFAULT 0,
     token_hash TEXT,
     lost_attempts TEXT NOT NULL DEFAULT '[]',
-    checkpoint_version INTEGER NOT NULL DEFAULT 0
+    checkpoint_version INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -91,11 +92,13 @@ _UPDATABLE = {
     "token_hash",
     "lost_attempts",
     "checkpoint_version",
+    "held",
 }
 _ADDED_COLUMNS = {  # columns a store written by an earlier version lacks
     "price_per_hour": "REAL",
     "lost_attempts": "TEXT NOT NULL DEFAULT '[]'",
     "checkpoint_version": "INTEGER NOT NULL DEFAULT 0",
+    "held": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -386,5 +389,6 @@ class JobStore:
             restarts=row["restarts"],
             lost_attempts=json.loads(row["lost_attempts"]),
             checkpoint_version=row["checkpoint_version"],
+            held=bool(row["held"]),
             events=events,
         )

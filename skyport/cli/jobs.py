@@ -106,6 +106,8 @@ def _show_text(job: Job, files: list[Any]) -> str:
         ("kind", job.spec.kind),
         ("state", job.state.value),
         ("reason", job.reason or None),
+        ("waits", f"{job.wait_reason}: {job.wait_detail}" if job.wait_reason else None),
+        ("held", True if job.held else None),
         ("exit code", job.exit_code),
         (
             "resources",
@@ -211,6 +213,22 @@ def cancel_cmd(out: Output, job_id: str, checkpoint: bool) -> None:
     """Cancel a job (its cluster is torn down)."""
     client = get_client()
     job = client.cancel_after_checkpoint(job_id) if checkpoint else client.cancel(job_id)
+    out.emit(job.summary(), f"{job.id} {job.state.value}")
+
+
+@command(cli, "hold")
+@click.argument("job_id")
+def hold_cmd(out: Output, job_id: str) -> None:
+    """Keep a queued job out of planning until 'skyport release' (as scontrol hold)."""
+    job = get_client().hold(job_id)
+    out.emit(job.summary(), f"{job.id} {job.state.value} (held)")
+
+
+@command(cli, "release")
+@click.argument("job_id")
+def release_cmd(out: Output, job_id: str) -> None:
+    """Put a held job back in the queue."""
+    job = get_client().release(job_id)
     out.emit(job.summary(), f"{job.id} {job.state.value}")
 
 

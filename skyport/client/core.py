@@ -232,6 +232,13 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         return self.call("POST", f"/v1/jobs/{_seg(job_id)}/cancel", Job)
 
+    def hold(self, job_id: str) -> Job:
+        """Keep a QUEUED job out of planning (``wait_reason`` Held) until ``release``."""
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/hold", Job)
+
+    def release(self, job_id: str) -> Job:
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/release", Job)
+
     # -- checkpoints, requeues, injected failures (skyport.core.recovery) ----------
 
     def checkpoint(self, job_id: str) -> CheckpointOpened:

@@ -88,6 +88,20 @@ class Cancel(Command):
 
 
 @dataclass(frozen=True)
+class Hold(Command):
+    handler = "hold"
+    who: Identity
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Release(Command):
+    handler = "release"
+    who: Identity
+    job_id: str
+
+
+@dataclass(frozen=True)
 class Status(Command):
     handler = "status"
 

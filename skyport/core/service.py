@@ -50,7 +50,9 @@ from skyport.core.messages import (
     DropWarm,
     Event,
     Heartbeat,
+    HoldAsked,
     IdleNext,
+    Impossible,
     Instruction,
     Planned,
     Preempted,
@@ -87,10 +89,11 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.protocol import HeartbeatAnswer
-from skyport.scheduler import PlanEntry, UsageCharge
+from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge, Waiting
 from skyport.storage import JobStorage
 from skyport.store import JobStore, StoreChange, utcnow
 from skyport.timetable import Snapshot
+from skyport.timetable.reasons import IMPOSSIBLE
 
 log = logging.getLogger("skyport.core")
 
@@ -121,7 +124,7 @@ class GatePort(Protocol):
     async def preempt(self, cluster_id: str, reclaim_after_s: float) -> float: ...
 
 
-Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[list[PlanEntry]]]
+Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[SchedulePlan]]
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,8 @@ class CoreService:
         self.started_at = utcnow()
         self.machine = JobMachine(settings.machine())
         self._plan: dict[str, PlanEntry] = {}
+        self._waiting: dict[str, Waiting] = {}  # why each queued job waits, from the last plan
+        self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -179,7 +184,8 @@ class CoreService:
         self.intake = JobIntake(store, storage, gates, inputs)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
-                               self.started_at, lambda: {"passes": self._passes})
+                               self.started_at, lambda: {"passes": self._passes},
+                               self._wait_reason)
 
     # -- executing the machine's decisions ------------------------------------------
 
@@ -386,11 +392,44 @@ class CoreService:
         return self.store.get(job_id)
 
     def _with_plan(self, job: Job) -> Job:
+        """The job with its planned start and why it waits, from the last planning pass."""
         entry = self._plan.get(job.id)
-        if entry is not None and job.state == S.QUEUED:
+        if entry is not None and job.state == S.QUEUED and not job.held:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
             job.planned_start_predicted = entry.predicted
+        reason = self._wait_reason(job)
+        if reason is not None:
+            job.wait_reason, job.wait_detail = reason
         return job
+
+    def _wait_reason(self, job: Job) -> tuple[str, str] | None:
+        if job.state in (S.SCHEDULED, S.PROVISIONING):
+            return "Provisioning", f"gate {job.gate} is building its cluster"
+        if job.state != S.QUEUED:
+            return None
+        if job.held:
+            return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
+        failed = self.machine.failed_gates(job.id)
+        usable = {job.spec.gate} if job.spec.gate else set(self.gates)
+        sick = self._sick & usable
+        if failed or (sick and sick == usable):  # every gate it may use is in trouble
+            names = ", ".join(sorted(set(failed) | sick))
+            return "GateUnhealthy", f"gate {names} failed lately; planned on the others " \
+                "or retried when it answers"
+        waiting = self._waiting.get(job.id)
+        if waiting is not None:
+            return waiting.code, waiting.detail
+        if job.id not in self._plan:
+            return "Unplanned", "not planned yet: the scheduler plans it on its next pass"
+        return None
+
+    async def hold(self, who: Identity, job_id: str) -> Job:
+        self._run(HoldAsked(self._visible(who, job_id), who.username, True))
+        return self._with_plan(self.store.get(job_id))
+
+    async def release(self, who: Identity, job_id: str) -> Job:
+        self._run(HoldAsked(self._visible(who, job_id), who.username, False))
+        return self._with_plan(self.store.get(job_id))
 
     async def user_checkpoint(self, who: Identity, job_id: str) -> dict[str, Any]:
         job = self._visible(who, job_id)
@@ -628,9 +667,11 @@ class CoreService:
                 continue  # a sick gate gets no work this pass
         now = time.time()
         gates = sorted(self.gates)
+        self._sick = {g for g in gates} - {p.name for p in pools}
+        queued = [j for j in self.store.list(states=[S.QUEUED]) if not j.held]
         snapshot = build_snapshot(
             now,
-            self.store.list(states=[S.QUEUED]),
+            queued,
             self.store.list(states=[s for s in S if s.has_cluster() or s == S.SCHEDULED]),
             self.machine.warm.holding(),
             pools,
@@ -638,8 +679,15 @@ class CoreService:
         )
         charges, self._charges = self._charges, []
         plan = await self.planner(snapshot, charges)
-        self._plan = {e.job_id: e for e in plan}
-        for entry in plan:
+        self._plan = {e.job_id: e for e in plan.entries}
+        self._waiting = {w.job_id: w for w in plan.waiting}
+        for w in plan.waiting:
+            if w.code == IMPOSSIBLE and not self._sick:  # every gate answered: for good
+                try:
+                    self._run(Impossible(self._job(w.job_id), w.detail))
+                except NotFoundError:
+                    continue
+        for entry in plan.entries:
             if not entry.start_now:
                 continue
             try:

@@ -64,7 +64,7 @@ def test_format_when_is_short_for_today() -> None:
 
 def test_job_rows() -> None:
     row = job_rows([make_job(JobState.RUNNING, started_at=NOW - 10 * MIN)], NOW, UTC)[0]
-    assert row == ["j1", "train", "alice", "RUNNING", "1", "09:00:00", "09:50:00", "00:10:00"]
+    assert row == ["j1", "train", "alice", "RUNNING", "1", "09:00:00", "09:50:00", "00:10:00", ""]
 
 
 def test_format_size() -> None:

@@ -52,6 +52,15 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     async def cancel(job_id: str, who: User) -> Job:
         return await core.execute(c.Cancel(who, job_id))
 
+    @r.post("/jobs/{job_id}/hold")
+    async def hold(job_id: str, who: User) -> Job:
+        """Keep a QUEUED job out of planning until it is released."""
+        return await core.execute(c.Hold(who, job_id))
+
+    @r.post("/jobs/{job_id}/release")
+    async def release(job_id: str, who: User) -> Job:
+        return await core.execute(c.Release(who, job_id))
+
     @r.get("/jobs/{job_id}/logs/{stream}")
     async def logs(
         job_id: str, stream: Stream, who: User, offset: Annotated[int, Query(ge=0)] = 0
