@@ -128,6 +128,32 @@ class JobSpec(BaseModel):
                 raise ValueError(f"input {url!r} must be a URL or a path")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cores_from_the_layout(cls, data: Any) -> Any:
+        """No ``cpus_per_node`` but a layout: ranks x threads cores per node (as sbatch's
+        ``--ntasks-per-node`` x ``--cpus-per-task``)."""
+        if not isinstance(data, dict):
+            return data
+        resources, layout = data.get("resources"), data.get("layout")
+        if isinstance(layout, Layout):
+            layout = layout.model_dump(exclude_unset=True)
+        if not isinstance(layout, dict) or not ({"ranks_per_node", "threads_per_rank"}
+                                                & layout.keys()):
+            return data
+        if isinstance(resources, Resources):
+            if "cpus_per_node" in resources.model_fields_set:
+                return data
+            resources = resources.model_dump(exclude_unset=True)
+        resources = dict(resources or {})
+        if "cpus_per_node" in resources:
+            return data
+        ranks = layout.get("ranks_per_node") or 1
+        threads = layout.get("threads_per_rank") or 1
+        if isinstance(ranks, int) and isinstance(threads, int):
+            resources["cpus_per_node"] = ranks * threads
+        return {**data, "resources": resources}
+
     @model_validator(mode="after")
     def _layout_fits(self) -> JobSpec:
         threads = self.threads_per_rank
