@@ -88,6 +88,16 @@ class Cancel(Command):
 
 
 @dataclass(frozen=True)
+class CancelMany(Command):
+    handler = "cancel_many"
+    who: Identity
+    job_ids: list[str]
+    states: list[JobState] | None
+    name: str | None
+    all_mine: bool
+
+
+@dataclass(frozen=True)
 class Hold(Command):
     handler = "hold"
     who: Identity

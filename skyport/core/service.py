@@ -20,6 +20,7 @@ clusters).
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import time
@@ -189,9 +190,14 @@ class CoreService:
 
     # -- executing the machine's decisions ------------------------------------------
 
-    def _decide(self, event: Event) -> tuple[list[Instruction], Any]:
-        """Decide and persist (no await): the instructions left to execute, and the reply."""
-        instructions = self.machine.handle(event, time.time())
+    def _decide(self, *events: Event) -> tuple[list[Instruction], Any]:
+        """Decide and persist (no await): the instructions left to execute, and the reply.
+
+        Several events (a bulk cancel) are decided one after the other and
+        persisted together, in one transaction.
+        """
+        now = time.time()
+        instructions = [i for event in events for i in self.machine.handle(event, now)]
         for i in instructions:  # what a store change will point at is written first
             if isinstance(i, WriteLatest):
                 self.storage.put(i.job_id, LATEST, json.dumps(i.record, indent=1).encode())
@@ -213,9 +219,9 @@ class CoreService:
         reply = next((i.answer for i in instructions if isinstance(i, Reply)), None)
         return instructions, reply
 
-    def _run(self, event: Event) -> Any:
-        """Decide, persist, and start the I/O the decision asks for; the reply."""
-        instructions, reply = self._decide(event)
+    def _run(self, *events: Event) -> Any:
+        """Decide, persist, and start the I/O the decision asks for; the (first) reply."""
+        instructions, reply = self._decide(*events)
         for i in instructions:
             if isinstance(i, DeleteCluster):
                 self._spawn(self._delete(i.gate, i.cluster_id))
@@ -390,6 +396,39 @@ class CoreService:
     async def cancel(self, who: Identity, job_id: str) -> Job:
         self._run(CancelAsked(self._visible(who, job_id), who.username))
         return self.store.get(job_id)
+
+    async def cancel_many(self, who: Identity, job_ids: list[str],
+                          states: list[JobState] | None, name: str | None,
+                          all_mine: bool) -> dict[str, list[str]]:
+        """Cancel every job of yours that matches (scancel's selectors), in one transaction.
+
+        ``job_ids`` and the filters narrow each other; at least one is needed.
+        Admins name other users' jobs by id; the filters select the caller's own.
+        """
+        if not (job_ids or states or name or all_mine):
+            raise ValidationError("selection", None, "job ids, --state, --name or --all")
+        if states and any(s.is_terminal() for s in states):
+            raise ValidationError("state", [s.value for s in states if s.is_terminal()],
+                                  "states a job can be cancelled in (not terminal)")
+        not_found: list[str] = []
+        if job_ids:
+            candidates = []
+            for job_id in dict.fromkeys(job_ids):
+                try:
+                    candidates.append(self._visible(who, job_id))
+                except NotFoundError:
+                    not_found.append(job_id)
+        else:
+            candidates = self.store.list(owner=who.username,
+                                         states=[s for s in S if not s.is_terminal()])
+        chosen = [j for j in candidates
+                  if (not states or j.state in states)
+                  and (name is None or fnmatch.fnmatchcase(j.spec.name, name))]
+        over = [j.id for j in chosen if j.state.is_terminal()]
+        live = [j for j in chosen if not j.state.is_terminal()]
+        self._run(*(CancelAsked(j, who.username) for j in live))
+        return {"cancelled": [j.id for j in live], "already_ended": over,
+                "not_found": not_found}
 
     def _with_plan(self, job: Job) -> Job:
         """The job with its planned start and why it waits, from the last planning pass."""

@@ -11,6 +11,8 @@ from skyport.core import commands as c
 from skyport.core.commands import CorePort
 from skyport.models import Job, JobState, SubmitRequest
 from skyport.protocol import (
+    CancelAnswer,
+    CancelRequest,
     ClusterView,
     FileEntry,
     GateView,
@@ -47,6 +49,12 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     @r.get("/jobs/{job_id}")
     async def job(job_id: str, who: User) -> Job:
         return await core.execute(c.GetJob(who, job_id))
+
+    @r.post("/jobs/cancel")
+    async def cancel_many(body: CancelRequest, who: User) -> CancelAnswer:
+        """Cancel many jobs in one call and one transaction (``skyport cancel --all`` ...)."""
+        return CancelAnswer.model_validate(await core.execute(
+            c.CancelMany(who, body.job_ids, body.states, body.name, body.all)))
 
     @r.post("/jobs/{job_id}/cancel")
     async def cancel(job_id: str, who: User) -> Job:
