@@ -293,7 +293,9 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
         for g in config.gates
     ]
     ray.get([g.capacity.remote() for g in gates])  # fail early on a broken gate config
-    scheduler_actor.options(name="scheduler", **opts).remote(config.policy, config.policy_config)
+    scheduler_actor.options(name="scheduler", **opts).remote(
+        config.policy, config.policy_config, str(state.root)
+    )
     url = f"https://{config.api_host}:{config.api_port}"
     core = core_actor.options(name="core", **opts).remote(
         str(state.root), url, [g.name for g in config.gates]

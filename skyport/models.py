@@ -209,6 +209,34 @@ class JobSpec(BaseModel):
             check_text(url, "input", multiline=False)
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cores_from_the_layout(cls, data: Any) -> Any:
+        """No ``cpus_per_node`` but a layout: ranks x threads cores per node (as sbatch's
+        ``--ntasks-per-node`` x ``--cpus-per-task``)."""
+        if not isinstance(data, dict):
+            return data
+        resources, layout = data.get("resources"), data.get("layout")
+        if isinstance(layout, Layout):
+            layout = layout.model_dump(exclude_unset=True)
+        if not isinstance(layout, dict) or not ({"ranks_per_node", "threads_per_rank"}
+                                                & layout.keys()):
+            return data
+        if isinstance(resources, Resources):
+            if "cpus_per_node" in resources.model_fields_set:
+                return data
+            resources = resources.model_dump(exclude_unset=True)
+        if resources is not None and not isinstance(resources, dict):
+            return data  # not a mapping: the field's own validation says so (found by fuzzing)
+        resources = dict(resources or {})
+        if "cpus_per_node" in resources:
+            return data
+        ranks = layout.get("ranks_per_node") or 1
+        threads = layout.get("threads_per_rank") or 1
+        if isinstance(ranks, int) and isinstance(threads, int):
+            resources["cpus_per_node"] = ranks * threads
+        return {**data, "resources": resources}
+
     @model_validator(mode="after")
     def _layout_fits(self) -> JobSpec:
         threads = self.threads_per_rank
@@ -286,12 +314,17 @@ class Job(BaseModel):
     cluster_id: str | None = None
     node_names: list[str] = Field(default_factory=list)
     planned_start_at: datetime | None = None
+    planned_start_predicted: bool = False  # planned_start_at rests on predicted runtimes
     restarts: int = 0  # every requeue (the new cluster's suffix, SKYPORT_RESTART_COUNT)
     lost_attempts: list[str] = Field(default_factory=list)  # why each counted restart was
     checkpoint_version: int = 0  # the latest complete checkpoint (0: none)
     # path -> sha256 of each function outcome a live attempt's agent stored: result()
     # unpickles only bytes with the digest recorded here (skyport.decorator)
     result_digests: dict[str, str] = Field(default_factory=dict)
+    held: bool = False  # kept out of planning until released (``skyport hold``)
+    # why a job that is not running waits: a short code and a sentence (the scheduler's)
+    wait_reason: str | None = None
+    wait_detail: str | None = None
     events: list[Event] = Field(default_factory=list)
 
     # in every dump (the REST answers, ``--json``): readers need not dig into the spec

@@ -201,6 +201,7 @@ class TimetableEntry(Answer):
     gate: str | None = None
     nodes: int
     procs: int
+    reason: str | None = None  # why a queued job waits (``Job.wait_reason``)
 
 
 class TimetableView(Answer):
@@ -412,3 +413,18 @@ class UploadAnswer(BaseModel):
 
     url: str
     size: int
+
+
+class CancelRequest(Body):
+    """``POST /v1/jobs/cancel``: scancel's selectors; ids and filters narrow each other."""
+
+    job_ids: list[str] = Field(default_factory=list, max_length=100_000)
+    states: list[JobState] | None = None
+    name: str | None = Field(None, max_length=200)  # a shell-style pattern: "sweep-*"
+    all: bool = False  # every job of yours that is not over
+
+
+class CancelAnswer(Answer):
+    cancelled: list[str]
+    already_ended: list[str] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list)

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     token_hash TEXT,
     lost_attempts TEXT NOT NULL DEFAULT '[]',
     checkpoint_version INTEGER NOT NULL DEFAULT 0,
-    result_digests TEXT NOT NULL DEFAULT '{}'
+    result_digests TEXT NOT NULL DEFAULT '{}',
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
@@ -93,12 +94,14 @@ _UPDATABLE = {
     "lost_attempts",
     "checkpoint_version",
     "result_digests",
+    "held",
 }
 _ADDED_COLUMNS = {  # columns a store written by an earlier version lacks
     "price_per_hour": "REAL",
     "lost_attempts": "TEXT NOT NULL DEFAULT '[]'",
     "checkpoint_version": "INTEGER NOT NULL DEFAULT 0",
     "result_digests": "TEXT NOT NULL DEFAULT '{}'",
+    "held": "INTEGER NOT NULL DEFAULT 0",
 }
 
 
@@ -414,5 +417,6 @@ class JobStore:
             lost_attempts=json.loads(row["lost_attempts"]),
             checkpoint_version=row["checkpoint_version"],
             result_digests=json.loads(row["result_digests"]),
+            held=bool(row["held"]),
             events=events,
         )

@@ -2,7 +2,8 @@
 
 The snapshot has ``queued`` waiting and ``running`` running jobs on one pool;
 sizes are powers of two and estimates log-uniform between a minute and two
-days, drawn from a seeded generator. Two shapes:
+days, drawn from a seeded generator; each of the 50 owners has two ended
+jobs in ``Snapshot.history`` (read only by predicting policies). Two shapes:
 
 * ``mixed``: about 100 processors free and a wide head job, so EASY
   backfills a few jobs and then scans until the machine is full;
@@ -22,6 +23,7 @@ import statistics
 import time
 
 from skyport.timetable import Policy, Pool, QueuedJob, RunningJob, Snapshot, plan
+from skyport.timetable.snapshot import Ended
 
 __all__ = ["synthetic_snapshot", "time_pass"]
 
@@ -57,7 +59,12 @@ def synthetic_snapshot(
             procs = 512
         procs = max(procs, lowest)
         queue.append(QueuedJob(f"q{i}", f"u{rng.randrange(50)}", now - queued + i, procs, est()))
-    return Snapshot(now, tuple(queue), tuple(run), (Pool("machine", capacity),))
+    # Each owner's last two ended jobs, for policies that predict runtimes.
+    history = {
+        f"u{k}": tuple(Ended(est() * rng.random(), est()) for _ in range(2)) for k in range(50)
+    }
+    pools = (Pool("machine", capacity),)
+    return Snapshot(now, tuple(queue), tuple(run), pools, history=history)
 
 
 def time_pass(snapshot: Snapshot, policy: Policy, repeats: int = 5) -> dict[str, float]:

@@ -26,6 +26,8 @@ from skyport.timetable import (
     UsageLedger,
     plan,
 )
+from skyport.timetable.predict import RuntimeHistory
+from skyport.timetable.snapshot import Ended
 
 __all__ = ["POOL", "ReplayResult", "replay"]
 
@@ -62,6 +64,8 @@ def replay(
     wall0 = time.perf_counter()
     pools = (Pool(POOL, capacity),)
     ledger = UsageLedger(half_life_s) if Capability.NEEDS_USAGE in policy.capabilities else None
+    # What the Scheduler would have seen end by ``now``, fed as the product feeds it.
+    history = RuntimeHistory() if Capability.NEEDS_HISTORY in policy.capabilities else None
     queued_jobs = [
         QueuedJob(i, job.user, job.submit_s, job.procs, job.req_s) for i, job in enumerate(jobs)
     ]
@@ -76,6 +80,7 @@ def replay(
     n = len(jobs)
     clock = time.perf_counter
     no_usage: dict[str, float] = {}
+    no_history: dict[str, tuple[Ended, ...]] = {}
     while nxt < n or ends:
         now = jobs[nxt].submit_s if nxt < n else ends[0][0]
         if ends and ends[0][0] < now:
@@ -86,6 +91,8 @@ def replay(
             busy -= done.procs
             if ledger is not None:
                 ledger.charge(done.owner, done.procs * jobs[i].run_s, now)
+            if history is not None:
+                history.record(done.owner, jobs[i].run_s, jobs[i].req_s)
         while nxt < n and jobs[nxt].submit_s <= now:
             queue[nxt] = queued_jobs[nxt]
             nxt += 1
@@ -95,7 +102,14 @@ def replay(
         holding = tuple(running.values())
         if overcommit:
             holding = tuple(job for job in holding if job.start_s + job.est_runtime_s > now)
-        snapshot = Snapshot(now, tuple(queue.values()), holding, pools, usage)
+        snapshot = Snapshot(
+            now,
+            tuple(queue.values()),
+            holding,
+            pools,
+            usage,
+            history.view() if history is not None else no_history,
+        )
         t0 = clock()
         to_start = plan(snapshot, policy).to_start_now
         pass_s.append(clock() - t0)

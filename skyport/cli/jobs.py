@@ -112,6 +112,8 @@ def _show_text(job: Job, files: list[Any]) -> str:
         ("kind", job.spec.kind),
         ("state", job.state.value),
         ("reason", job.reason or None),
+        ("waits", f"{job.wait_reason}: {job.wait_detail}" if job.wait_reason else None),
+        ("held", True if job.held else None),
         ("exit code", job.exit_code),
         (
             "resources",
@@ -211,12 +213,53 @@ def wait_cmd(out: Output, job_id: str, timeout: float | None) -> None:
 
 
 @command(cli, "cancel")
-@click.argument("job_id")
-@click.option("--checkpoint", is_flag=True, help="store a last checkpoint first")
-def cancel_cmd(out: Output, job_id: str, checkpoint: bool) -> None:
-    """Cancel a job (its cluster is torn down)."""
+@click.argument("job_ids", nargs=-1)
+@click.option("--checkpoint", is_flag=True, help="store a last checkpoint first (one job)")
+@click.option("--state", "states", multiple=True, type=click.Choice(
+    [s.value for s in JobState if not s.is_terminal()], case_sensitive=False),
+    help="only your jobs in this state (repeatable)")
+@click.option("--name", default=None, help="only your jobs whose name matches (e.g. 'sweep-*')")
+@click.option("--all", "all_mine", is_flag=True, help="every job of yours that is not over")
+def cancel_cmd(out: Output, job_ids: tuple[str, ...], checkpoint: bool, states: tuple[str, ...],
+               name: str | None, all_mine: bool) -> None:
+    """Cancel jobs (their clusters are torn down): IDs, or your jobs by --state/--name/--all."""
     client = get_client()
-    job = client.cancel_after_checkpoint(job_id) if checkpoint else client.cancel(job_id)
+    if checkpoint or (len(job_ids) == 1 and not (states or name or all_mine)):
+        if len(job_ids) != 1 or states or name or all_mine:
+            raise click.UsageError("--checkpoint takes exactly one job id and no filter")
+        job = client.cancel_after_checkpoint(job_ids[0]) if checkpoint \
+            else client.cancel(job_ids[0])
+        out.emit(job.summary(), f"{job.id} {job.state.value}")
+        return
+    if not (job_ids or states or name or all_mine):
+        raise click.UsageError("name job ids, or select with --state, --name or --all")
+    answer = client.cancel_many(job_ids, states=[s.upper() for s in states] or None,
+                                name=name, all=all_mine)
+
+    def text() -> str:
+        lines = [f"cancelled {len(answer.cancelled)} job(s)"]
+        if answer.already_ended:
+            lines.append("already over: " + " ".join(answer.already_ended))
+        if answer.not_found:
+            lines.append("no such job: " + " ".join(answer.not_found))
+        return "\n".join(lines)
+
+    out.emit(answer.model_dump(mode="json"), text)
+
+
+@command(cli, "hold")
+@click.argument("job_id")
+def hold_cmd(out: Output, job_id: str) -> None:
+    """Keep a queued job out of planning until 'skyport release' (as scontrol hold)."""
+    job = get_client().hold(job_id)
+    out.emit(job.summary(), f"{job.id} {job.state.value} (held)")
+
+
+@command(cli, "release")
+@click.argument("job_id")
+def release_cmd(out: Output, job_id: str) -> None:
+    """Put a held job back in the queue."""
+    job = get_client().release(job_id)
     out.emit(job.summary(), f"{job.id} {job.state.value}")
 
 

@@ -28,7 +28,8 @@ __all__ = [
     "timing",
 ]
 
-JOB_HEADERS = ("ID", "NAME", "OWNER", "STATE", "NODES", "SUBMITTED", "STARTED", "ETA/ELAPSED")
+JOB_HEADERS = ("ID", "NAME", "OWNER", "STATE", "NODES", "SUBMITTED", "STARTED", "ETA/ELAPSED",
+               "REASON")
 
 BAR_ACTIVE = "█"  # holds a cluster (provisioning .. staging out)
 BAR_PLANNED = "▒"  # queued or scheduled: where the plan puts it
@@ -113,10 +114,12 @@ def timing(job: Job, now: datetime) -> str:
     if started is not None and job.state.has_cluster():
         return format_duration(max(0.0, (now - started).total_seconds()))
     planned = as_datetime(job.planned_start_at)
-    if planned is None:
-        return "-"
+    if planned is None:  # no start planned: say why instead of "-"
+        return f"({job.wait_reason})" if job.wait_reason else "-"
     wait_s = (planned - now).total_seconds()
-    return "now" if wait_s <= 0 else "in " + format_duration(wait_s)
+    # "~": the Scheduler planned with predicted runtimes, not users' time limits
+    mark = "~" if job.planned_start_predicted else ""
+    return "now" if wait_s <= 0 else f"{mark}in " + format_duration(wait_s)
 
 
 def job_rows(jobs: Iterable[Job], now: datetime, tz: tzinfo | None = None) -> list[list[str]]:
@@ -131,6 +134,7 @@ def job_rows(jobs: Iterable[Job], now: datetime, tz: tzinfo | None = None) -> li
             format_when(j.submitted_at, now, tz),
             format_when(j.started_at, now, tz),
             timing(j, now),
+            j.wait_reason or "",
         ]
         for j in jobs
     ]
@@ -166,6 +170,8 @@ class GanttEntry:
             raise ValueError(f"timetable entry without start/end: {entry!r}")
         # another user's job comes without id and name: busy capacity, nothing more
         label = f"{entry.get('job_id', '?')} {entry.get('name', '')}".strip() or "(busy)"
+        if entry.get("reason"):
+            label += f" [{entry['reason']}]"
         return cls(label=label, state=str(entry.get("state", "")), start=start, end=end)
 
 

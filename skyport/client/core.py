@@ -48,6 +48,8 @@ from skyport.errors import (
 )
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, check_relative_path
 from skyport.protocol import (
+    CancelAnswer,
+    CancelRequest,
     CheckpointOpened,
     CheckpointsView,
     ClusterView,
@@ -244,6 +246,22 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         return self.call("POST", f"/v1/jobs/{_seg(job_id)}/cancel", Job)
+
+    def cancel_many(self, job_ids: Iterable[str] = (), *,
+                    states: Iterable[JobState | str] | None = None, name: str | None = None,
+                    all: bool = False) -> CancelAnswer:  # noqa: A002 - scancel's word
+        """Cancel many jobs in one call: these ids, and/or yours in ``states``, whose name
+        matches ``name`` (a shell pattern), or ``all`` of yours."""
+        body = CancelRequest(job_ids=list(job_ids), name=name, all=all,
+                             states=[_state(s) for s in states] if states else None)
+        return self.call("POST", "/v1/jobs/cancel", CancelAnswer, body=body)
+
+    def hold(self, job_id: str) -> Job:
+        """Keep a QUEUED job out of planning (``wait_reason`` Held) until ``release``."""
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/hold", Job)
+
+    def release(self, job_id: str) -> Job:
+        return self.call("POST", f"/v1/jobs/{_seg(job_id)}/release", Job)
 
     # -- checkpoints, requeues, injected failures (skyport.core.recovery) ----------
 

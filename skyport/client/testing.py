@@ -43,7 +43,7 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.gate.runner import GateRunner
 from skyport.models import Job, JobState
 from skyport.pki import Identity
-from skyport.scheduler import PlanEntry, SchedulerService, UsageCharge
+from skyport.scheduler import SchedulePlan, SchedulerService, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 from skyport.timetable import Snapshot
@@ -73,7 +73,7 @@ class TestControlPlane:
         self.gate = MemoryGate("memory", MemoryGateConfig(**(gate or {})), self.root)
         scheduler = SchedulerService(policy, {})
 
-        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
             return scheduler.plan(snapshot, charges)
 
         self._loop = asyncio.new_event_loop()

@@ -18,7 +18,7 @@ from skyport.core.service import CoreService, CoreSettings, GatePort
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, GateFeature
 from skyport.gate.runner import GateDescription, GateRunner
 from skyport.remote import ActorProxy
-from skyport.scheduler import PlanEntry, SchedulerService, UsageCharge
+from skyport.scheduler import SchedulePlan, SchedulerService, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 from skyport.timetable import Snapshot
@@ -85,10 +85,12 @@ class GateActor:
 
 @ray.remote(num_cpus=0)
 class SchedulerActor:
-    def __init__(self, policy: str, policy_config: dict[str, Any]) -> None:
-        self.service = SchedulerService(policy, policy_config)
+    def __init__(
+        self, policy: str, policy_config: dict[str, Any], state_dir: str | None = None
+    ) -> None:
+        self.service = SchedulerService(policy, policy_config, state_dir=state_dir)
 
-    def plan(self, snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+    def plan(self, snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
         return self.service.plan(snapshot, charges)
 
     def policy(self) -> str:
@@ -108,7 +110,7 @@ class CoreActor:
                  for n in gate_names}
         scheduler = ray.get_actor("scheduler", namespace=NAMESPACE)
 
-        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+        async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
             return await scheduler.plan.remote(snapshot, charges)
 
         self.service = CoreService(

@@ -90,6 +90,30 @@ class Cancel(Command):
 
 
 @dataclass(frozen=True)
+class CancelMany(Command):
+    handler = "cancel_many"
+    who: Identity
+    job_ids: list[str]
+    states: list[JobState] | None
+    name: str | None
+    all_mine: bool
+
+
+@dataclass(frozen=True)
+class Hold(Command):
+    handler = "hold"
+    who: Identity
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Release(Command):
+    handler = "release"
+    who: Identity
+    job_id: str
+
+
+@dataclass(frozen=True)
 class Status(Command):
     handler = "status"
     who: Identity

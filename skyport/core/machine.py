@@ -53,7 +53,9 @@ from skyport.core.messages import (
     DropWarm,
     Event,
     Heartbeat,
+    HoldAsked,
     IdleNext,
+    Impossible,
     Instruction,
     Planned,
     Preempted,
@@ -155,6 +157,10 @@ class JobMachine:
                 del failed[name]
         return tuple(g for g in sorted(gates) if g not in failed) if failed else ()
 
+    def failed_gates(self, job_id: str) -> list[str]:
+        """The gates that failed to create this job's cluster lately."""
+        return sorted(self._gate_failures.get(job_id, {}))
+
     def restart_limit(self, job: Job) -> int:
         if job.spec.max_restarts is not None:
             return job.spec.max_restarts
@@ -170,6 +176,13 @@ class JobMachine:
                 out += self._discard_warm(w, "the control plane restarted during its hand-over")
         opened = {ck.job_id: ck for ck in ev.open_checkpoints}
         for job in ev.jobs:
+            if job.spec.gate is not None and job.spec.gate not in ev.gates:
+                # its gate was removed from the configuration: it can never run now
+                out += self._let_go(job, delete=False) if job.state.has_cluster() else []
+                out.append(Transition(job.id, S.CANCELLED,
+                                      f"can never run: gate {job.spec.gate} is no longer "
+                                      "configured", {"token_hash": None}))
+                continue
             if job.state in (S.SCHEDULED, S.PROVISIONING):
                 out += self._let_go(job, delete=True)
                 out.append(Transition(job.id, S.QUEUED,
@@ -401,6 +414,22 @@ class JobMachine:
         if self._forget(job.id):
             out.append(SaveCheckpoint(job.id, None))
         return out + self._let_go(job, delete=True)
+
+    def _on_HoldAsked(self, ev: HoldAsked, now: float) -> list[Instruction]:
+        job = ev.job
+        if job.state != S.QUEUED:
+            what = "held" if ev.held else "released"
+            raise ConflictError(f"job {job.id} is {job.state.value}: only a QUEUED job can be "
+                                f"{what}")
+        if job.held == ev.held:
+            return []
+        return [Update(job.id, {"held": ev.held}), Replan()]
+
+    def _on_Impossible(self, ev: Impossible, now: float) -> list[Instruction]:
+        if ev.job.state != S.QUEUED:
+            return []
+        return [Transition(ev.job.id, S.CANCELLED, f"can never run: {ev.reason}",
+                           {"token_hash": None})]
 
     def _on_CheckpointAsked(self, ev: CheckpointAsked, now: float) -> list[Instruction]:
         ck, opened = self._open(ev.job, ev.reason, now, self.new_id())

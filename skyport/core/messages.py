@@ -142,6 +142,23 @@ class Preempted:
 
 
 @dataclass(frozen=True)
+class HoldAsked:
+    """``skyport hold`` (``held=True``) or ``skyport release`` (``held=False``)."""
+
+    job: Job
+    by: str
+    held: bool
+
+
+@dataclass(frozen=True)
+class Impossible:
+    """The scheduler finds that no configured gate could ever run the job."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
 class IdleNext:
     cluster_id: str
     credential: str = field(repr=False)
@@ -258,4 +275,4 @@ Instruction = (Transition | Update | PutWarm | DropWarm | SaveCheckpoint | Write
 Event = (Started | Planned | ProvisionReady | ClusterCreated | CreateFailed | AgentHello
          | Heartbeat | AgentState | AgentExited | CancelAsked | CheckpointAsked
          | CheckpointPart | RequeueAsked | CancelAfterCheckpoint | Preempted | IdleNext | Tick
-         | ResultStored)
+         | HoldAsked | Impossible | ResultStored)

@@ -20,6 +20,7 @@ clusters).
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import time
@@ -50,7 +51,9 @@ from skyport.core.messages import (
     DropWarm,
     Event,
     Heartbeat,
+    HoldAsked,
     IdleNext,
+    Impossible,
     Instruction,
     Planned,
     Preempted,
@@ -88,10 +91,11 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.protocol import HeartbeatAnswer
-from skyport.scheduler import PlanEntry, UsageCharge
+from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge, Waiting
 from skyport.storage import JobStorage
 from skyport.store import JobStore, StoreChange, utcnow
 from skyport.timetable import Snapshot
+from skyport.timetable.reasons import IMPOSSIBLE
 
 log = logging.getLogger("skyport.core")
 
@@ -122,7 +126,7 @@ class GatePort(Protocol):
     async def preempt(self, cluster_id: str, reclaim_after_s: float) -> float: ...
 
 
-Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[list[PlanEntry]]]
+Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[SchedulePlan]]
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,8 @@ class CoreService:
         self.started_at = utcnow()
         self.machine = JobMachine(settings.machine())
         self._plan: dict[str, PlanEntry] = {}
+        self._waiting: dict[str, Waiting] = {}  # why each queued job waits, from the last plan
+        self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -181,13 +187,19 @@ class CoreService:
         self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
-                               self.started_at, lambda: {"passes": self._passes})
+                               self.started_at, lambda: {"passes": self._passes},
+                               self._wait_reason)
 
     # -- executing the machine's decisions ------------------------------------------
 
-    def _decide(self, event: Event) -> tuple[list[Instruction], Any]:
-        """Decide and persist (no await): the instructions left to execute, and the reply."""
-        instructions = self.machine.handle(event, time.time())
+    def _decide(self, *events: Event) -> tuple[list[Instruction], Any]:
+        """Decide and persist (no await): the instructions left to execute, and the reply.
+
+        Several events (a bulk cancel) are decided one after the other and
+        persisted together, in one transaction.
+        """
+        now = time.time()
+        instructions = [i for event in events for i in self.machine.handle(event, now)]
         for i in instructions:  # what a store change will point at is written first
             if isinstance(i, WriteLatest):
                 self.storage.put(i.job_id, LATEST, json.dumps(i.record, indent=1).encode())
@@ -209,9 +221,9 @@ class CoreService:
         reply = next((i.answer for i in instructions if isinstance(i, Reply)), None)
         return instructions, reply
 
-    def _run(self, event: Event) -> Any:
-        """Decide, persist, and start the I/O the decision asks for; the reply."""
-        instructions, reply = self._decide(event)
+    def _run(self, *events: Event) -> Any:
+        """Decide, persist, and start the I/O the decision asks for; the (first) reply."""
+        instructions, reply = self._decide(*events)
         for i in instructions:
             if isinstance(i, DeleteCluster):
                 self._spawn(self._delete(i.gate, i.cluster_id))
@@ -288,8 +300,11 @@ class CoreService:
     def _charge(self, job: Job) -> None:
         if job.started_at is not None and job.cluster_id:
             now = utcnow()
-            used_s = (now - job.started_at).total_seconds() * job.spec.total_cpus
-            self._charges.append(UsageCharge(job.owner, max(0.0, used_s), now.timestamp()))
+            ran_s = max(0.0, (now - job.started_at).total_seconds())
+            asked_s = float(job.spec.resources.time_limit_s)
+            # the Scheduler charges fair share with it and learns the owner's runtimes
+            self._charges.append(UsageCharge(job.owner, ran_s * job.spec.total_cpus,
+                                             now.timestamp(), ran_s, asked_s))
 
     def _prune(self, job_id: str, version: int) -> None:
         """Delete checkpoint versions older than the last ``KEEP_VERSIONS`` (best effort)."""
@@ -387,11 +402,78 @@ class CoreService:
         self._run(CancelAsked(self._visible(who, job_id), who.username))
         return self.store.get(job_id)
 
+    async def cancel_many(self, who: Identity, job_ids: list[str],
+                          states: list[JobState] | None, name: str | None,
+                          all_mine: bool) -> dict[str, list[str]]:
+        """Cancel every job of yours that matches (scancel's selectors), in one transaction.
+
+        ``job_ids`` and the filters narrow each other; at least one is needed.
+        Admins name other users' jobs by id; the filters select the caller's own.
+        """
+        if not (job_ids or states or name or all_mine):
+            raise ValidationError("selection", None, "job ids, --state, --name or --all")
+        if states and any(s.is_terminal() for s in states):
+            raise ValidationError("state", [s.value for s in states if s.is_terminal()],
+                                  "states a job can be cancelled in (not terminal)")
+        not_found: list[str] = []
+        if job_ids:
+            candidates = []
+            for job_id in dict.fromkeys(job_ids):
+                try:
+                    candidates.append(self._visible(who, job_id))
+                except NotFoundError:
+                    not_found.append(job_id)
+        else:
+            candidates = self.store.list(owner=who.username,
+                                         states=[s for s in S if not s.is_terminal()])
+        chosen = [j for j in candidates
+                  if (not states or j.state in states)
+                  and (name is None or fnmatch.fnmatchcase(j.spec.name, name))]
+        over = [j.id for j in chosen if j.state.is_terminal()]
+        live = [j for j in chosen if not j.state.is_terminal()]
+        self._run(*(CancelAsked(j, who.username) for j in live))
+        return {"cancelled": [j.id for j in live], "already_ended": over,
+                "not_found": not_found}
+
     def _with_plan(self, job: Job) -> Job:
+        """The job with its planned start and why it waits, from the last planning pass."""
         entry = self._plan.get(job.id)
-        if entry is not None and job.state == S.QUEUED:
+        if entry is not None and job.state == S.QUEUED and not job.held:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
+            job.planned_start_predicted = entry.predicted
+        reason = self._wait_reason(job)
+        if reason is not None:
+            job.wait_reason, job.wait_detail = reason
         return job
+
+    def _wait_reason(self, job: Job) -> tuple[str, str] | None:
+        if job.state in (S.SCHEDULED, S.PROVISIONING):
+            return "Provisioning", f"gate {job.gate} is building its cluster"
+        if job.state != S.QUEUED:
+            return None
+        if job.held:
+            return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
+        failed = self.machine.failed_gates(job.id)
+        usable = {job.spec.gate} if job.spec.gate else set(self.gates)
+        sick = self._sick & usable
+        if failed or (sick and sick == usable):  # every gate it may use is in trouble
+            names = ", ".join(sorted(set(failed) | sick))
+            return "GateUnhealthy", f"gate {names} failed lately; planned on the others " \
+                "or retried when it answers"
+        waiting = self._waiting.get(job.id)
+        if waiting is not None:
+            return waiting.code, waiting.detail
+        if job.id not in self._plan:
+            return "Unplanned", "not planned yet: the scheduler plans it on its next pass"
+        return None
+
+    async def hold(self, who: Identity, job_id: str) -> Job:
+        self._run(HoldAsked(self._visible(who, job_id), who.username, True))
+        return self._with_plan(self.store.get(job_id))
+
+    async def release(self, who: Identity, job_id: str) -> Job:
+        self._run(HoldAsked(self._visible(who, job_id), who.username, False))
+        return self._with_plan(self.store.get(job_id))
 
     async def user_checkpoint(self, who: Identity, job_id: str) -> dict[str, Any]:
         job = self._visible(who, job_id)
@@ -635,9 +717,11 @@ class CoreService:
                 continue  # a sick gate gets no work this pass
         now = time.time()
         gates = sorted(self.gates)
+        self._sick = {g for g in gates} - {p.name for p in pools}
+        queued = [j for j in self.store.list(states=[S.QUEUED]) if not j.held]
         snapshot = build_snapshot(
             now,
-            self.store.list(states=[S.QUEUED]),
+            queued,
             self.store.list(states=[s for s in S if s.has_cluster() or s == S.SCHEDULED]),
             self.machine.warm.holding(),
             pools,
@@ -645,8 +729,15 @@ class CoreService:
         )
         charges, self._charges = self._charges, []
         plan = await self.planner(snapshot, charges)
-        self._plan = {e.job_id: e for e in plan}
-        for entry in plan:
+        self._plan = {e.job_id: e for e in plan.entries}
+        self._waiting = {w.job_id: w for w in plan.waiting}
+        for w in plan.waiting:
+            if w.code == IMPOSSIBLE and not self._sick:  # every gate answered: for good
+                try:
+                    self._run(Impossible(self._job(w.job_id), w.detail))
+                except NotFoundError:
+                    continue
+        for entry in plan.entries:
             if not entry.start_now:
                 continue
             try:

@@ -25,7 +25,8 @@ log = logging.getLogger("skyport.core")
 class CoreViews:
     def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any],
                  plan: Callable[[], dict[str, PlanEntry]], policy_name: str,
-                 started_at: datetime, stats: Callable[[], dict[str, Any]]) -> None:
+                 started_at: datetime, stats: Callable[[], dict[str, Any]],
+                 reason: Callable[[Job], tuple[str, str] | None] = lambda job: None) -> None:
         self.store = store
         self.storage = storage
         self.gates = gates
@@ -33,6 +34,7 @@ class CoreViews:
         self.policy_name = policy_name
         self.started_at = started_at
         self._stats = stats
+        self._reason = reason
 
     async def status(self, who: Identity | None = None) -> dict[str, Any]:
         """Job counts by state: a user's own jobs (an admin's: everyone's), and gates."""
@@ -83,7 +85,7 @@ class CoreViews:
             limit = job.spec.resources.time_limit_s
             if job.state == S.QUEUED:
                 plan = planned.get(job.id)
-                if plan is None:
+                if plan is None or job.held:  # a held job is out of the plan at once
                     continue
                 start, gate = plan.start_s, plan.pool or None
             else:
@@ -102,6 +104,7 @@ class CoreViews:
                     "gate": gate,
                     "nodes": job.spec.resources.nodes,
                     "procs": job.spec.total_cpus,
+                    "reason": (self._reason(job) or (None,))[0] if own else None,
                 }
             )
         return {"now": now, "policy": self.policy_name, "entries": entries}

@@ -64,6 +64,7 @@ class _Board:
 
 def plan(snapshot: Snapshot, policy: Policy) -> Timetable:
     """Plan every queued job of ``snapshot`` under ``policy``."""
+    snapshot = policy.planning_view(snapshot)
     board, placeable, unplaceable = _board(snapshot)
     ordered = policy.order(snapshot, placeable)
     discipline = policy.discipline
@@ -77,6 +78,9 @@ def plan(snapshot: Snapshot, policy: Policy) -> Timetable:
         project = _projector(board, ordered, pos, (), monotone=True)
         return Timetable(snapshot.now_s, policy.name, starts, (), unplaceable, project)
     head = ordered[pos]
+    extra = policy.also_reserve(snapshot, ordered[pos + 1 :])
+    if extra:
+        return _easy_reserving(snapshot, policy, board, ordered, pos, extra, starts, unplaceable)
     reservation = _shadow(board, head)
     backfilled = _backfill(board, policy.backfill_order(snapshot, ordered[pos + 1 :]), reservation)
     placement = board.placement(head, reservation[0], reservation[1], _RESERVED)
@@ -307,6 +311,73 @@ def _backfill(
             started.append(board.placement(job, k, now, _START))
             break
     return tuple(started)
+
+
+def _easy_reserving(
+    snapshot: Snapshot,
+    policy: Policy,
+    board: _Board,
+    ordered: Sequence[QueuedJob],
+    pos: int,
+    extra: Sequence[QueuedJob],
+    starts: tuple[Placement, ...],
+    unplaceable: tuple[Unplaceable, ...],
+) -> Timetable:
+    """EASY with reservations for the head and ``extra``; backfill delays none of them.
+
+    Reservations are made in order on availability profiles; a backfill
+    candidate starts only where its whole hold fits now around them.
+    """
+    head = ordered[pos]
+    ids = {job.id for job in extra}
+    ids.discard(head.id)
+    protected = [head, *(job for job in extra if job.id in ids)]
+    profiles = board.profiles()
+    placed = _reserve_in_order(board, profiles, protected, (_START, _RESERVED))
+    # A protected job whose processors are free now starts now (it delays nobody ahead of it).
+    early = [p for p in placed if p.kind is _START]
+    for p in early:
+        k = board.pools.index(next(pool for pool in board.pools if pool.name == p.pool))
+        job = next(j for j in protected if j.id == p.job_id)
+        board.free[k] -= job.procs
+        board.releases[k].append((board.now_s + board.boot[k] + _hold(job), job.procs))
+    reserved = tuple(p for p in placed if p.kind is _RESERVED)
+    rest = [job for job in ordered[pos + 1 :] if job.id not in ids]
+    free, now, boot = board.free, board.now_s, board.boot
+    backfilled: list[Placement] = []
+    for job in policy.backfill_order(snapshot, rest):
+        procs = job.procs
+        for k in board.choices(job):
+            if procs > free[k]:
+                continue
+            hold = boot[k] + _hold(job)
+            slot = profiles[k].earliest(procs, hold)
+            if not AvailabilityProfile.is_now(slot):
+                continue
+            profiles[k].reserve(slot, hold, procs)
+            free[k] -= procs
+            board.releases[k].append((now + hold, procs))
+            backfilled.append(board.placement(job, k, now, _START))
+            break
+    started = {p.job_id for p in backfilled} | {p.job_id for p in early}
+    first = [job for job in protected if job.id not in started]
+
+    def project() -> tuple[Placement, ...]:
+        jobs = first + [job for job in rest if job.id not in started]
+        return tuple(
+            _reserve_in_order(
+                board, board.profiles(), jobs, (_PROJECTED, _PROJECTED), skip=len(first)
+            )
+        )
+
+    return Timetable(
+        snapshot.now_s,
+        policy.name,
+        starts + tuple(early) + tuple(backfilled),
+        reserved,
+        unplaceable,
+        project,
+    )
 
 
 def _conservative(

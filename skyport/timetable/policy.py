@@ -12,7 +12,9 @@ Disciplines:
 * ``STRICT``: start jobs in policy order while the next one fits; the first
   that does not fit blocks the rest (FCFS, SJF).
 * ``EASY``: as strict, then the blocked head gets a reservation at its shadow
-  time and later jobs may start now if they do not delay it.
+  time and later jobs may start now if they do not delay it. A policy may
+  name more jobs to reserve after the head (:meth:`Policy.also_reserve`);
+  backfilled jobs then delay none of those reservations either.
 * ``CONSERVATIVE``: every job, in policy order, gets the earliest reservation
   that does not delay any earlier one.
 """
@@ -48,6 +50,10 @@ class Capability(enum.Enum):
     """Every queued job holds a reservation (no job is ever delayed by a later one)."""
     NEEDS_USAGE = "needs-usage"
     """Reads ``Snapshot.usage``: the caller must keep a usage ledger."""
+    NEEDS_HISTORY = "needs-history"
+    """Reads ``Snapshot.history``: the caller must keep the owners' ended jobs."""
+    PREDICTS = "predicts"
+    """Plans with predicted runtimes: planned starts are predictions, not promises."""
 
 
 class PolicyConfig(BaseModel):
@@ -69,9 +75,30 @@ class Policy(ABC):
             raise TypeError("pass either a config object or keyword options, not both")
         self.config = config if config is not None else self.config_model(**options)
 
+    def planning_view(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot the engine places jobs on; by default ``snapshot`` itself.
+
+        A policy that plans with predicted runtimes returns a copy whose
+        ``est_runtime_s`` are its predictions. Jobs keep their ids, so the
+        timetable names the caller's jobs; only holds and ends change.
+        """
+        return snapshot
+
     @abstractmethod
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         """The queue in the order jobs are considered (highest precedence first)."""
+
+    def also_reserve(
+        self, snapshot: Snapshot, waiting: Sequence[QueuedJob]
+    ) -> Sequence[QueuedJob]:
+        """Jobs besides the head that hold reservations under ``EASY`` (by default none).
+
+        ``waiting`` is the ordered queue after the head. The engine reserves the
+        head, then these jobs in the order given, and backfills only jobs that
+        delay none of them. A slowdown-first order uses this to keep a
+        reservation for the longest-waiting jobs.
+        """
+        return ()
 
     def backfill_order(
         self, snapshot: Snapshot, candidates: Sequence[QueuedJob]

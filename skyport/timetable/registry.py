@@ -26,6 +26,7 @@ BUILTIN_POLICIES: dict[str, str] = {
     "conservative": "policies.conservative:ConservativePolicy",
     "fairshare": "policies.fairshare:FairSharePolicy",
     "easy-slowdown": "policies.slowdown:SlowdownPolicy",
+    "sky": "policies.sky:SkyPolicy",
 }
 
 

@@ -19,11 +19,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["JobId", "Pool", "QueuedJob", "RunningJob", "Snapshot"]
+__all__ = ["Ended", "JobId", "Pool", "QueuedJob", "RunningJob", "Snapshot"]
 
 JobId = int | str
 
 _EMPTY_USAGE: Mapping[str, float] = MappingProxyType({})
+_EMPTY_HISTORY: Mapping[str, tuple[Ended, ...]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What the Scheduler saw of one ended job: how long it ran and what it had asked for."""
+
+    runtime_s: float
+    requested_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,11 @@ class Snapshot:
     ``usage`` maps an owner to its decayed past usage in processor-seconds
     (for fair-share policies); the caller keeps the ledger, see
     :mod:`skyport.timetable.usage`.
+
+    ``history`` maps an owner to their most recently ended jobs, oldest
+    first (for policies that predict runtimes, see
+    :mod:`skyport.timetable.predict`); the caller keeps it from the jobs it
+    has seen end, see :class:`skyport.timetable.predict.RuntimeHistory`.
     """
 
     now_s: float
@@ -84,3 +98,4 @@ class Snapshot:
     running: tuple[RunningJob, ...]
     pools: tuple[Pool, ...]
     usage: Mapping[str, float] = field(default_factory=lambda: _EMPTY_USAGE)
+    history: Mapping[str, tuple[Ended, ...]] = field(default_factory=lambda: _EMPTY_HISTORY)

@@ -14,7 +14,7 @@ from skyport.models import JobState
 from skyport.protocol import WhoAmI
 from skyport.script import build_spec, cli_directives
 
-from .conftest import ControlPlane, processes_of_job
+from .conftest import LOCAL_CPUS, ControlPlane, processes_of_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -186,3 +186,21 @@ def test_requests_without_a_valid_certificate_are_refused(
     with httpx.Client(verify=client_ssl_context(ca, cert, key), timeout=10) as stranger:
         with pytest.raises(httpx.HTTPError):
             stranger.get(f"{url}/v1/jobs").raise_for_status()
+
+
+def test_skyport_gates_shows_each_gates_type_and_capacity(controlplane: ControlPlane) -> None:
+    """On a real control plane (the gate actor's answer, not a test double's)."""
+    from click.testing import CliRunner
+
+    from skyport.cli import cli
+
+    result = CliRunner().invoke(cli, ["--home", str(controlplane.home), "gates"])
+    assert result.exit_code == 0, result.output
+    header, row = result.output.splitlines()[:2]
+    assert header.split()[:2] == ["NAME", "TYPE"], header
+    assert row.split()[:2] == ["local", "local"], row
+    assert f"{LOCAL_CPUS}" in row  # its capacity
+    with controlplane.client() as c:
+        (gate,) = c.gates()
+        assert (gate.type, gate.capacity.total_cpus if gate.capacity else None) == \
+            ("local", LOCAL_CPUS)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import skyport
+from skyport.errors import ValidationError
 from skyport.models import JobState
 from skyport.script import build_spec
 
@@ -28,12 +29,16 @@ def test_jobs_keep_everything_on_s3(fresh_controlplane, s3_bucket: tuple[str, di
 
     bucket, options = s3_bucket
     fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
-    # the input itself comes from S3 too
-    fs.pipe(f"{bucket}/inputs/data.txt", b"hello s3\n")
+    # the input itself comes from S3 too: from the user's own prefix, read with the
+    # storage's credentials; anywhere else in the bucket is refused
+    fs.pipe(f"{bucket}/sp/users/admin/inputs/data.txt", b"hello s3\n")
+    fs.pipe(f"{bucket}/elsewhere/data.txt", b"not yours\n")
     prefix = f"s3://{bucket}/sp"
     cp = fresh_controlplane(storage=prefix, storage_options=options)
     with cp.client() as c:
-        job = c.submit(build_spec(SCRIPT.format(input=f"s3://{bucket}/inputs/data.txt")
+        with pytest.raises(ValidationError, match="under your own prefix"):
+            c.submit(build_spec(SCRIPT.format(input=f"s3://{bucket}/elsewhere/data.txt")))
+        job = c.submit(build_spec(SCRIPT.format(input=f"{prefix}/users/admin/inputs/data.txt")
                                   .replace("--output=out/report.txt",
                                            "--output=out/report.txt --output=out/env.txt")))
         done = c.wait(job.id, timeout=120)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import s3fs
 
+from skyport.core.inputs import InputSource
 from skyport.storage import JobStorage
 
 
@@ -74,8 +75,11 @@ def test_copy_in_from_s3(
     # inputs are fetched with the default client: point it at moto as a deployment would
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     fs = raw(options)
-    fs.pipe_file(f"{prefix}/data/forcing.nc", b"netcdf" * 10)
+    # an input under the user's own prefix, read with the storage's options
+    fs.pipe_file(f"{prefix}/store/users/alice/data/forcing.nc", b"netcdf" * 10)
     storage = JobStorage(f"s3://{prefix}/store", options)
-    assert storage.copy_in("j1", f"s3://{prefix}/data/forcing.nc", "inputs/forcing.nc") == 60
+    source = InputSource("storage", f"s3://{prefix}/store/users/alice/data/forcing.nc",
+                         "forcing.nc")
+    assert storage.copy_in("j1", source, "alice", "inputs/forcing.nc") == 60
     assert storage.get("j1", "inputs/forcing.nc") == b"netcdf" * 10
     assert fs.cat_file(f"{prefix}/store/jobs/j1/inputs/forcing.nc") == b"netcdf" * 10

@@ -160,10 +160,12 @@ def test_jobs_table_and_filters(one_node: CliPlane) -> None:
         "SUBMITTED",
         "STARTED",
         "ETA/ELAPSED",
+        "REASON",
     ]
     assert lines[1].split()[:4] == [b, "other", "admin", "RUNNING"]
     assert lines[2].split()[:5] == [a, "train", "admin", "QUEUED", "1"]
-    assert lines[2].split()[-2] == "in"  # planned start ahead: an ETA
+    # planned start ahead: an ETA, and why: b holds the only node's cores
+    assert lines[2].split()[-3:-1][0] == "in" and lines[2].split()[-1] == "Resources"
     result = run("jobs", "--state", "running", "--json", "--all")
     assert [j["id"] for j in one_json(result)] == [b]
     assert cp.requests[-1].url.params["all"] == "true"
@@ -277,8 +279,10 @@ def test_timetable_text_json_and_picture(one_node: CliPlane, tmp_path: Path) -> 
     text = run("timetable").stdout
     assert text.startswith("policy: fcfs\n")
     rows = text.splitlines()[1:3]
-    assert rows[0].startswith(f"{first} train  RUNNING  █") and "▒" in rows[1]
-    assert rows[1].startswith(f"{second} post")
+    assert rows[0].split()[:4] == [first, "train", "RUNNING", "█" * len(rows[0].split()[3])]
+    assert "▒" in rows[1]
+    # the queued job is marked with why it waits: the first one holds the node
+    assert rows[1].startswith(f"{second} post [Resources]")
     assert "┴" in text
     out = tmp_path / "plan.png"
     result = run("timetable", "--output", str(out), "--json")

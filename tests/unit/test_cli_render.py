@@ -45,6 +45,10 @@ def test_timing_eta_elapsed_duration() -> None:
     assert timing(make_job(JobState.QUEUED, planned_start_at=NOW + 5 * MIN), NOW) == "in 00:05:00"
     assert timing(make_job(JobState.QUEUED, planned_start_at=NOW - MIN), NOW) == "now"
     assert timing(make_job(JobState.QUEUED), NOW) == "-"
+    predicted = make_job(
+        JobState.QUEUED, planned_start_at=NOW + 5 * MIN, planned_start_predicted=True
+    )
+    assert timing(predicted, NOW) == "~in 00:05:00"  # planned on predicted runtimes
     assert timing(make_job(JobState.RUNNING, started_at=NOW - 90 * MIN), NOW) == "01:30:00"
     done = make_job(JobState.SUCCEEDED, started_at=NOW - 50 * MIN, ended_at=NOW - 20 * MIN)
     assert timing(done, NOW) == "00:30:00"
@@ -60,7 +64,7 @@ def test_format_when_is_short_for_today() -> None:
 
 def test_job_rows() -> None:
     row = job_rows([make_job(JobState.RUNNING, started_at=NOW - 10 * MIN)], NOW, UTC)[0]
-    assert row == ["j1", "train", "alice", "RUNNING", "1", "09:00:00", "09:50:00", "00:10:00"]
+    assert row == ["j1", "train", "alice", "RUNNING", "1", "09:00:00", "09:50:00", "00:10:00", ""]
 
 
 def test_format_size() -> None:

@@ -17,7 +17,7 @@ from skyport.core.service import CoreService, CoreSettings
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.models import JobSpec
 from skyport.pki import Identity
-from skyport.scheduler import PlanEntry, UsageCharge
+from skyport.scheduler import SchedulePlan, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 from skyport.timetable import Snapshot
@@ -69,9 +69,9 @@ async def _burst(tmp_path: Path) -> list[int]:
     """Submit ``JOBS`` jobs at once; return the queue length each planning pass saw."""
     seen: list[int] = []
 
-    async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
+    async def planner(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
         seen.append(len(snapshot.queued))
-        return []  # start nothing: every job stays queued
+        return SchedulePlan([])  # start nothing: every job stays queued
 
     store = JobStore(tmp_path / "jobs.db")
     storage = JobStorage((tmp_path / "storage").as_uri())

@@ -156,3 +156,18 @@ def test_running_spans_are_each_attempts_running_stretch() -> None:
     assert [(a - base, b - base) for a, b in job.running_spans()] == [(1.0, 3.0), (4.0, 9.0)]
     still_running = job.model_copy(update={"events": job.events[:4]})
     assert still_running.running_spans() == [(base + 1, base + 3)]
+
+
+def test_a_layout_without_cpus_per_node_gets_ranks_x_threads_cores_as_sbatch_does() -> None:
+    from skyport.script import build_spec
+
+    spec = build_spec("#!/bin/bash\n#SKYPORT --ranks-per-node=2 --threads-per-rank=2\ntrue\n")
+    assert (spec.resources.cpus_per_node, spec.threads_per_rank) == (4, 2)
+    assert build_spec("#!/bin/bash\n#SKYPORT --ranks-per-node=3\ntrue\n") \
+        .resources.cpus_per_node == 3
+    # an explicit --cpus-per-node stays as asked, and is still checked against the layout
+    assert build_spec("#!/bin/bash\n#SKYPORT --ranks-per-node=2 --cpus-per-node=8\ntrue\n") \
+        .resources.cpus_per_node == 8
+    with pytest.raises(Exception, match="exceeds cpus-per-node = 1"):
+        build_spec("#!/bin/bash\n#SKYPORT --ranks-per-node=2 --threads-per-rank=2 "
+                   "--cpus-per-node=1\ntrue\n")

@@ -247,6 +247,8 @@ BAD_SPECS = [
     ("a script over 1 MiB", {"script": "#" * (MAX_SCRIPT_BYTES + 1)}),
     ("an env over its cap", {"script": SCRIPT, "env": {f"V{i}": "x" * 1024 for i in range(200)}}),
     ("too many inputs", {"script": SCRIPT, "inputs": [f"upload:{i}" for i in range(300)]}),
+    ("resources not a mapping, with a layout",
+     {"script": SCRIPT, "resources": [["a", 1]], "layout": {"ranks_per_node": 2}}),
 ]
 
 

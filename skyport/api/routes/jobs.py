@@ -11,6 +11,8 @@ from skyport.core import commands as c
 from skyport.core.commands import CorePort
 from skyport.models import Job, JobState, SubmitRequest
 from skyport.protocol import (
+    CancelAnswer,
+    CancelRequest,
     ClusterView,
     FileEntry,
     GateView,
@@ -68,9 +70,24 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     async def job(job_id: str, who: User) -> Job:
         return await core.execute(c.GetJob(who, job_id))
 
+    @r.post("/jobs/cancel")
+    async def cancel_many(body: CancelRequest, who: User) -> CancelAnswer:
+        """Cancel many jobs in one call and one transaction (``skyport cancel --all`` ...)."""
+        return CancelAnswer.model_validate(await core.execute(
+            c.CancelMany(who, body.job_ids, body.states, body.name, body.all)))
+
     @r.post("/jobs/{job_id}/cancel")
     async def cancel(job_id: str, who: User) -> Job:
         return await core.execute(c.Cancel(who, job_id))
+
+    @r.post("/jobs/{job_id}/hold")
+    async def hold(job_id: str, who: User) -> Job:
+        """Keep a QUEUED job out of planning until it is released."""
+        return await core.execute(c.Hold(who, job_id))
+
+    @r.post("/jobs/{job_id}/release")
+    async def release(job_id: str, who: User) -> Job:
+        return await core.execute(c.Release(who, job_id))
 
     @r.get("/jobs/{job_id}/logs/{stream}")
     async def logs(

@@ -29,7 +29,9 @@ from skyport.core.messages import (
     DeleteCluster,
     DropWarm,
     Heartbeat,
+    HoldAsked,
     IdleNext,
+    Impossible,
     Instruction,
     Planned,
     Preempted,
@@ -696,3 +698,32 @@ def test_a_hand_over_in_flight_at_restart_is_dropped() -> None:
                       mem_mb=None, since=T0, idle_hashes=("h",), assigned_job="b")
     out = m.handle(Started((), frozenset(), warm=(row,), gates=frozenset({"local"})), T0)
     assert DropWarm("a-0") in out and DeleteCluster("local", "a-0") in out
+
+
+# -- holds and jobs that can never run ------------------------------------------------
+
+
+def test_hold_and_release_only_a_queued_job() -> None:
+    m = machine()
+    out = m.handle(HoldAsked(make_job(), "alice", True), T0)
+    assert out == [Update("a", {"held": True}), Replan()]
+    assert m.handle(HoldAsked(make_job(held=True), "alice", True), T0) == []  # already held
+    assert m.handle(HoldAsked(make_job(held=True), "alice", False), T0) == [
+        Update("a", {"held": False}), Replan()]
+    with pytest.raises(ConflictError, match="only a QUEUED job can be held"):
+        m.handle(HoldAsked(make_job(S.RUNNING), "alice", True), T0)
+
+
+def test_a_job_that_can_never_run_is_cancelled_with_the_reason() -> None:
+    out = machine().handle(Impossible(make_job(), "procs=9 exceeds 8"), T0)
+    assert out == [Transition("a", S.CANCELLED, "can never run: procs=9 exceeds 8",
+                              {"token_hash": None})]
+    assert machine().handle(Impossible(make_job(S.RUNNING), "x"), T0) == []
+
+
+def test_a_job_whose_gate_was_removed_is_ended_at_restart() -> None:
+    m = machine()
+    job = make_job(gate_choice="gone")
+    out = m.handle(Started((job,), frozenset(), gates=frozenset({"local"})), T0)
+    assert Transition("a", S.CANCELLED, "can never run: gate gone is no longer configured",
+                      {"token_hash": None}) in out

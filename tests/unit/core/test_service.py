@@ -17,7 +17,7 @@ from skyport.core.service import CoreService, CoreSettings
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, NodeInfo
 from skyport.models import JobSpec, JobState, Resources
 from skyport.pki import Identity
-from skyport.scheduler import PlanEntry, UsageCharge
+from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 from skyport.timetable import Snapshot
@@ -63,10 +63,10 @@ class Gate:
         return 0.0
 
 
-async def plan_everything(snapshot: Snapshot, charges: list[UsageCharge]) -> list[PlanEntry]:
-    return [PlanEntry(job_id=q.id, pool="mem", start_s=snapshot.now_s, procs=q.procs,
-                      nodes=q.nodes, start_now=True)
-            for q in snapshot.queued]
+async def plan_everything(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
+    return SchedulePlan([PlanEntry(job_id=str(q.id), pool="mem", start_s=snapshot.now_s,
+                                   procs=q.procs, nodes=q.nodes, start_now=True)
+                         for q in snapshot.queued])
 
 
 def service(tmp_path: Path, gate: Gate) -> CoreService:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
+from skyport.timetable.snapshot import Ended
 
 CAPACITY = 16
 NOW = 1_000.0
@@ -34,4 +35,13 @@ def snapshots(draw: st.DrawFn, max_queued: int = 12, max_running: int = 6) -> Sn
         for i in range(draw(st.integers(0, max_queued)))
     ]
     usage = {f"u{k}": float(draw(st.integers(0, 1000))) for k in range(4)}
-    return Snapshot(NOW, tuple(queued), tuple(running), (Pool("p", CAPACITY),), usage)
+    # Some owners have ended jobs (for predicting policies), some have none.
+    history = {
+        f"u{k}": tuple(
+            Ended(float(draw(st.integers(0, 80))), float(draw(st.integers(0, 80))))
+            for _ in range(draw(st.integers(0, 3)))
+        )
+        for k in range(4)
+    }
+    pools = (Pool("p", CAPACITY),)
+    return Snapshot(NOW, tuple(queued), tuple(running), pools, usage, history)

@@ -26,6 +26,7 @@ def _peak_use(snapshot: Snapshot, placements) -> int:  # type: ignore[no-untyped
 
     Half-open spans; a running job past its estimate counts as ending now
     (what it holds *at* now is checked against the starts separately).
+    ``snapshot`` is the one the engine planned on (the policy's planning view).
     """
     now = snapshot.now_s
     spans = [(now, max(r.est_end_s, now), r.procs) for r in snapshot.running]
@@ -40,10 +41,12 @@ def _peak_use(snapshot: Snapshot, placements) -> int:  # type: ignore[no-untyped
 @settings(max_examples=60, deadline=None)
 @given(snapshot=snapshots())
 def test_every_job_gets_a_start_and_capacity_holds(name: str, snapshot: Snapshot) -> None:
-    timetable = plan(snapshot, load_policy(name))
+    policy = load_policy(name)
+    timetable = plan(snapshot, policy)
     assert {p.job_id for p in timetable.entries} == {j.id for j in snapshot.queued}
     assert all(p.start_s >= snapshot.now_s for p in timetable.entries)
-    assert _peak_use(snapshot, timetable.entries) <= CAPACITY
+    # Planned with predictions, the plan fits on predicted holds.
+    assert _peak_use(policy.planning_view(snapshot), timetable.entries) <= CAPACITY
     starts = timetable.to_start_now
     busy = sum(r.procs for r in snapshot.running)
     assert busy + sum(p.procs for p in starts) <= CAPACITY
@@ -72,11 +75,27 @@ def _as_running(snapshot: Snapshot, timetable) -> Snapshot:  # type: ignore[no-u
     )
 
 
-@pytest.mark.parametrize("name", ["easy", "easy-sjf", "fairshare", "easy-slowdown"])
+# sky plans queued jobs on predictions but running ones on requested ends by
+# default, so a job started on its prediction is re-planned on its request and
+# the head may move (the aging guard, planning on requested times, is what
+# bounds waits there). Planned on one consistent view, the property holds.
+EASY_LIKE = [
+    ("easy", {}),
+    ("easy-sjf", {}),
+    ("fairshare", {}),
+    ("easy-slowdown", {}),
+    ("sky", {"plan_with": "predicted"}),
+    ("sky", {"plan_with": "requested"}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), EASY_LIKE)
 @settings(max_examples=80, deadline=None)
 @given(snapshot=snapshots())
-def test_easy_backfilling_never_delays_the_head(name: str, snapshot: Snapshot) -> None:
-    policy = load_policy(name)
+def test_easy_backfilling_never_delays_the_head(
+    name: str, options: dict[str, str], snapshot: Snapshot
+) -> None:
+    policy = load_policy(name, **options)
     timetable = plan(snapshot, policy)
     if not timetable.reserved:
         return
