@@ -258,6 +258,7 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
     from skyport.core.actor import NAMESPACE, CoreActor, GateActor, SchedulerActor
     from skyport.remote import ActorProxy
     from skyport.storage import JobStorage
+    from skyport.users import UserRegistry
 
     config = state.load_config()
     me = proc_stat(os.getpid())
@@ -303,7 +304,10 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
     recovered = ray.get(core.start.remote())
     log.info("core started: %s", recovered)
     storage = JobStorage(config.storage_url or state.storage.as_uri(), config.storage_options)
-    app = create_app(ActorProxy(core), storage)
+    users = UserRegistry(state.pki)
+    users.adopt_issued()  # a state directory from before the registry: its users, once
+    app = create_app(ActorProxy(core), storage, users=users,
+                     audit_log=state.root / "logs" / "audit.jsonl")
 
     signal.signal(signal.SIGTERM, lambda *_: None)  # serve() re-raises it after cleanup
     try:
