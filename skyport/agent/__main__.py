@@ -11,6 +11,7 @@ from pathlib import Path
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
 from skyport.agent.idle import wait_for_next_job
+from skyport.agent.isolation import make_undumpable
 from skyport.agent.main import Agent, AgentSettings, install_signal_handlers
 from skyport.agent.procfs import set_child_subreaper
 from skyport.errors import ConfigError
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     boot = Bootstrap(**{**boot.__dict__, "workdir": str(workdir)})
     os.chdir(workdir)
+    make_undumpable()  # no process of this user attaches to the agent or reads its token
+    os.close(os.open(workdir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     logging.basicConfig(filename=workdir / "agent.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore"):

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skyport.agent.isolation import Isolation
 from skyport.errors import ConfigError
 
 __all__ = ["Bootstrap"]
@@ -34,6 +35,21 @@ class Bootstrap:
     cpus_per_node: int = 1
     cores: tuple[int, ...] = ()
     gpus: tuple[str, ...] = ()
+    # how the payload is kept from the agent and the machine (skyport.agent.isolation)
+    isolation: str = "none"
+    payload_uid: int = -1
+    payload_gid: int = -1
+    hide: tuple[str, ...] = ()
+
+    def payload_isolation(self) -> Isolation:
+        if self.isolation not in ("none", "user", "sandbox"):
+            raise ConfigError(f"bootstrap isolation {self.isolation!r}: "
+                              "not one of 'none', 'user', 'sandbox'")
+        try:
+            return Isolation(mode=self.isolation, uid=self.payload_uid,  # type: ignore[arg-type]
+                             gid=self.payload_gid, hide=self.hide)
+        except ValueError as exc:
+            raise ConfigError(f"bootstrap: {exc}") from exc
 
     def write(self, path: Path) -> None:
         """Write atomically, readable by the owner only."""
@@ -54,6 +70,7 @@ class Bootstrap:
             raw: dict[str, Any] = json.loads(path.read_text())
             raw["cores"] = tuple(int(c) for c in raw.get("cores", ()))
             raw["gpus"] = tuple(str(g) for g in raw.get("gpus", ()))
+            raw["hide"] = tuple(str(h) for h in raw.get("hide", ()))
             return cls(**raw)
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"bad agent bootstrap file {path}: {exc}") from exc
