@@ -259,7 +259,7 @@ class LocalGate(Gate):
                   cpus_per_node=req.cpus_per_node, cores=node.cores,
                   gpus=node.gpus, isolation=self.isolation,
                   payload_uid=record.payload_uid, payload_gid=record.payload_gid,
-                  hide=(str(self.state_root),) if self.isolation == "sandbox" else (),
+                  hide=(str(self.state_root),) if self.isolation != "none" else (),
                   ).write(bootstrap)
         # Started through a short-lived intermediate, so the agent is nobody's child:
         # Ray kills a worker's child processes when the worker exits, and a node

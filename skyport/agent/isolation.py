@@ -11,7 +11,12 @@ trust, so it runs in one of two ways (``Isolation.mode``):
     everything else of the state directory, other jobs' working directories
     (other users), the agent's memory (``/proc/PID/mem`` of a root process)
     and other agents' launch sockets are out of its reach by plain Unix
-    permissions.
+    permissions.  Where bubblewrap is installed the payload also gets a mount
+    namespace in which ``hide`` (the state directory) is an empty folder, and
+    where the Python that runs Sky Port lives in a folder other users cannot
+    enter (pyenv under ``/root``), that folder is replaced by an empty one
+    with only the interpreter's installation bound back in, read-only;
+    bubblewrap runs as root and ``setpriv`` drops to the payload's user.
 
 ``sandbox``
     The agent is not root: the payload runs under bubblewrap (``bwrap``),
@@ -32,10 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
+import pwd
 import shutil
 import stat
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,26 +78,53 @@ class Isolation:
         """Variables the payload gets because of the isolation (its own ``HOME``)."""
         if self.mode == "none":
             return {}
-        return {"HOME": str(workdir)}
+        env = {"HOME": str(workdir)}
+        if self.mode == "user":
+            with contextlib.suppress(KeyError):
+                env["USER"] = env["LOGNAME"] = pwd.getpwuid(self.uid).pw_name
+        return env
+
+    def _wrapped_user(self) -> bool:
+        """``user`` mode through bubblewrap and ``setpriv`` (both installed)."""
+        return self.mode == "user" and bwrap_path() is not None \
+            and shutil.which("setpriv") is not None
 
     def argv(self, argv: Sequence[str], *, cwd: Path, binds: Iterable[Path]) -> list[str]:
-        """``argv`` as started under this isolation (bubblewrap's command line for ``sandbox``)."""
-        if self.mode != "sandbox":
-            return list(argv)
-        bwrap = bwrap_path()
-        if bwrap is None:
-            raise OSError("isolation 'sandbox' needs bubblewrap (bwrap), which is not installed")
-        cmd = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
-               "--unshare-pid", "--tmpfs", "/tmp"]
-        for path in self.hide:
-            cmd += ["--tmpfs", path]
-        for path in (cwd, *binds):
-            cmd += ["--bind", str(path), str(path)]
-        return [*cmd, "--chdir", str(cwd), "--", *argv]
+        """``argv`` as started under this isolation (bubblewrap's command line)."""
+        if self.mode == "sandbox":
+            bwrap = bwrap_path()
+            if bwrap is None:
+                raise OSError("isolation 'sandbox' needs bubblewrap (bwrap), "
+                              "which is not installed")
+            cmd = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
+                   "--unshare-pid", "--tmpfs", "/tmp"]
+            for path in self.hide:
+                cmd += ["--tmpfs", path]
+            for path in (cwd, *binds):
+                cmd += ["--bind", str(path), str(path)]
+            return [*cmd, "--chdir", str(cwd), "--", *argv]
+        if self._wrapped_user():
+            cmd = [str(bwrap_path()), "--bind", "/", "/", "--dev-bind", "/dev", "/dev"]
+            hidden = [Path(h).resolve() for h in self.hide]
+            for path in hidden:
+                cmd += ["--perms", "0711", "--tmpfs", str(path)]
+            cmd += interpreter_exposure()
+            made: set[Path] = set()
+            for path in (cwd, *binds):
+                real = Path(path).resolve()
+                top = next((h for h in hidden if real.is_relative_to(h)), None)
+                if top is not None:  # its folders in the empty tmpfs: enterable, not listable
+                    cmd += _folders_between(top, real, made, "0711")
+                cmd += ["--bind", str(real), str(real)]
+            return [*cmd, "--chdir", str(cwd), "--", str(shutil.which("setpriv")),
+                    "--reuid", str(self.uid), "--regid", str(self.gid), "--clear-groups",
+                    "--no-new-privs", "--", *argv]
+        return list(argv)
 
     def popen_kwargs(self) -> dict[str, Any]:
-        """``subprocess.Popen`` arguments that drop to the payload's user (``user`` mode)."""
-        if self.mode != "user":
+        """``subprocess.Popen`` arguments that drop to the payload's user (``user`` mode
+        without bubblewrap; with it, ``setpriv`` does)."""
+        if self.mode != "user" or self._wrapped_user():
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
@@ -142,6 +177,58 @@ def give_tree(root: Path, uid: int, gid: int, keep: Iterable[str] = ()) -> None:
             for folder, dirs, files in os.walk(entry.path):
                 for name in (*dirs, *files):
                     os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+
+
+def _enterable_by_others(path: Path) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o001)
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def interpreter_exposure() -> tuple[str, ...]:
+    """bubblewrap arguments that let another user run this Python and import Sky Port.
+
+    For each of the interpreter's installation, the virtual environment and
+    Sky Port's root: the first folder on its way that other users cannot
+    enter becomes an empty 0755 folder, the folders below it are made (0755),
+    and the installation itself is bound back in, read-only.  Nothing when
+    every folder is enterable already.
+    """
+    from skyport.gate.environment import skyport_root
+
+    args: list[str] = []
+    hidden: set[Path] = set()
+    made: set[Path] = set()
+    bound: set[Path] = set()
+    targets = sorted({Path(p).resolve() for p in (sys.base_prefix, sys.prefix, skyport_root(),
+                                                  os.path.dirname(os.path.realpath(
+                                                      sys.executable)))})
+    for target in targets:
+        chain = [*reversed(target.parents), target]
+        blocked = next((p for p in chain if not _enterable_by_others(p)), None)
+        if blocked is None or blocked == target:
+            continue
+        if any(target.is_relative_to(b) for b in bound):
+            continue
+        if not any(blocked.is_relative_to(h) for h in hidden):
+            args += ["--perms", "0755", "--tmpfs", str(blocked)]
+            hidden.add(blocked)
+        args += _folders_between(blocked, target, made, "0755")
+        args += ["--ro-bind", str(target), str(target)]
+        bound.add(target)
+    return tuple(args)
+
+
+def _folders_between(top: Path, target: Path, made: set[Path], perms: str) -> list[str]:
+    """``--dir`` arguments for the folders strictly between ``top`` and ``target``."""
+    args: list[str] = []
+    for p in reversed(target.parents):
+        if p.is_relative_to(top) and p != top and p not in made:
+            args += ["--perms", perms, "--dir", str(p)]
+            made.add(p)
+    return args
 
 
 def make_undumpable() -> bool:
