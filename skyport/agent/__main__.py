@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from skyport.agent.bootstrap import Bootstrap
+from skyport.agent.bootstrap import Bootstrap, exchange_credential
 from skyport.agent.client import AgentClient
 from skyport.agent.idle import wait_for_next_job
 from skyport.agent.isolation import make_undumpable
@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.keep_bootstrap:
         args.bootstrap.unlink(missing_ok=True)
+    try:  # a VM's user-data carries a one-time credential, not the token
+        boot = exchange_credential(boot, retry_for_s=args.retry_for_s)
+    except ConfigError as exc:
+        print(f"skyport agent: {exc}", file=sys.stderr)
+        return 2
     workdir = Path(boot.workdir or args.bootstrap.parent)
     workdir.mkdir(parents=True, exist_ok=True)
     boot = Bootstrap(**{**boot.__dict__, "workdir": str(workdir)})
