@@ -100,7 +100,7 @@ class Isolation:
                    "--unshare-pid", "--tmpfs", "/tmp"]
             for path in self.hide:
                 cmd += ["--tmpfs", path]
-            for path in (cwd, *binds):
+            for path in dict.fromkeys(Path(b).resolve() for b in (cwd, *binds)):
                 cmd += ["--bind", str(path), str(path)]
             return [*cmd, "--chdir", str(cwd), "--", *argv]
         if self._wrapped_user():
@@ -110,8 +110,7 @@ class Isolation:
                 cmd += ["--perms", "0711", "--tmpfs", str(path)]
             cmd += interpreter_exposure()
             made: set[Path] = set()
-            for path in (cwd, *binds):
-                real = Path(path).resolve()
+            for real in dict.fromkeys(Path(b).resolve() for b in (cwd, *binds)):
                 top = next((h for h in hidden if real.is_relative_to(h)), None)
                 if top is not None:  # its folders in the empty tmpfs: enterable, not listable
                     cmd += _folders_between(top, real, made, "0711")

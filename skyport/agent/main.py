@@ -212,7 +212,8 @@ class Agent:
             self.client, self.boot.node_rank, self.workdir, self.boot.cores,
             lambda: payload_env(self.boot, spec, dict(os.environ), self._launch_env()),
             grace_s=self.settings.grace_s, logdir=self._runtime / "launches",
-            isolation=self.isolation, binds=(self._runtime,))
+            # a launch may run in node 0's folder (its cwd): this node's stays visible too
+            isolation=self.isolation, binds=(self._runtime, self.workdir))
         self._runner.start()
         self.isolation.share_runtime(self._runtime)
 
