@@ -35,6 +35,7 @@ def ray_token_auth(folder: str) -> Iterator[dict[str, str]]:
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _reload_ray_auth()
     try:
         yield env
     finally:
@@ -43,6 +44,21 @@ def ray_token_auth(folder: str) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read the authentication variables again.
+
+    Ray reads ``RAY_AUTH_MODE`` and the token once per process (its config and
+    a token cache); a driver in this pytest process must see the new ones.
+    """
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # no Ray: nothing has read them
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextmanager
