@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -231,3 +233,29 @@ def test_what_the_control_plane_creates_is_its_own(controlplane: ControlPlane,
                 problems.append(f"{p} {oct(mode)}")
     assert stat.S_IMODE(state.stat().st_mode) & 0o066 == 0
     assert not problems, problems
+
+
+def test_joining_a_ray_cluster_without_token_auth_is_refused(tmp_path: Path) -> None:
+    """Attacker: anyone on the network of an existing, unauthenticated Ray cluster that
+    ``skyport start --address`` would join: the control plane refuses to join it."""
+    from ray.cluster_utils import Cluster
+
+    from skyport.controlplane import check_cluster_requires_token
+    from skyport.errors import ControlPlaneError
+
+    tmp = tempfile.mkdtemp(prefix="sot-", dir="/tmp")  # short: Ray's socket paths
+    env = {k: os.environ.pop(k) for k in list(os.environ)
+           if k.startswith("RAY_AUTH") or k == "RAY_TMPDIR"}
+    os.environ["RAY_TMPDIR"] = tmp
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "object_store_memory": 80 * 1024**2, "include_dashboard": False})
+        try:
+            with pytest.raises(ControlPlaneError, match="without a token"):
+                check_cluster_requires_token(cluster.address)
+        finally:
+            cluster.shutdown()
+    finally:
+        os.environ.pop("RAY_TMPDIR", None)
+        os.environ.update(env)
+        shutil.rmtree(tmp, ignore_errors=True)
