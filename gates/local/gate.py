@@ -42,6 +42,7 @@ from gates.local.payloadusers import (
     create_user,
     delete_user,
     open_path_to,
+    reap_orphan_users,
     user_name,
 )
 from gates.local.records import ClusterRecord, NodeRecord, RecordStore
@@ -90,6 +91,7 @@ class LocalGate(Gate):
         if self.isolation == "user":
             self.workdir_root.mkdir(parents=True, exist_ok=True, mode=0o700)
             open_path_to(self.workdir_root, self.state_root)
+            reap_orphan_users()  # of state directories deleted with clusters in them
         self._physical = sorted(os.sched_getaffinity(0))
         self._lock = threading.Lock()
 
@@ -121,7 +123,7 @@ class LocalGate(Gate):
                 return self._info(existing)  # a retried create gets the same cluster
             record = self._reserve(request)
             if self.isolation == "user":
-                user = create_user(user_name(self.dir, request.cluster_id))
+                user = create_user(user_name(self.dir, request.cluster_id), self.dir)
                 record = replace(record, payload_user=user.name, payload_uid=user.uid,
                                  payload_gid=user.gid)
             self._records.put(record)

@@ -31,7 +31,7 @@ from skyport.agent.isolation import bwrap_path
 from skyport.errors import ConfigError, GateError
 
 __all__ = ["PayloadUser", "choose_mode", "create_user", "delete_user", "kill_user_processes",
-           "open_path_to"]
+           "open_path_to", "reap_orphan_users"]
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,23 @@ def user_name(gate_dir: Path, cluster_id: str) -> str:
     return f"sp-{digest[:12]}"
 
 
-def create_user(name: str) -> PayloadUser:
-    """The system user ``name``, created if missing (no home, no login shell, own group)."""
+COMMENT = "skyport payload user of "
+
+
+def create_user(name: str, gate_dir: Path | None = None) -> PayloadUser:
+    """The system user ``name``, created if missing (no home, no login shell, own group).
+
+    Its comment names ``gate_dir``, so that a user left behind by a state
+    directory that is gone can be found and deleted (``reap_orphan_users``).
+    """
     for attempt in range(20):
         with contextlib.suppress(KeyError):
             pw = pwd.getpwnam(name)
             return PayloadUser(name=name, uid=pw.pw_uid, gid=pw.pw_gid)
         done = subprocess.run(
             ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", "--user-group", name],
+             "--shell", "/usr/sbin/nologin", "--user-group",
+             "--comment", COMMENT + str(gate_dir.resolve() if gate_dir else "?"), name],
             capture_output=True, text=True, check=False)
         if done.returncode == 0:
             continue
@@ -130,3 +138,17 @@ def open_path_to(folder: Path, state_root: Path) -> None:
         elif not os.stat(path).st_mode & 0o001:
             raise ConfigError(f"local gate: payload users cannot enter {path} "
                               f"(on the way to {folder}): give it o+x or move workdir_root")
+
+
+def reap_orphan_users() -> list[str]:
+    """Delete the payload users whose gate folder no longer exists (its state directory
+    was removed with clusters still in it); the names deleted."""
+    gone = []
+    for pw in pwd.getpwall():
+        if not pw.pw_name.startswith("sp-") or not pw.pw_gecos.startswith(COMMENT):
+            continue
+        folder = pw.pw_gecos[len(COMMENT):]
+        if folder.startswith("/") and not Path(folder).exists():
+            delete_user(PayloadUser(pw.pw_name, pw.pw_uid, pw.pw_gid))
+            gone.append(pw.pw_name)
+    return gone

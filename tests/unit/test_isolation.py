@@ -16,7 +16,7 @@ import pytest
 
 from gates.libcloud.userdata import DEFAULT_INSTALL, render_userdata
 from gates.local import LocalGate
-from gates.local.payloadusers import choose_mode, open_path_to
+from gates.local.payloadusers import choose_mode, open_path_to, reap_orphan_users
 from skyport import __version__
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.checkpointer import copy_regular_files
@@ -148,6 +148,7 @@ def test_a_cluster_gets_a_user_of_its_own_and_loses_it_with_the_cluster(home: Pa
     user = pwd.getpwnam(record.payload_user)
     assert (user.pw_uid, user.pw_gid) == (record.payload_uid, record.payload_gid)
     assert user.pw_uid > 0 and user.pw_shell.endswith("nologin")
+    assert user.pw_gecos.endswith(str((home / "state" / "gates" / "local").resolve()))
     workdir = Path(info.nodes[0].details["workdir"])
     # the way to the node folder: enter, never list; the folder itself: private
     for folder in (home / "state", workdir.parent, workdir.parent.parent):
@@ -158,6 +159,15 @@ def test_a_cluster_gets_a_user_of_its_own_and_loses_it_with_the_cluster(home: Pa
     gate.delete_cluster("u1")
     with pytest.raises(KeyError):
         pwd.getpwnam(record.payload_user)
+    # a state directory removed with a cluster in it: the next gate deletes its user
+    gate.create_cluster(request("u2", nodes=1))
+    left = gate._records.get("u2")
+    assert left is not None
+    assert gate.kill_node("u2", 0)  # the node dies, the record and the user stay
+    shutil.rmtree(home / "state", ignore_errors=True)
+    assert left.payload_user in reap_orphan_users()
+    with pytest.raises(KeyError):
+        pwd.getpwnam(left.payload_user)
 
 
 @root_only
@@ -187,6 +197,28 @@ def test_a_payload_user_cannot_read_the_state_dir_and_owns_its_workdir(home: Pat
         assert (work / "own.txt").stat().st_uid == pw.pw_uid
     finally:
         subprocess.run(["userdel", name], check=False)
+
+
+@with_bwrap
+def test_a_sandboxed_payload_sees_its_folder_and_nothing_else_of_the_state_dir(
+        home: Path) -> None:
+    state, work = home / "state", home / "state" / "gates" / "l" / "nodes" / "c" / "n0"
+    work.mkdir(parents=True)
+    (state / "ca.key").write_text("key")
+    (state / "gates" / "l" / "nodes" / "c" / "n1").mkdir()
+    iso = Isolation(mode="sandbox", hide=(str(state),))
+    script = ("ls " + str(state) + "; ls " + str(work.parent) + "; "
+              "cat " + str(state / "ca.key") + " 2>/dev/null && echo READ; "
+              "echo mine > own.txt && echo WROTE; echo $$")
+    out = home / "out"
+    p = Payload(["bash", "-c", script], cwd=work, env={"PATH": "/usr/bin:/bin"},
+                stdout_path=out, stderr_path=home / "err", isolation=iso)
+    assert p.run().exit_code == 0, (home / "err").read_text()
+    # the state dir holds only the way to this node's folder; other nodes' are not there
+    lines = out.read_text().split()
+    assert lines[:3] == ["gates", "n0", "WROTE"], lines
+    assert int(lines[3]) < 10  # a PID namespace of its own: no agent is visible
+    assert (work / "own.txt").read_text() == "mine\n" and (state / "ca.key").exists()
 
 
 def test_choose_mode_refuses_a_sandbox_without_bubblewrap(monkeypatch: pytest.MonkeyPatch,
