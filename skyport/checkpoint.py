@@ -3,8 +3,8 @@
 A running job has a checkpoint directory on node 0 (``$SKYPORT_CHECKPOINT_DIR``)
 and one per node (``$SKYPORT_NODE_CHECKPOINT_DIR``) for per-rank state.  Sky Port
 copies them to the job's storage prefix every ``--checkpoint-every``, when the
-job asks (this module's ``request``, ``skyport checkpoint``, or SIGUSR2 to
-``$SKYPORT_AGENT_PID``), and before the job is stopped for its time limit, a
+job asks (this module's ``request`` or ``skyport checkpoint``, both over the
+agent's launch socket), and before the job is stopped for its time limit, a
 ``cancel --checkpoint``, a requeue or a preemption notice.  On a restart the
 latest complete checkpoint is put back into those directories before the
 payload starts, and ``$SKYPORT_RESTART_COUNT`` says how many restarts came before.

@@ -10,12 +10,15 @@ directory, so the process can be killed at any moment and started again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -57,8 +60,9 @@ def init_state(
     if is_running(state):
         raise ConflictError(f"the control plane of {state.root} is running: stop it first")
     for path in (state.root, state.storage, state.run):
-        path.mkdir(parents=True, exist_ok=True)
-    os.chmod(state.root, 0o700)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    ray_auth_token(state)
     if not pki.ca_cert_path(state.pki).exists():
         pki.init_ca(state.pki)
     hostnames = sorted({"localhost", socket.gethostname()})
@@ -79,6 +83,7 @@ def init_state(
     )
     _check_policy(config.policy)
     state.save_config(config)
+    os.chmod(state.config_path, 0o600)  # storage options may hold credentials
     return {
         "home": str(state.root),
         "config": str(state.config_path),
@@ -177,14 +182,15 @@ def start(
         os.execv(sys.executable, cmd)
     state.run.mkdir(parents=True, exist_ok=True)
     state.address_path.unlink(missing_ok=True)
-    with open(state.log_path, "ab") as logf:
+    fd = os.open(state.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as logf:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
             start_new_session=True,
-            env=_env(),
+            env=_env(state, address),
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -231,10 +237,48 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _env() -> dict[str, str]:
+RAY_TOKEN_NAME = "ray-auth-token"
+
+
+def ray_token_path(state: StateDir) -> Path:
+    return state.root / RAY_TOKEN_NAME
+
+
+def ray_auth_token(state: StateDir) -> Path:
+    """The Ray plane's token file (0600 in the 0700 state directory), created once.
+
+    Whoever holds it can run code as the control plane's user through Ray, so
+    it never leaves the state directory: agents and payloads never see it.
+    """
+    path = ray_token_path(state)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.chmod(path, 0o600)
+    return path
+
+
+def ray_auth_env(state: StateDir, address: str | None = None) -> dict[str, str]:
+    """Ray's authentication variables for the control plane's processes.
+
+    Token authentication is always on.  On the embedded default the token is
+    the state directory's; joining an existing cluster (``address``), the
+    token the operator gave that cluster (``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_TOKEN_PATH`` in the environment) wins, else the state
+    directory's file (copy the cluster's token there).
+    """
+    env = {"RAY_AUTH_MODE": "token"}
+    if address and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        return env
+    env["RAY_AUTH_TOKEN_PATH"] = str(ray_auth_token(state))
+    return env
+
+
+def _env(state: StateDir, address: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.update(ray_auth_env(state, address))
     return env
 
 
@@ -244,12 +288,73 @@ def ray_temp_dir(state: StateDir) -> str:
     return os.path.join(tempfile.gettempdir(), f"sp-{digest}")
 
 
+def private_temp_dir(state: StateDir) -> str:
+    """Ray's temp dir, inside a 0700 folder of this user's alone.
+
+    Ray makes the folders it creates world-writable (0777, for clusters shared
+    by several users); the 0700 parent keeps everyone else out of them, and
+    ``tighten_temp_dir`` takes the bits back once Ray has made them.  The
+    parent's name is predictable (short socket paths), so a folder of that
+    name made by another user beforehand is refused rather than used.
+    """
+    path = ray_temp_dir(state)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ControlPlaneError(
+            f"Ray's temp dir {path} exists and is not a folder of this user "
+            f"(uid {os.getuid()}): remove it; someone may have planted it")
+    os.chmod(path, 0o700)
+    return os.path.join(path, "r")
+
+
+def tighten_temp_dir(path: str) -> None:
+    """Folders under ``path`` lose every group and other bit (Ray made them 0777)."""
+    for folder, dirs, _files in os.walk(path):
+        for d in [folder, *(os.path.join(folder, x) for x in dirs)]:
+            with contextlib.suppress(OSError):
+                if not os.path.islink(d):
+                    os.chmod(d, os.stat(d).st_mode & 0o700)
+
+
+def check_cluster_requires_token(address: str) -> None:
+    """Refuse a Ray cluster that lets a driver without a token in.
+
+    A separate interpreter, without any token, tries ``ray.init(address)``;
+    it must fail.  Sky Port's actors run as the control plane's user with its
+    credentials, so an open cluster would give them to whoever reaches it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+    probe = ("import sys, ray\n"
+             "try:\n"
+             "    ray.init(address=sys.argv[1], log_to_driver=False)\n"
+             "except Exception:\n"
+             "    sys.exit(3)\n"
+             "ray.shutdown()\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe, address], env=env,
+                              capture_output=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        return  # it hung rather than connected: not open
+    if done.returncode == 0:
+        raise ControlPlaneError(
+            f"the Ray cluster at {address} accepts drivers without a token: start it with "
+            "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN_PATH), and give the control plane the "
+            "same token (see docs/SECURITY.md)")
+
+
 # -- the control plane process itself ------------------------------------------
 
 
 def run(state: StateDir, ray_address: str | None = None) -> None:
+    # what the control plane and its Ray processes create is theirs alone (0700/0600)
+    os.umask(0o077)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.update(ray_auth_env(state, ray_address))
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -264,18 +369,24 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
     me = proc_stat(os.getpid())
     state.pid_path.write_text(f"{os.getpid()} {me.start_time if me else ''}\n")
     if ray_address:
+        check_cluster_requires_token(ray_address)
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:
+        # gcs_server and raylet listen on every interface whatever address they are
+        # told to advertise: the token (above) is the barrier (docs/SECURITY.md)
+        temp_dir = private_temp_dir(state)
         ray.init(
             address="local",
             namespace=NAMESPACE,
             num_cpus=config.ray_num_cpus,
             _memory=config.ray_memory_mb * 1024 * 1024,
             object_store_memory=config.ray_object_store_mb * 1024 * 1024,
-            _temp_dir=ray_temp_dir(state),
+            _temp_dir=temp_dir,
             include_dashboard=False,
             log_to_driver=False,
         )
+        tighten_temp_dir(os.path.dirname(temp_dir))
+    ray_gcs = ray.get_runtime_context().gcs_address
     # the Core's SQLite file and the local gate's processes live on this machine
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     names = ["core", "scheduler", *(f"gate:{g.name}" for g in config.gates)]
@@ -318,7 +429,7 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
             pki_dir=state.pki,
             ready_file=state.address_path,
             log_level="warning",
-            extra={"pid": os.getpid(), "home": str(state.root)},
+            extra={"pid": os.getpid(), "home": str(state.root), "ray_address": ray_gcs},
         )
     finally:
         try:

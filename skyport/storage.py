@@ -10,6 +10,7 @@ prefix.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -38,7 +39,9 @@ class JobStorage:
             raise StorageError(f"cannot open storage {url!r}: {exc}") from exc
         self.root = self.root.rstrip("/")
         if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
-            self.fs.makedirs(self.root, exist_ok=True)
+            if not self.fs.exists(self.root):  # ours alone; the control plane's umask is 077
+                self.fs.makedirs(self.root, exist_ok=True)
+                os.chmod(self.root, 0o700)
 
     def _base(self, job_id: str) -> str:
         # the id is one path component too: "../other" must not reach another job's files

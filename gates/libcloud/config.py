@@ -20,7 +20,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -57,6 +57,12 @@ class LibcloudGateConfig(GateConfig):
                                         description="extra create_node keyword arguments")
     tags_arg: str | None = Field("ex_metadata", description="create_node keyword for tags")
     userdata_arg: str = Field("ex_userdata", description="create_node keyword for user-data")
+    userdata_secret: Literal["token", "exchange"] = Field(
+        "token", description="what user-data carries: 'exchange', a one-time bootstrap "
+        "credential the agent exchanges for the job token (POST /v1/bootstrap/exchange; "
+        "needs a control plane that serves it), or 'token', the job token itself")
+    bootstrap_ttl_s: float = Field(900.0, gt=0, le=86400,
+                                   description="how long a bootstrap credential is valid")
     install_command: str = Field(DEFAULT_INSTALL, min_length=1,
                                  description="run on a node whose Python lacks Sky Port")
     name_prefix: str = Field("skyport", pattern=r"^[a-z][a-z0-9-]{0,20}$")

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
@@ -49,6 +50,7 @@ from skyport.gate import (
     GateFeature,
     NodeInfo,
 )
+from skyport.gate.bootstrapcred import BootstrapVault, Exchanged
 
 __all__ = ["LibcloudGate"]
 
@@ -94,6 +96,8 @@ class LibcloudGate(Gate):
         self._sizes: dict[str, NodeSize] | None = None
         self._lock = threading.Lock()
         self._pending = 0  # nodes being created by this instance, not yet listed
+        self.vault = BootstrapVault(name, gate_dir / "bootstrap-credentials.json",
+                                    ttl_s=config.bootstrap_ttl_s)
 
     # -- offer ----------------------------------------------------------------
 
@@ -146,6 +150,10 @@ class LibcloudGate(Gate):
     def describe_cluster(self, cluster_id: str) -> ClusterInfo:
         return self._info(cluster_id, [n for n in self._nodes()
                                        if _tags(n).get(T_CLUSTER) == cluster_id])
+
+    def exchange_bootstrap(self, credential: str) -> Exchanged:
+        """The job token for a node's one-time bootstrap credential (the REST route's side)."""
+        return self.vault.exchange(credential)
 
     def delete_cluster(self, cluster_id: str) -> None:
         deadline = time.monotonic() + self.cfg.delete_timeout_s
@@ -229,6 +237,9 @@ class LibcloudGate(Gate):
                              job_id=req.job_id, cluster_id=req.cluster_id, node_rank=rank,
                              node_name=name, num_nodes=req.nodes,
                              cpus_per_node=req.cpus_per_node)
+            if self.cfg.userdata_secret == "exchange":  # user-data outlives the exchange
+                boot = replace(boot, token="", bootstrap_credential=self.vault.issue(
+                    req.token, req.job_id, rank))
             tags = {T_SCOPE: self.scope, T_GATE: self.name, T_JOB: req.job_id,
                     T_CLUSTER: req.cluster_id, T_RANK: str(rank), T_FLAVOR: flavor.name,
                     T_CREATED: created}

@@ -5,8 +5,10 @@ One bash script per node (cloud-init runs a user-data that starts with
 
 1. makes the node's folder (``$SKYPORT_NODE_ROOT``, default
    ``/var/lib/skyport``; 0700),
-2. installs Sky Port if ``$SKYPORT_PYTHON`` (default ``python3``) cannot
-   import it (``install_command``, by default ``pip install skyport``),
+2. installs Sky Port unless ``$SKYPORT_PYTHON`` (default ``python3``)
+   imports exactly the control plane's version (``install_command``, by
+   default ``pip install skyport==<that version>``: a pinned requirement,
+   never whatever the index serves today),
 3. writes the agent's bootstrap file (control URL, CA PEM, job token, node
    rank and name, cores: see ``skyport.agent.bootstrap``) with umask 077,
 4. replaces itself with the agent, which reads and removes that file.
@@ -22,12 +24,14 @@ import json
 import shlex
 from dataclasses import asdict
 
+from skyport import __version__
 from skyport.agent.bootstrap import Bootstrap
 
 __all__ = ["BOOTSTRAP_NAME", "DEFAULT_INSTALL", "render_userdata"]
 
 BOOTSTRAP_NAME = ".skyport-bootstrap.json"
-DEFAULT_INSTALL = "pip install skyport"
+DEFAULT_INSTALL = f'"$PY" -m pip install --no-input "skyport=={__version__}"'
+"""The control plane's own version, pinned: a node never runs another Sky Port."""
 _EOF = "SKYPORT_BOOTSTRAP_EOF"
 
 _TEMPLATE = """\
@@ -39,10 +43,13 @@ PY="${{SKYPORT_PYTHON:-python3}}"
 NODE_DIR="${{SKYPORT_NODE_ROOT:-/var/lib/skyport}}/{node_name_q}"
 mkdir -p "$NODE_DIR"
 cd "$NODE_DIR"
-if ! "$PY" -c 'import skyport.agent' >/dev/null 2>&1; then
-  echo "skyport: installing Sky Port" >&2
+if ! "$PY" -c 'import sys, skyport.agent, skyport; sys.exit(skyport.__version__ != "{version}")' \
+    >/dev/null 2>&1; then
+  echo "skyport: installing Sky Port {version}" >&2
   {install_command}
 fi
+"$PY" -c 'import sys, skyport; sys.exit(skyport.__version__ != "{version}")' || {{
+  echo "skyport: this node's Sky Port is not {version}, the control plane's" >&2; exit 1; }}
 cat > "$NODE_DIR/{bootstrap}.tmp" <<'{eof}'
 {bootstrap_json}
 {eof}
@@ -69,6 +76,7 @@ def render_userdata(boot: Bootstrap, install_command: str = DEFAULT_INSTALL) -> 
         node_name=_comment(boot.node_name), job_id=_comment(boot.job_id),
         cluster_id=_comment(boot.cluster_id), node_name_q=_path_part(boot.node_name),
         install_command=install_command, bootstrap=BOOTSTRAP_NAME, eof=_EOF,
+        version=__version__,
         bootstrap_json=text)
 
 

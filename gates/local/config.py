@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -32,6 +33,11 @@ class LocalGateConfig(GateConfig):
     agent_command: list[str] | None = Field(
         None, min_length=1, description="argv prefix that starts an agent; default "
         "[sys.executable, '-m', 'skyport.agent']; '--bootstrap PATH' is appended")
+    isolation: Literal["auto", "user", "sandbox", "none"] = Field(
+        "auto", description="how payloads are kept from the control plane and other jobs: "
+        "'user' (a user of its own per cluster; needs root), 'sandbox' (bubblewrap hides the "
+        "state directory), 'none' (payloads run as the control plane's user and can read its "
+        "state directory); 'auto': 'user' as root, else 'sandbox'")
     kill_grace_s: float = Field(3.0, ge=0, le=60)
     boot_s: float = Field(1.0, ge=0)
     idle_timeout_s: float = Field(

@@ -36,6 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from gates.local.config import LocalGateConfig, detect_gpus, host_cpus, host_mem_mb
+from gates.local.payloadusers import (
+    PayloadUser,
+    choose_mode,
+    create_user,
+    delete_user,
+    open_path_to,
+    reap_orphan_users,
+    user_name,
+)
 from gates.local.records import ClusterRecord, NodeRecord, RecordStore
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.procfs import is_alive, kill_sessions, members, proc_stat
@@ -77,6 +86,13 @@ class LocalGate(Gate):
         self.agent_command = list(config.agent_command or
                                   [sys.executable, "-m", "skyport.agent"])
         self._records = RecordStore(self.dir / "clusters")
+        os.chmod(self.dir / "clusters", 0o700)  # who runs what: the control plane's business
+        self.isolation = choose_mode(config.isolation)
+        self.state_root = Path(getattr(state_dir, "root", state_dir))
+        if self.isolation == "user":
+            self.workdir_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            open_path_to(self.workdir_root, self.state_root)
+            reap_orphan_users()  # of state directories deleted with clusters in them
         self._physical = sorted(os.sched_getaffinity(0))
         self._lock = threading.Lock()
 
@@ -107,10 +123,14 @@ class LocalGate(Gate):
                                     f"exists for job {existing.job_id}")
                 return self._info(existing)  # a retried create gets the same cluster
             record = self._reserve(request)
+            if self.isolation == "user":
+                user = create_user(user_name(self.dir, request.cluster_id), self.dir)
+                record = replace(record, payload_user=user.name, payload_uid=user.uid,
+                                 payload_gid=user.gid)
             self._records.put(record)
             try:
                 for node in record.nodes:
-                    record = record.with_node(self._start_node(request, node))
+                    record = record.with_node(self._start_node(request, record, node))
                     self._records.put(record)
             except Exception as exc:
                 self._destroy(record)
@@ -228,15 +248,22 @@ class LocalGate(Gate):
                              flavor=FLAVOR, created_at=time.time(), mem_mb=req.mem_mb or 0,
                              state="creating", nodes=tuple(nodes))
 
-    def _start_node(self, req: ClusterRequest, node: NodeRecord) -> NodeRecord:
+    def _start_node(self, req: ClusterRequest, record: ClusterRecord,
+                    node: NodeRecord) -> NodeRecord:
         workdir = Path(node.workdir)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(workdir, 0o700)  # the agent gives it to the payload's user (if any)
+        if self.isolation == "user":
+            os.chmod(workdir.parent, 0o711)  # the cluster's folder: enter, not list
         bootstrap = workdir / BOOTSTRAP_NAME
         Bootstrap(control_url=req.control_url, ca_pem=req.ca_pem, token=req.token,
                   job_id=req.job_id, cluster_id=req.cluster_id, node_rank=node.rank,
                   node_name=node.name, num_nodes=req.nodes, workdir=str(workdir),
                   cpus_per_node=req.cpus_per_node, cores=node.cores,
-                  gpus=node.gpus).write(bootstrap)
+                  gpus=node.gpus, isolation=self.isolation,
+                  payload_uid=record.payload_uid, payload_gid=record.payload_gid,
+                  hide=(str(self.state_root),) if self.isolation != "none" else (),
+                  ).write(bootstrap)
         # Started through a short-lived intermediate, so the agent is nobody's child:
         # Ray kills a worker's child processes when the worker exits, and a node
         # must outlive the gate actor the way a VM outlives its control plane.
@@ -261,6 +288,9 @@ class LocalGate(Gate):
                             "survived SIGKILL; try again")
         self._records.remove(record.cluster_id)
         shutil.rmtree(self.workdir_root / record.cluster_id, ignore_errors=True)
+        if record.payload_user:  # kills what of the user escaped the sessions, first
+            delete_user(PayloadUser(record.payload_user, record.payload_uid,
+                                    record.payload_gid))
 
     def _info(self, record: ClusterRecord) -> ClusterInfo:
         nodes = tuple(
@@ -283,8 +313,8 @@ class LocalGate(Gate):
 
 
 _DETACH = (
-    "import subprocess, sys\n"
-    "out = open(sys.argv[1], 'ab')\n"
+    "import os, subprocess, sys\n"
+    "out = open(os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), 'ab')\n"
     "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out,"
     " stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
     "print(p.pid)\n"

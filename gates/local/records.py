@@ -40,6 +40,10 @@ class ClusterRecord:
     mem_mb: int
     state: RecordState
     nodes: tuple[NodeRecord, ...]
+    # the cluster's payload user (isolation "user"), deleted with the cluster
+    payload_user: str = ""
+    payload_uid: int = -1
+    payload_gid: int = -1
 
     def with_node(self, node: NodeRecord) -> ClusterRecord:
         nodes = tuple(node if n.rank == node.rank else n for n in self.nodes)

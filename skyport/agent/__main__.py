@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from skyport.agent.bootstrap import Bootstrap
+from skyport.agent.bootstrap import Bootstrap, exchange_credential
 from skyport.agent.client import AgentClient
 from skyport.agent.idle import wait_for_next_job
+from skyport.agent.isolation import make_undumpable
 from skyport.agent.main import Agent, AgentSettings, install_signal_handlers
 from skyport.agent.procfs import set_child_subreaper
 from skyport.errors import ConfigError
@@ -36,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.keep_bootstrap:
         args.bootstrap.unlink(missing_ok=True)
+    try:  # a VM's user-data carries a one-time credential, not the token
+        boot = exchange_credential(boot, retry_for_s=args.retry_for_s)
+    except ConfigError as exc:
+        print(f"skyport agent: {exc}", file=sys.stderr)
+        return 2
     workdir = Path(boot.workdir or args.bootstrap.parent)
     workdir.mkdir(parents=True, exist_ok=True)
     boot = Bootstrap(**{**boot.__dict__, "workdir": str(workdir)})
     os.chdir(workdir)
+    make_undumpable()  # no process of this user attaches to the agent or reads its token
+    os.close(os.open(workdir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     logging.basicConfig(filename=workdir / "agent.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore"):

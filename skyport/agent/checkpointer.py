@@ -7,7 +7,6 @@ and adds the payload variables::
     SKYPORT_CHECKPOINT_DIR       node 0 only: <workdir>/skyport-checkpoint
     SKYPORT_NODE_CHECKPOINT_DIR  every node:  <workdir>/skyport-node-checkpoint
     SKYPORT_RESTART_COUNT        restarts before this attempt (0 on the first)
-    SKYPORT_AGENT_PID            SIGUSR2 to it asks for a checkpoint
 
 Then it follows the heartbeat answers: ``checkpoint: {version, id}`` makes it
 copy its directories to a private staging copy (fast, local) and upload that
@@ -28,6 +27,8 @@ import logging
 import os
 import shutil
 import signal
+import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -70,9 +71,10 @@ class Checkpointer:
 
     @property
     def env(self) -> dict[str, str]:
+        # no SKYPORT_AGENT_PID: the payload asks over the launch socket, and the
+        # agent's pid is no business of a payload that may run as another user
         env = {"SKYPORT_NODE_CHECKPOINT_DIR": str(self.node_dir),
-               "SKYPORT_RESTART_COUNT": str(self.restart_count),
-               "SKYPORT_AGENT_PID": str(os.getpid())}
+               "SKYPORT_RESTART_COUNT": str(self.restart_count)}
         if self.rank == 0:
             env["SKYPORT_CHECKPOINT_DIR"] = str(self.shared_dir)
         return env
@@ -193,8 +195,8 @@ class Checkpointer:
 
     def upload(self, version: int, ck_id: str) -> list[dict[str, Any]]:
         """Copy this node's directories aside, upload them as version ``version``, report."""
-        staging = self.workdir / f".skyport-checkpoint-staging-{ck_id}"
-        shutil.rmtree(staging, ignore_errors=True)
+        # a private folder of the agent's, not the working directory (the payload's)
+        staging = Path(tempfile.mkdtemp(prefix=f"sp-ckpt-{ck_id[:16]}-"))
         parts = {f"v{version}/nodes/{self.rank}": self.node_dir}
         if self.rank == 0:
             parts[f"v{version}/shared"] = self.shared_dir
@@ -202,9 +204,8 @@ class Checkpointer:
         try:
             for prefix, src in parts.items():
                 copy = staging / prefix.replace("/", "_")
-                if src.is_dir():
-                    shutil.copytree(src, copy, symlinks=False, ignore_dangling_symlinks=True,
-                                    ignore=shutil.ignore_patterns(".*.tmp", "*.skyport-part"))
+                if src.is_dir() and not src.is_symlink():
+                    copy_regular_files(src, copy)
                 for f in sorted(p for p in copy.rglob("*") if p.is_file()):
                     rel = f"{prefix}/{f.relative_to(copy).as_posix()}"
                     self.client.put_file(f"checkpoints/{rel}", f)
@@ -240,3 +241,36 @@ class Checkpointer:
                 return {"error": f"checkpoint v{version} was dropped before it was complete"}
             time.sleep(self.poll_s)
         return {"error": f"checkpoint v{version} was not complete in time"}
+
+
+def _unfinished(name: str) -> bool:
+    return (name.startswith(".") and name.endswith(".tmp")) or name.endswith(".skyport-part")
+
+
+def copy_regular_files(src: Path, dest: Path) -> int:
+    """Copy the regular files under ``src`` to ``dest``; symbolic links are never followed.
+
+    The payload owns ``src`` and may still be running: ``os.fwalk`` and
+    ``O_NOFOLLOW`` opens relative to each folder's descriptor make sure that
+    no link it puts anywhere, at any moment, makes the agent read a file
+    outside ``src``.  Unfinished files (``.*.tmp``, ``*.skyport-part``) are
+    left out.  Returns the number of files copied.
+    """
+    count = 0
+    for folder, _dirs, names, dirfd in os.fwalk(src, follow_symlinks=False):
+        out_dir = dest / os.path.relpath(folder, src)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in names:
+            if _unfinished(name):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
+            except OSError:  # a link (ELOOP), or gone meanwhile
+                continue
+            with os.fdopen(fd, "rb") as f_in:
+                if not stat.S_ISREG(os.fstat(f_in.fileno()).st_mode):
+                    continue
+                with open(out_dir / name, "wb") as f_out:
+                    shutil.copyfileobj(f_in, f_out)
+            count += 1
+    return count

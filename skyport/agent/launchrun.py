@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from skyport.agent.client import AgentClient
+from skyport.agent.isolation import NO_ISOLATION, Isolation
 from skyport.agent.payload import LogPump, Payload
 from skyport.errors import ConflictError, NotFoundError, SkyportError
 from skyport.protocol import LaunchOrder
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 class LaunchRunner:
     def __init__(self, client: AgentClient, rank: int, workdir: Path, cores: tuple[int, ...],
                  env: Callable[[], dict[str, str]], *, poll_wait_s: float = 10.0,
-                 grace_s: float = 3.0) -> None:
+                 grace_s: float = 3.0, logdir: Path | None = None,
+                 isolation: Isolation = NO_ISOLATION, binds: tuple[Path, ...] = ()) -> None:
         self.client = client
         self.rank = rank
         self.workdir = workdir
@@ -41,10 +43,13 @@ class LaunchRunner:
         self._cancelled: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._loop: threading.Thread | None = None
-        self._logdir = workdir / ".skyport-launches"
+        # the agent's own folder: the payload may own the working directory
+        self._logdir = logdir or workdir / ".skyport-launches"
+        self.isolation = isolation
+        self.binds = binds
 
     def start(self) -> None:
-        self._logdir.mkdir(exist_ok=True, mode=0o700)
+        self._logdir.mkdir(exist_ok=True, mode=0o700, parents=True)
         self._loop = threading.Thread(target=self._poll_loop, name="launch-poll", daemon=True)
         self._loop.start()
 
@@ -77,12 +82,14 @@ class LaunchRunner:
         launch_id = order.launch_id
         argv = list(order.argv)
         cwd = Path(order.cwd)
-        if not cwd.is_dir():
-            cwd = self.workdir
+        if not cwd.is_dir() or (self.isolation.mode == "sandbox"
+                                and not cwd.resolve().is_relative_to(self.workdir.resolve())):
+            cwd = self.workdir  # a sandbox binds this node's folder only
         env = {**self.env(), **order.env}
         files = {s: self._logdir / f"{launch_id}.{s}" for s in ("stdout", "stderr")}
         payload = Payload(argv, cwd=cwd, env=env, stdout_path=files["stdout"],
-                          stderr_path=files["stderr"], cores=self.cores)
+                          stderr_path=files["stderr"], cores=self.cores,
+                          isolation=self.isolation, binds=self.binds)
 
         def sink(stream: str, offset: int, data: bytes) -> object:
             return self.client.launch_output(launch_id, self.rank, stream, offset, data)

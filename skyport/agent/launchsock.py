@@ -8,7 +8,9 @@ creates the launch through the REST API with the job token (which the relay
 never sees), and streams the output and exit code back as JSON lines.  If the
 relay goes away first, the launch is cancelled and node k kills it.
 
-Only processes of the agent's own user may connect (``SO_PEERCRED``).
+Only processes of the agent's own user, or of its payload's user when the
+payload runs as a user of its own (``skyport.agent.isolation``), may connect
+(``SO_PEERCRED``).
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ log = logging.getLogger(__name__)
 
 class LaunchSocket:
     def __init__(self, client: AgentClient, path: Path,
-                 node_names: Callable[[], list[str]], read_wait_s: float = 10.0) -> None:
+                 node_names: Callable[[], list[str]], read_wait_s: float = 10.0,
+                 allow_peer: Callable[[int], bool] | None = None) -> None:
         self.client = client
         self.path = path
         self.node_names = node_names
         self.read_wait_s = read_wait_s
         self.served = 0
+        # the agent's own user, and the payload's user when it has one of its own
+        self.allow_peer = allow_peer or (lambda uid: uid == os.getuid())
         # other request types ({"type": name, ...}) -> handler returning one answer frame
         self.requests: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self._sock: socket.socket | None = None
@@ -78,7 +83,7 @@ class LaunchSocket:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                     struct.calcsize("3i"))
             _pid, uid, _gid = struct.unpack("3i", creds)
-            if uid != os.getuid():
+            if not self.allow_peer(uid):
                 log.warning("launch socket: refused a connection from uid %d", uid)
                 return
             try:

@@ -32,6 +32,7 @@ from pathlib import Path
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.checkpointer import Checkpointer
 from skyport.agent.client import AgentClient
+from skyport.agent.isolation import resolves_inside
 from skyport.agent.launchrun import LaunchRunner
 from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult
@@ -43,18 +44,23 @@ from skyport.errors import (
     PermissionDeniedError,
     SkyportError,
 )
+from skyport.gate.environment import is_allowed
 from skyport.launch.hostfile import hostfile_text
 from skyport.launch.mpi import openmpi_home
 from skyport.launch.mpiexec import write_shims
 from skyport.models import JobSpec, JobState, check_relative_path
 from skyport.protocol import HeartbeatAnswer, IdleGrant
 
-__all__ = ["Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE", "payload_env"]
+__all__ = ["AGENT_FILES", "Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE",
+           "payload_env"]
 
 log = logging.getLogger("skyport.agent")
 
 STAGING_FAILED_EXIT_CODE = -1
 """Reported in ``/exit`` when the script or an input could not be staged in."""
+
+AGENT_FILES = ("agent.log", "agent.out", ".skyport-bootstrap.json")
+"""Entries of the working directory that stay the agent's when the payload gets the rest."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,18 @@ class AgentSettings:
 
 def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str],
                 launch: dict[str, str] | None = None) -> dict[str, str]:
-    """The payload's environment: the agent's, the spec's, then Sky Port's own variables.
+    """The payload's environment: the allowed part of the agent's, the spec's, then Sky
+    Port's own variables.
 
-    ``launch`` adds the parallel-launch variables (``SKYPORT_MPIEXEC``,
+    Of ``base`` only what ``skyport.gate.environment`` allows passes: an agent
+    started outside Sky Port's gates (a VM's cloud-init, an operator's shell)
+    may hold anything, and the payload gets an allow-list, never "all but what
+    looks secret".  ``launch`` adds the parallel-launch variables (``SKYPORT_MPIEXEC``,
     ``SKYPORT_HOSTFILE``, ``SKYPORT_LAUNCH_SOCKET``, ...); the interpreter's
     ``bin`` goes first on ``PATH`` so that the wheel's ``mpiexec``/``mpicc`` are found.
     """
-    env = {**base, **spec.env}
+    env = {**{k: v for k, v in base.items() if is_allowed(k)}, **spec.env}
+    env.update(boot.payload_isolation().env(Path(boot.workdir)))
     bindirs = [os.path.dirname(sys.executable)]
     if spec.layout.mpi == "openmpi":  # its mpicc/mpirun first, for this job only
         env["OPAL_PREFIX"] = str(openmpi_home())
@@ -108,6 +119,7 @@ class Agent:
         self.client = client
         self.settings = settings
         self.workdir = Path(boot.workdir)
+        self.isolation = boot.payload_isolation()
         self.stop = threading.Event()       # the job is over for this node
         self._action = "wait"
         self._beat_changed = threading.Event()
@@ -144,6 +156,7 @@ class Agent:
             log.error("restoring the checkpoint failed: %s", exc)
             self._done.set()
             return 1
+        self.isolation.give(self.workdir, keep=AGENT_FILES)  # restored files are the payload's
         self._start_launch_services(spec)
         self.checkpoints.attach(self._launch_vars, self._socket, self.beat_listeners)
         try:
@@ -191,13 +204,18 @@ class Agent:
             "SKYPORT_HOSTFILE": str(self._runtime / "hostfile"),
         }
         self._socket = LaunchSocket(self.client, self._runtime / "launch.sock",
-                                    self._node_names)
+                                    self._node_names, allow_peer=self.isolation.allows_peer)
         self._socket.start()
+        # launch logs live here, not in the working directory: the payload owns that one
+        # and could put a symbolic link where the agent (root) then writes
         self._runner = LaunchRunner(
             self.client, self.boot.node_rank, self.workdir, self.boot.cores,
             lambda: payload_env(self.boot, spec, dict(os.environ), self._launch_env()),
-            grace_s=self.settings.grace_s)
+            grace_s=self.settings.grace_s, logdir=self._runtime / "launches",
+            # a launch may run in node 0's folder (its cwd): this node's stays visible too
+            isolation=self.isolation, binds=(self._runtime, self.workdir))
         self._runner.start()
+        self.isolation.share_runtime(self._runtime)
 
     def _stop_launch_services(self) -> None:
         if getattr(self, "_runner", None) is None:
@@ -234,6 +252,7 @@ class Agent:
     def _write_hostfile(self, spec: JobSpec) -> None:
         Path(self._launch_vars["SKYPORT_HOSTFILE"]).write_text(hostfile_text(
             self._node_names(), spec.layout.ranks_per_node, spec.layout.mpi))
+        self.isolation.share_runtime(self._runtime)
 
     def _heartbeat_loop(self) -> None:
         while not self._done.is_set():
@@ -317,11 +336,15 @@ class Agent:
     def _run_payload(self, spec: JobSpec) -> PayloadResult:
         files = {"stdout": self.workdir / "stdout.log", "stderr": self.workdir / "stderr.log"}
         self._write_hostfile(spec)
+        for f in files.values():
+            f.touch()
+        self.isolation.give(self.workdir, keep=AGENT_FILES)  # the staged script and inputs
         payload = Payload(["bash", "script.sh"], cwd=self.workdir,
                           env=payload_env(self.boot, spec, dict(os.environ),
                                           self._launch_env()),
                           stdout_path=files["stdout"], stderr_path=files["stderr"],
-                          cores=self.boot.cores)
+                          cores=self.boot.cores, isolation=self.isolation,
+                          binds=(self._runtime,))
         pump = LogPump(files, self.client.post_log, interval_s=self.settings.log_interval_s)
         payload.start()
         pump.start()
@@ -337,16 +360,28 @@ class Agent:
         return result
 
     def _stage_out(self, spec: JobSpec) -> list[str]:
-        """Upload each declared output that exists; the problems, for the exit reason."""
-        missing, failed = [], []
+        """Upload each declared output that exists; the problems, for the exit reason.
+
+        An output (or a file under an output folder) that is a symbolic link
+        resolving outside the working directory is refused, not uploaded: the
+        agent reads as the control plane's user, and such a link would hand the
+        payload whatever that user can read.
+        """
+        missing, failed, refused = [], [], []
         for out in spec.outputs:
             src = self.workdir / out
+            if (src.is_symlink() or src.exists()) and not resolves_inside(src, self.workdir):
+                refused.append(out)
+                continue
             files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() \
                 else [src] if src.is_file() else []
             if not files:
                 missing.append(out)
             for f in files:
                 rel = f.relative_to(self.workdir).as_posix()
+                if not resolves_inside(f, self.workdir):
+                    refused.append(rel)
+                    continue
                 try:
                     self.client.put_file(f"outputs/{rel}", f)
                     log.info("staged out %s", rel)
@@ -355,6 +390,11 @@ class Agent:
                         raise
                     failed.append(f"{rel} ({exc})")
         problems = []
+        if refused:
+            log.warning("refused outputs that resolve outside the working directory: %s",
+                        refused)
+            problems.append("outputs refused (symbolic links out of the working directory): "
+                            + ", ".join(refused))
         if missing:
             problems.append("missing outputs: " + ", ".join(missing))
         if failed:

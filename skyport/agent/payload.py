@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from skyport.agent.isolation import NO_ISOLATION, Isolation
 from skyport.agent.procfs import kill_group
 
 __all__ = ["LogPump", "LogSink", "Payload", "PayloadResult", "exit_code_of"]
@@ -69,8 +71,11 @@ class Payload:
 
     def __init__(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str],
                  stdout_path: Path, stderr_path: Path,
-                 cores: Collection[int] | None = None) -> None:
+                 cores: Collection[int] | None = None,
+                 isolation: Isolation = NO_ISOLATION, binds: Sequence[Path] = ()) -> None:
         self.argv = list(argv)
+        self.isolation = isolation
+        self.binds = tuple(binds)
         self.cwd = cwd
         self.env = dict(env)
         self.stdout_path = stdout_path
@@ -87,9 +92,11 @@ class Payload:
     def start(self) -> int:
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err, \
                 _thread_affinity(self.cores):
-            self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env,
+            argv = self.isolation.argv(self.argv, cwd=self.cwd, binds=self.binds)
+            self._proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env,
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                          process_group=0, close_fds=True)
+                                          process_group=0, close_fds=True,
+                                          **self.isolation.popen_kwargs())
         log.info("payload started: pid %d, cores %s", self._proc.pid,
                  sorted(self.cores) if self.cores else "all")
         return self._proc.pid
@@ -143,7 +150,12 @@ class Payload:
 
 class LogPump:
     """Send what is appended to each stream's file to ``sink``, in order, at most once per
-    acknowledged byte; a failed chunk is resent from the same offset next round."""
+    acknowledged byte; a failed chunk is resent from the same offset next round.
+
+    Each file is opened once (never through a symbolic link) and read through
+    that handle from then on: the payload may own the folder, and a link it
+    put in the file's place later must not make the agent read anything else.
+    """
 
     def __init__(self, files: Mapping[str, Path], sink: LogSink, *, interval_s: float = 0.5,
                  max_chunk: int = 1 << 20) -> None:
@@ -154,22 +166,41 @@ class LogPump:
         self.offsets = dict.fromkeys(self.files, 0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._handles: dict[str, BinaryIO] = {}
+
+    def _handle(self, stream: str) -> BinaryIO | None:
+        f = self._handles.get(stream)
+        if f is None:
+            try:
+                fd = os.open(self.files[stream], os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:  # a symbolic link (ELOOP): never followed
+                log.warning("not reading %s: %s", self.files[stream], exc)
+                return None
+            f = self._handles[stream] = os.fdopen(fd, "rb")
+        return f
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
 
     def pump_once(self) -> bool:
         """Send everything new; True when all of it was accepted."""
         ok = True
-        for stream, path in self.files.items():
-            try:
-                with open(path, "rb") as f:
-                    while True:
-                        f.seek(self.offsets[stream])
-                        data = f.read(self.max_chunk)
-                        if not data:
-                            break
-                        self.sink(stream, self.offsets[stream], data)
-                        self.offsets[stream] += len(data)
-            except FileNotFoundError:
+        for stream in self.files:
+            f = self._handle(stream)
+            if f is None:
                 continue
+            try:
+                while True:
+                    f.seek(self.offsets[stream])
+                    data = f.read(self.max_chunk)
+                    if not data:
+                        break
+                    self.sink(stream, self.offsets[stream], data)
+                    self.offsets[stream] += len(data)
             except Exception as exc:  # the sink failed: keep the offset, resend later
                 log.warning("sending %s at offset %d failed: %s", stream, self.offsets[stream],
                             exc)
@@ -190,8 +221,11 @@ class LogPump:
         if self._thread is not None:
             self._thread.join()
         deadline = time.monotonic() + flush_timeout_s
-        while not self.pump_once():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(self.interval_s, 1.0))
-        return True
+        try:
+            while not self.pump_once():
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(min(self.interval_s, 1.0))
+            return True
+        finally:
+            self.close()

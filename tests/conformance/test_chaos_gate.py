@@ -18,6 +18,7 @@ from tests.conformance.gate_suite import GateConformance, NodeFacts
 pytestmark = pytest.mark.timeout(120)
 
 INNER = {"type": "local", "config": {"cpus": 2, "mem_mb": 4096, "gpus": [], "max_nodes": 4,
+                                     "isolation": "none",
                                      "kill_grace_s": 1.0}}
 
 

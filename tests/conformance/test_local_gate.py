@@ -21,7 +21,9 @@ class TestLocalGate(GateConformance):
 
     @pytest.fixture
     def reopen_gate(self, tmp_path: Path) -> Callable[[], Gate]:
-        config = {"cpus": 2, "mem_mb": 4096, "gpus": [], "max_nodes": 4, "kill_grace_s": 1.0}
+        # no payload runs here, and pytest's 0700 tmp_path keeps payload users out
+        config = {"cpus": 2, "mem_mb": 4096, "gpus": [], "max_nodes": 4, "kill_grace_s": 1.0,
+                  "isolation": "none"}
         return lambda: make_gate("local", "local", config, StateDir(tmp_path / "home"))
 
     @pytest.fixture

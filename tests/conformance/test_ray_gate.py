@@ -24,7 +24,6 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 WORKER_CPUS = 4
 WORKER_MEM = 2 * 1024**3

@@ -24,7 +24,6 @@ from skyport.controlplane import init_state, start, stop
 LOCAL_CPUS = 8  # more than this machine's cores: nodes then share physical cores
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @dataclass

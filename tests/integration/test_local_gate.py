@@ -45,8 +45,11 @@ time.sleep(300)
 def make(tmp_path: Path, **overrides: object) -> LocalGate:
     script = tmp_path / "fake_agent.py"
     script.write_text(FAKE_AGENT)
+    # isolation: the fake agent runs no payload, and pytest's tmp_path is 0700 (no payload
+    # user could enter it); the payload users are tested with a home of their own below
     config = {"cpus": 4, "mem_mb": 4096, "gpus": ["0", "1"], "max_nodes": 4,
-              "agent_command": [sys.executable, str(script)], "kill_grace_s": 0.5, **overrides}
+              "agent_command": [sys.executable, str(script)], "kill_grace_s": 0.5,
+              "isolation": "none", **overrides}
     gate = make_gate("local", "local", config, StateDir(tmp_path / "home"))
     assert isinstance(gate, LocalGate)
     return gate
@@ -76,7 +79,8 @@ def test_flavor_and_config_defaults(tmp_path: Path) -> None:
     (flavor,) = gate.flavors()
     assert (flavor.name, flavor.cpus, flavor.gpus, flavor.mem_mb, flavor.max_nodes,
             flavor.price_per_hour) == ("local", 4, 2, 4096, 4, 0.0)
-    default = LocalGate("d", LocalGateConfig(), StateDir(tmp_path / "home"))
+    assert LocalGateConfig().isolation == "auto"
+    default = LocalGate("d", LocalGateConfig(isolation="none"), StateDir(tmp_path / "home"))
     assert default.total_cpus == os.cpu_count()
     assert default.agent_command[1:] == ["-m", "skyport.agent"]
     assert default.workdir_root == tmp_path / "home" / "gates" / "d" / "nodes"

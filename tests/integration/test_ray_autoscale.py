@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from skyport.client import connect
 from skyport.config import StateDir
 from skyport.launch.mpi import missing_mpi
 from skyport.models import JobState
-from tests.raytest import joined_controlplane
+from tests.raytest import joined_controlplane, ray_token_auth
 
 from .conftest import processes_of_job
 from .test_mpi import check_hybrid, hybrid_spec
@@ -49,7 +50,6 @@ pytest.importorskip("ray.autoscaler._private.fake_multi_node.node_provider",
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 CONFIG = Path(__file__).with_name("fake_autoscaler.yaml")
 GATE = "ray"
@@ -84,6 +84,8 @@ def fake_cluster() -> Iterator[FakeCluster]:
     """An autoscaling Ray cluster of one head, with this process as its driver."""
     # short: Ray's Unix socket paths under the session folder are limited to 107 bytes
     tmp = Path(tempfile.mkdtemp(prefix="sfa-", dir="/tmp"))
+    auth_scope = ExitStack()  # the head, its workers and this driver share one token
+    auth = auth_scope.enter_context(ray_token_auth(str(tmp)))
     address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
     config = yaml.safe_load(CONFIG.read_text())
     # the provider starts each worker raylet against this GCS (default: <ip>:6379)
@@ -91,7 +93,7 @@ def fake_cluster() -> Iterator[FakeCluster]:
     (tmp / "autoscaler.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
            "RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}
+           **auth}
     env.pop("RAY_ADDRESS", None)
     cmd = [_ray_cli(), "start", "--head", f"--port={address.rsplit(':', 1)[1]}",
            "--num-cpus=0", f"--memory={1024**3}", f"--object-store-memory={OBJECT_STORE}",
@@ -118,6 +120,7 @@ def fake_cluster() -> Iterator[FakeCluster]:
         log.close()
         gone = kill_sessions([(leader.pid, leader.start_time)], grace_s=10.0, reap=proc.poll)
         left = members(sessions={leader.pid})
+        auth_scope.close()
         if os.environ.get("SKYPORT_KEEP_TEST_HOMES") != "1":  # the monitor's log is in there
             shutil.rmtree(tmp, ignore_errors=True)
         assert gone and not left, f"processes of the fake Ray cluster left running: {left}"

@@ -33,7 +33,6 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 WORKER_CPUS = 4
 OBJECT_STORE = 80 * 1024**2

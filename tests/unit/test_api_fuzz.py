@@ -41,7 +41,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         alice = cp.client("alice")
         user_job = alice.submit(JobSpec(script=SCRIPT, outputs=("out.txt",)))
         cp.run(user_job.id, stdout=b"hello\n", files={"outputs/out.txt": b"x"})
-        agent_job = alice.submit(JobSpec(script=SCRIPT, resources={"nodes": 2}))
+        # bob's: the user API is fuzzed as alice, whose bulk cancel (--all) must not end it
+        agent_job = cp.client("bob").submit(JobSpec(script=SCRIPT, resources={"nodes": 2}))
         agents: JobAgents = cp.start(agent_job.id)
         yield {"cp": cp, "user_job": user_job.id, "agent_job": agent_job.id,
                "token": agents.token}
