@@ -428,3 +428,17 @@ class CancelAnswer(Answer):
     cancelled: list[str]
     already_ended: list[str] = Field(default_factory=list)
     not_found: list[str] = Field(default_factory=list)
+
+
+class BootstrapExchangeBody(Body):
+    """``POST /v1/bootstrap/exchange``: a cloud node's one-time credential, and who it is."""
+
+    credential: str = Field(min_length=1, max_length=512)
+    job_id: str = Field(min_length=1, max_length=64)
+    node_rank: int = Field(ge=0, le=4095)
+
+
+class BootstrapExchangeAnswer(Answer):
+    job_id: str
+    node_rank: int
+    token: str

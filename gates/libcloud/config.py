@@ -58,7 +58,7 @@ class LibcloudGateConfig(GateConfig):
     tags_arg: str | None = Field("ex_metadata", description="create_node keyword for tags")
     userdata_arg: str = Field("ex_userdata", description="create_node keyword for user-data")
     userdata_secret: Literal["token", "exchange"] = Field(
-        "token", description="what user-data carries: 'exchange', a one-time bootstrap "
+        "exchange", description="what user-data carries: 'exchange', a one-time bootstrap "
         "credential the agent exchanges for the job token (POST /v1/bootstrap/exchange; "
         "needs a control plane that serves it), or 'token', the job token itself")
     bootstrap_ttl_s: float = Field(900.0, gt=0, le=86400,

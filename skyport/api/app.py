@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from skyport.api.audit import AuditLog
 from skyport.api.deps import User
 from skyport.api.routes.agents import agents_router
+from skyport.api.routes.bootstrap import bootstrap_router
 from skyport.api.routes.checkpoints import checkpoints_router
 from skyport.api.routes.idle import idle_router
 from skyport.api.routes.jobs import jobs_router
@@ -150,6 +151,7 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
     app.include_router(checkpoints_router(port))
     app.include_router(idle_router(port))
     app.include_router(uploads_router(storage))
+    app.include_router(bootstrap_router(port))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",))
     if audit_log is not None:
         app.add_middleware(AuditLog, path=audit_log)  # outermost: sees every refusal too

@@ -40,6 +40,7 @@ from skyport.client.core import Client
 from skyport.core.service import CoreService, CoreSettings
 from skyport.errors import AuthenticationError, NotFoundError, SkyportError
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
+from skyport.gate.bootstrapcred import Exchanged
 from skyport.gate.runner import GateRunner
 from skyport.models import Job, JobState
 from skyport.pki import Identity
@@ -321,3 +322,6 @@ class _AsyncGate:
 
     async def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
         return self.runner.preempt(cluster_id, reclaim_after_s)
+
+    async def exchange_bootstrap(self, credential: str) -> Exchanged:
+        return self.runner.exchange_bootstrap(credential)

@@ -16,6 +16,7 @@ from skyport.config import StateDir
 from skyport.core.commands import Command
 from skyport.core.service import CoreService, CoreSettings, GatePort
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, GateFeature
+from skyport.gate.bootstrapcred import Exchanged
 from skyport.gate.runner import GateDescription, GateRunner
 from skyport.remote import ActorProxy
 from skyport.scheduler import SchedulePlan, SchedulerService, UsageCharge
@@ -81,6 +82,9 @@ class GateActor:
 
     def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
         return self.runner.preempt(cluster_id, reclaim_after_s)
+
+    def exchange_bootstrap(self, credential: str) -> Exchanged:
+        return self.runner.exchange_bootstrap(credential)
 
 
 @ray.remote(num_cpus=0)

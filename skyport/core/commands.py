@@ -100,6 +100,14 @@ class CancelMany(Command):
 
 
 @dataclass(frozen=True)
+class BootstrapExchange(Command):
+    handler = "bootstrap_exchange"
+    credential: str
+    job_id: str
+    node_rank: int
+
+
+@dataclass(frozen=True)
 class Hold(Command):
     handler = "hold"
     who: Identity

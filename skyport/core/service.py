@@ -78,6 +78,7 @@ from skyport.core.planning import build_snapshot, pool_of, reap
 from skyport.core.views import CoreViews
 from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
+    AuthenticationError,
     CapacityError,
     ConflictError,
     GateError,
@@ -88,6 +89,7 @@ from skyport.errors import (
     ValidationError,
 )
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
+from skyport.gate.bootstrapcred import Exchanged, gate_of
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.protocol import HeartbeatAnswer
@@ -124,6 +126,7 @@ class GatePort(Protocol):
     async def warm_idle_timeout_s(self) -> float: ...  # 0.0: no warm reuse
     async def kill_node(self, cluster_id: str, rank: int) -> bool: ...  # GateFeature.KILL_NODE
     async def preempt(self, cluster_id: str, reclaim_after_s: float) -> float: ...
+    async def exchange_bootstrap(self, credential: str) -> Exchanged: ...
 
 
 Planner = Callable[[Snapshot, list[UsageCharge]], Awaitable[SchedulePlan]]
@@ -610,6 +613,19 @@ class CoreService:
         sizes = {s: self.storage.size(job_id, f"logs/{s}") for s in ("stdout", "stderr")}
         return {"latest": self._latest(job_id), "pending": ck.version if ck else None,
                 "log_sizes": sizes}
+
+    async def bootstrap_exchange(self, credential: str, job_id: str,
+                                 node_rank: int) -> dict[str, Any]:
+        """A cloud node's one-time bootstrap credential for its job's live token."""
+        refused = AuthenticationError("this bootstrap credential reaches nothing")
+        gate = self.gates.get(gate_of(credential))
+        if gate is None:
+            raise refused
+        got = await gate.exchange_bootstrap(credential)
+        if (got.job_id, got.node_rank) != (job_id, node_rank):
+            raise refused
+        await self.agent_auth(job_id, got.token)  # the attempt must still be live
+        return {"job_id": got.job_id, "node_rank": got.node_rank, "token": got.token}
 
     async def agent_idle_next(self, cluster_id: str, credential: str, rank: int,
                               wait_s: float) -> dict[str, Any]:

@@ -26,7 +26,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from skyport.errors import ConfigError, GateError, NeverFitsError, UnsupportedFeatureError
+from skyport.errors import (
+    AuthenticationError,
+    ConfigError,
+    GateError,
+    NeverFitsError,
+    UnsupportedFeatureError,
+)
+from skyport.gate.bootstrapcred import Exchanged
 from skyport.gate.environment import agent_environment
 from skyport.registry import PluginRegistry
 
@@ -230,6 +237,11 @@ class Gate(abc.ABC):
         """Take the cluster back ``reclaim_after_s`` from now (``PREEMPT``); the epoch time
         of the reclaim."""
         raise self.unsupported(GateFeature.PREEMPT)
+
+    def exchange_bootstrap(self, credential: str) -> Exchanged:
+        """A node's one-time bootstrap credential for its job token (gates whose user-data
+        carries one, ``skyport.gate.bootstrapcred``); a gate that issues none knows none."""
+        raise AuthenticationError("this bootstrap credential reaches nothing")
 
     def unsupported(self, feature: GateFeature) -> UnsupportedFeatureError:
         return UnsupportedFeatureError(

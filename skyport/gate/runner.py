@@ -44,6 +44,7 @@ from skyport.gate import (
     make_gate,
     never_fits,
 )
+from skyport.gate.bootstrapcred import Exchanged
 from skyport.gate.environment import agent_environment
 
 __all__ = ["GateDescription", "GateRunner", "RetryPolicy", "with_retries"]
@@ -218,6 +219,9 @@ class GateRunner:
     def preempt(self, cluster_id: str, reclaim_after_s: float) -> float:
         self.check_features_are_supported(GateFeature.PREEMPT)
         return self.gate.preempt(cluster_id, reclaim_after_s)
+
+    def exchange_bootstrap(self, credential: str) -> Exchanged:
+        return self.gate.exchange_bootstrap(credential)
 
     def describe(self) -> GateDescription:
         """Name, type, features (with reasons) and capacity, for ``skyport gates``."""

@@ -77,7 +77,7 @@ def test_half_created_cluster_is_deleted_before_the_error(
     assert gate.list_clusters() == [] and gate.driver.list_nodes() == []
 
 
-def test_userdata_carries_the_job_token_but_never_credentials(
+def test_userdata_carries_a_one_time_credential_never_the_token_or_cloud_credentials(
     tmp_path: Path, make_request: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONF_CLOUD_SECRET", "top-secret-credential")
@@ -90,7 +90,9 @@ def test_userdata_carries_the_job_token_but_never_credentials(
         (script,) = (tmp_path / "home").rglob("user-data")
         text = script.read_text()
         assert text.startswith("#!/bin/bash") and "skyport.agent" in text
-        assert req.token in text and "pip install skyport" in text
+        # user-data outlives the boot: it holds a bootstrap credential that the agent
+        # exchanges once, never the job token itself
+        assert req.token not in text and "spb.cloud." in text and "pip install" in text
         assert "top-secret-credential" not in text
         (node,) = gate.driver.list_nodes()
         assert node.extra["tags"]["skyport-job"] == req.job_id

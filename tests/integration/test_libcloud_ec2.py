@@ -212,7 +212,7 @@ def test_cluster_lifecycle_through_moto(
                                                Attribute="userData")
         script = base64.b64decode(attr["UserData"]["Value"]).decode()
         assert script.startswith("#!/bin/bash") and "skyport.agent" in script
-        assert CONTROL_URL in script and req.token in script
+        assert CONTROL_URL in script and req.token not in script and "spb." in script
         assert f'"node_rank": {tags["skyport-rank"]}' in script
         assert DUMMY_SECRET not in script and SECRET_VAR not in script
         assert len(script.encode()) < 16 * 1024  # EC2's user-data limit

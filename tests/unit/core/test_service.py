@@ -158,3 +158,45 @@ def test_lost_node_requeues_with_the_count_in_the_store(tmp_path: Path) -> None:
         await core.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_bootstrap_credential_is_exchanged_only_for_its_own_live_job(tmp_path: Path) -> None:
+    from skyport.errors import AuthenticationError, PermissionDeniedError
+    from skyport.gate.bootstrapcred import Exchanged
+
+    async def scenario() -> None:
+        gate = Gate()
+        core = CoreService(JobStore(tmp_path / "jobs.db"),
+                           JobStorage((tmp_path / "storage").as_uri()), {"mem": gate},
+                           plan_everything, CoreSettings(control_url="", ca_pem="",
+                                                         replan_interval_s=0.01))
+        await core.start()
+        job_id, token = await running_job(core, gate)
+
+        async def exchange(credential: str) -> Exchanged:
+            if credential != "spb.mem.good":
+                raise AuthenticationError("this bootstrap credential reaches nothing")
+            return Exchanged(job_id, 1, token)
+
+        gate.exchange_bootstrap = exchange  # type: ignore[attr-defined]
+        answer = await core.bootstrap_exchange("spb.mem.good", job_id, 1)
+        assert answer["token"] == token
+        for credential, job, rank in [("spb.mem.forged", job_id, 1),  # not issued
+                                      ("spb.other.good", job_id, 1),  # no such gate
+                                      ("not-a-credential", job_id, 1),
+                                      ("spb.mem.good", job_id, 0),  # another node's
+                                      ("spb.mem.good", "other", 1)]:  # another job's
+            try:
+                await core.bootstrap_exchange(credential, job, rank)
+                raise AssertionError(f"{credential} {job} {rank} was exchanged")
+            except AuthenticationError:
+                pass
+        await core.agent_exit(job_id, token, 0, False, "")  # the attempt is over
+        try:
+            await core.bootstrap_exchange("spb.mem.good", job_id, 1)
+            raise AssertionError("an ended job's token was handed out")
+        except PermissionDeniedError:
+            pass
+        await core.stop()
+
+    asyncio.run(scenario())
