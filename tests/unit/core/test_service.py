@@ -14,10 +14,11 @@ from pathlib import Path
 from skyport import tokens
 from skyport.checkpoint import LATEST
 from skyport.core.service import CoreService, CoreSettings
+from skyport.errors import GateError
 from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor, NodeInfo
 from skyport.models import JobSpec, JobState, Resources
 from skyport.pki import Identity
-from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge
+from skyport.scheduler import PlanEntry, SchedulePlan, SchedulerService, UsageCharge
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 from skyport.timetable import Snapshot
@@ -197,6 +198,63 @@ def test_a_bootstrap_credential_is_exchanged_only_for_its_own_live_job(tmp_path:
             raise AssertionError("an ended job's token was handed out")
         except PermissionDeniedError:
             pass
+        await core.stop()
+
+    asyncio.run(scenario())
+
+
+async def real_scheduler(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
+    return SchedulerService("fcfs").plan(snapshot, charges)
+
+
+def test_a_job_whose_only_gate_does_not_answer_waits_as_gate_unhealthy(tmp_path: Path) -> None:
+    class SickGate(Gate):
+        async def capacity(self) -> Capacity:
+            raise GateError("the cloud's API answers 503")
+
+    async def scenario() -> None:
+        core = CoreService(JobStore(tmp_path / "jobs.db"),
+                           JobStorage((tmp_path / "storage").as_uri()),
+                           {"mem": Gate(), "sick": SickGate()}, real_scheduler,
+                           CoreSettings(control_url="", ca_pem="", replan_interval_s=0.01))
+        await core.start()
+        job = await core.submit(ALICE, JobSpec(script="#!/bin/bash\ntrue\n", gate="sick"))
+        for _ in range(500):  # until a planning pass has seen the job
+            seen = await core.get(ALICE, job.id)
+            if seen.wait_reason not in (None, "Unplanned"):
+                break
+            await asyncio.sleep(0.01)
+        assert (seen.state, seen.wait_reason) == (S.QUEUED, "GateUnhealthy"), seen
+        assert "sick" in (seen.wait_detail or "")
+        await core.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_job_that_no_gate_can_hold_any_more_is_ended(tmp_path: Path) -> None:
+    class ShrinkingGate(Gate):
+        total = 16
+
+        async def capacity(self) -> Capacity:
+            return Capacity(total_cpus=self.total, free_cpus=self.total)
+
+    async def never(snapshot: Snapshot, charges: list[UsageCharge]) -> SchedulePlan:
+        return SchedulerService("fcfs").plan(snapshot, charges) if gate.total < 16 \
+            else SchedulePlan([])  # nothing starts while the gate is whole
+
+    gate = ShrinkingGate()
+
+    async def scenario() -> None:
+        core = CoreService(JobStore(tmp_path / "jobs.db"),
+                           JobStorage((tmp_path / "storage").as_uri()), {"mem": gate}, never,
+                           CoreSettings(control_url="", ca_pem="", replan_interval_s=0.01))
+        await core.start()
+        job = await core.submit(ALICE, JobSpec(script="#!/bin/bash\ntrue\n",
+                                               resources=Resources(nodes=2, cpus_per_node=4)))
+        gate.total = 4  # the gate shrank: 8 cores will never be there again
+        await until(lambda: core.store.get(job.id).state.is_terminal(), "the job to be ended")
+        ended = core.store.get(job.id)
+        assert ended.state == S.CANCELLED and ended.reason.startswith("can never run: "), ended
         await core.stop()
 
     asyncio.run(scenario())
