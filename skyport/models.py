@@ -116,8 +116,8 @@ class JobSpec(BaseModel):
     @field_validator("outputs")
     @classmethod
     def _outputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for path in v:
-            check_relative_path(path, "output")
+        for path in v:  # "results/" is a directory, taken whole: the '/' is no empty part
+            check_relative_path(path.removesuffix("/"), "output")
         return v
 
     @field_validator("inputs")

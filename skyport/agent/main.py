@@ -36,6 +36,7 @@ from skyport.agent.launchrun import LaunchRunner
 from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult
 from skyport.agent.procfs import kill_own_processes, own_processes
+from skyport.agent.transfer import stage_in, stage_out
 from skyport.errors import (
     AuthenticationError,
     ControlPlaneError,
@@ -46,7 +47,7 @@ from skyport.errors import (
 from skyport.launch.hostfile import hostfile_text
 from skyport.launch.mpi import openmpi_home
 from skyport.launch.mpiexec import write_shims
-from skyport.models import JobSpec, JobState, check_relative_path
+from skyport.models import JobSpec, JobState
 from skyport.protocol import HeartbeatAnswer, IdleGrant
 
 __all__ = ["Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE", "payload_env"]
@@ -301,18 +302,15 @@ class Agent:
                               f"payload exited with {result.exit_code}")
         problems = self._stage_out(spec)
         reason = "; ".join([f"exit code {result.exit_code}", *problems])
-        self.client.exit(result.exit_code, False, reason)
+        self.client.exit(result.exit_code, False, reason, problems)
         return 0
 
     def _stage_in(self) -> None:
-        self.client.download("script.sh", self.workdir / "script.sh")
-        for entry in self.client.inputs():
-            name = entry.removeprefix("inputs/")
-            check_relative_path(name, "input")
-            dest = self.workdir / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            size = self.client.download(f"inputs/{name}", dest)
-            log.info("staged in %s (%d bytes)", name, size)
+        stage_in(self.client, self.workdir, self._progress(JobState.STAGING_IN))
+
+    def _progress(self, state: JobState) -> Callable[[str], object]:
+        """Where staging progress goes: an event of the job, in its current state."""
+        return lambda text: self.client.set_state(state.value, text)
 
     def _run_payload(self, spec: JobSpec) -> PayloadResult:
         files = {"stdout": self.workdir / "stdout.log", "stderr": self.workdir / "stderr.log"}
@@ -337,29 +335,12 @@ class Agent:
         return result
 
     def _stage_out(self, spec: JobSpec) -> list[str]:
-        """Upload each declared output that exists; the problems, for the exit reason."""
-        missing, failed = [], []
-        for out in spec.outputs:
-            src = self.workdir / out
-            files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() \
-                else [src] if src.is_file() else []
-            if not files:
-                missing.append(out)
-            for f in files:
-                rel = f.relative_to(self.workdir).as_posix()
-                try:
-                    self.client.put_file(f"outputs/{rel}", f)
-                    log.info("staged out %s", rel)
-                except SkyportError as exc:
-                    if isinstance(exc, ControlPlaneError):
-                        raise
-                    failed.append(f"{rel} ({exc})")
-        problems = []
-        if missing:
-            problems.append("missing outputs: " + ", ".join(missing))
-        if failed:
-            problems.append("outputs not uploaded: " + ", ".join(failed))
-        return problems
+        """Upload each declared output (file, directory, glob); the problems, for the exit.
+
+        Any problem makes the Core end the job FAILED (``ExitBody.output_problems``).
+        """
+        return list(stage_out(self.client, self.workdir, spec.outputs,
+                              self._progress(JobState.STAGING_OUT)).problems)
 
 
 def install_signal_handlers(agent: Agent) -> None:

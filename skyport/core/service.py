@@ -52,6 +52,7 @@ from skyport.core.messages import (
     Heartbeat,
     IdleNext,
     Instruction,
+    Note,
     Planned,
     Preempted,
     Provision,
@@ -195,6 +196,8 @@ class CoreService:
                 changes.append(("transition", i.job_id, i.state, i.reason, i.fields))
             elif isinstance(i, Update):
                 changes.append(("update", i.job_id, i.fields))
+            elif isinstance(i, Note):
+                changes.append(("note", i.job_id, i.reason))
             elif isinstance(i, PutWarm):
                 changes.append(("put_warm", i.row))
             elif isinstance(i, DropWarm):
@@ -483,7 +486,8 @@ class CoreService:
         return self.store.get(job_id)
 
     async def agent_exit(
-        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str
+        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str,
+        output_problems: tuple[str, ...] = (),
     ) -> Job:
         job = await self.agent_auth(job_id, token)
         info = None
@@ -496,7 +500,8 @@ class CoreService:
                 log.warning("job %s: could not look at cluster %s after exit code %d: %s",
                             job.id, job.cluster_id, exit_code, exc)
             job = self._job(job_id)
-        self._run(AgentExited(job, exit_code, timed_out, reason, info))
+        self._run(AgentExited(job, exit_code, timed_out, reason, info,
+                              tuple(output_problems)))
         return self.store.get(job_id)
 
     async def agent_checkpoint_request(self, job_id: str, token: str,
