@@ -251,7 +251,10 @@ class CoreService:
             job = self._job(job_id)
             # checked again: the policy (and a host's addresses) may have changed since submit
             for source in self.intake.sources(job.spec, job.owner):
-                self.storage.copy_in(job.id, source, job.owner, f"inputs/{source.name}")
+                # gigabytes, maybe: in a worker thread, so the Core's loop (planning,
+                # every other call) goes on meanwhile
+                await asyncio.to_thread(self.storage.copy_in, job.id, source, job.owner,
+                                        f"inputs/{source.name}")
             usable: list[tuple[str, str | None]] = []
             for cluster_id in candidates:
                 try:
