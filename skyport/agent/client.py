@@ -49,6 +49,7 @@ T = TypeVar("T")
 _RETRY_STATUS = frozenset({502, 503, 504})
 _CHUNK = 8 << 20
 SHA256_HEADER = "X-Skyport-Sha256"
+COMMIT_TIMEOUT_S = 900.0
 
 
 def file_sha256(path: Path) -> str:
@@ -175,8 +176,12 @@ class AgentClient:
                         progress(len(chunk))
                         yield chunk
 
+            # the answer comes once storage has it whole (an object store assembles
+            # the parts then): a longer read timeout than an ordinary call's
             resp = self._http.put(f"/files/{path}", content=body(),
-                                  headers={"Content-Length": str(src.stat().st_size)})
+                                  headers={"Content-Length": str(src.stat().st_size)},
+                                  timeout=httpx.Timeout(self._http.timeout.connect,
+                                                        read=COMMIT_TIMEOUT_S))
             self._check(resp)
             answer = _parse(SizeAnswer, resp.json(), f"PUT /files/{path}")
             if answer.sha256 is not None and answer.sha256 != digest.hexdigest():

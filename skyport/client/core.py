@@ -67,6 +67,7 @@ __all__ = ["Client", "LogChunk", "StoredFile", "WaitTimeoutError", "connect"]
 
 DEFAULT_USER = "admin"
 DEFAULT_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 900.0  # a large file's last part to its answer (storage assembling it)
 LOG_STREAMS = ("stdout", "stderr")
 
 # Used only when an error response carries no ``{"error", "message"}`` body.
@@ -238,7 +239,10 @@ class Client:
                             progress(path.name, done, total)
                         yield chunk
 
-            return self.call("PUT", where, UploadAnswer, content=body()).url
+            # the answer comes once storage has the whole file (an object store
+            # assembles its parts then): wait for it longer than for an ordinary call
+            return self.call("PUT", where, UploadAnswer, content=body(),
+                             timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, read=COMMIT_TIMEOUT_S)).url
         return f"upload:{digest.hexdigest()}/{path.name}"
 
     def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
