@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skyport.agent.client import AgentClient
-from skyport.errors import ControlPlaneError, SkyportError
+from skyport.errors import ControlPlaneError, SkyportError, StorageError
 from skyport.models import check_relative_path
 
 __all__ = ["Progress", "StageOutResult", "expand_outputs", "human_bytes", "stage_in",
@@ -142,7 +142,9 @@ def stage_in(client: AgentClient, workdir: Path, report: Callable[[str], object]
 
 
 def stage_out(client: AgentClient, workdir: Path, outputs: Iterable[str],
-              report: Callable[[str], object], parallel: int = PARALLEL) -> StageOutResult:
+              report: Callable[[str], object], parallel: int = PARALLEL, *,
+              attempts: int = 3, backoff_s: float = 2.0,
+              sleep: Callable[[float], None] = time.sleep) -> StageOutResult:
     """Upload every declared output, in parallel; what was saved and what went wrong.
 
     A control plane unreachable past the client's retries raises
@@ -154,14 +156,23 @@ def stage_out(client: AgentClient, workdir: Path, outputs: Iterable[str],
     saved: list[str] = []
 
     def one(rel: str, path: Path) -> str | None:
-        try:
-            client.put_file(f"outputs/{rel}", path, progress.add)
-        except ControlPlaneError:
-            raise
-        except (SkyportError, OSError) as exc:
-            return f"{rel} ({exc})"
-        log.info("staged out %s", rel)
-        return None
+        for attempt in range(1, attempts + 1):
+            try:
+                client.put_file(f"outputs/{rel}", path, progress.add)
+            except ControlPlaneError:
+                raise
+            except StorageError as exc:  # the storage's trouble may pass: try again
+                if attempt == attempts:
+                    return f"{rel} ({exc})"
+                log.warning("saving %s failed (%s); try %d of %d", rel, exc, attempt + 1,
+                            attempts)
+                sleep(backoff_s * attempt)
+            except (SkyportError, OSError) as exc:
+                return f"{rel} ({exc})"
+            else:
+                log.info("staged out %s", rel)
+                return None
+        return f"{rel} (not saved)"  # attempts < 1
 
     with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="stage-out") as pool:
         for (rel, _), problem in zip(files, pool.map(lambda f: one(*f), files), strict=True):

@@ -200,7 +200,9 @@ def test_an_output_that_cannot_be_saved_ends_the_job_failed(cp: TestControlPlane
                           transport=_FailingPuts(agent._http._transport))
     wd = workdir_with_results(tmp_path)
     failing.set_state(JobState.STAGING_OUT.value, "payload exited with 0")
-    got = stage_out(failing, wd, ["x.h5"], lambda text: None)
+    slept: list[float] = []
+    got = stage_out(failing, wd, ["x.h5"], lambda text: None, sleep=slept.append)
+    assert slept == [2.0, 4.0]  # the storage's error was tried three times
     assert got.saved == ()
     assert got.problems == ("outputs not saved: x.h5 (the disk is full)",)
     job = failing.exit(0, False, "exit code 0; " + got.problems[0], list(got.problems))
