@@ -183,7 +183,7 @@ class AgentClient:
                                   timeout=httpx.Timeout(self._http.timeout.connect,
                                                         read=COMMIT_TIMEOUT_S))
             self._check(resp)
-            answer = _parse(SizeAnswer, resp.json(), f"PUT /files/{path}")
+            answer: SizeAnswer = _parse(SizeAnswer, resp.json(), f"PUT /files/{path}")
             if answer.sha256 is not None and answer.sha256 != digest.hexdigest():
                 raise _Retry(f"the control plane stored {path} with sha256 {answer.sha256}, "
                              f"not {digest.hexdigest()}")

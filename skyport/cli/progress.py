@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -26,8 +27,9 @@ class ProgressBars:
         if name != self._name:
             self.close()
             self._name, self._shown = name, 0
-            self._bar = click.progressbar(length=total, label=name, file=click.get_text_stream(
-                "stderr"), show_pos=False, show_percent=True, show_eta=True)
+            bar: Any = click.progressbar(length=total, label=name, file=sys.stderr,
+                                         show_pos=False, show_percent=True, show_eta=True)
+            self._bar = bar
             self._bar.__enter__()
         self._bar.update(done - self._shown)
         self._shown = done

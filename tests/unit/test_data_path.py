@@ -257,3 +257,15 @@ def test_agents_cannot_write_the_checksum_records(cp: TestControlPlane) -> None:
     resp = agent._http.put("/files/outputs/a.skyport-sha256", content=b"0" * 64 + b" 1")
     assert resp.status_code == 422
     assert "skyport-sha256" in resp.text
+
+
+def test_progress_bars_show_large_files_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from skyport.cli.progress import ProgressBars
+
+    with ProgressBars(min_bytes=100) as bars:
+        bars.update("small.txt", 5, 50)
+        bars.update("big.bin", 100, 400)
+        bars.update("big.bin", 400, 400)
+    err = capsys.readouterr().err
+    assert "big.bin" in err
+    assert "small.txt" not in err
