@@ -52,12 +52,13 @@ SHA256_HEADER = "X-Skyport-Sha256"
 COMMIT_TIMEOUT_S = 900.0
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, want_digest: bool = False) -> Any:
+    """The sha256 of a file: its hex digest, or (``want_digest``) the hash object to go on."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest if want_digest else digest.hexdigest()
 
 
 class _Retry(Exception):
@@ -143,12 +144,14 @@ class AgentClient:
                 self._check(resp, read=True)
                 if have and resp.status_code != 206:
                     have = 0  # the server sent it all again
+                digest = file_sha256(tmp, want_digest=True) if have else hashlib.sha256()
                 with open(tmp, "ab" if have else "wb") as f:
                     for chunk in resp.iter_bytes(_CHUNK):
                         f.write(chunk)
+                        digest.update(chunk)  # hashed on the way: the file is not read again
                         progress(len(chunk))
                 expected = resp.headers.get(SHA256_HEADER)
-            if expected is not None and (got := file_sha256(tmp)) != expected:
+            if expected is not None and (got := digest.hexdigest()) != expected:
                 tmp.unlink(missing_ok=True)
                 raise _Retry(f"sha256 of {path} is {got}, the control plane recorded "
                              f"{expected}")

@@ -219,11 +219,13 @@ def cancel_cmd(out: Output, job_id: str, checkpoint: bool) -> None:
 @command(cli, "fetch")
 @click.argument("job_id")
 @click.argument("dest", required=False, type=click.Path(file_okay=False))
-def fetch_cmd(out: Output, job_id: str, dest: str | None) -> None:
-    """Download all of a job's stored files into DEST (default ./<id>/)."""
+@click.option("--only", "prefix", default="", metavar="PREFIX",
+              help="only the files under PREFIX, e.g. outputs/")
+def fetch_cmd(out: Output, job_id: str, dest: str | None, prefix: str) -> None:
+    """Download a job's stored files into DEST (default ./<id>/): checked, resumable."""
     target = Path(dest) if dest else Path(job_id)
     with ProgressBars() as bars:
-        written = get_client().fetch(job_id, target, bars.update)
+        written = get_client().fetch(job_id, target, bars.update, prefix)
     out.emit(
         {"job_id": job_id, "dest": str(target), "files": [str(p) for p in written]},
         lambda: "\n".join(str(p) for p in written) if written else f"job {job_id} has no files",

@@ -370,8 +370,9 @@ class Client:
         return target
 
     def fetch(self, job_id: str, dest_dir: str | Path,
-              progress: Progress | None = None) -> list[Path]:
-        """Download every stored file into ``dest_dir``, keeping relative paths.
+              progress: Progress | None = None, prefix: str = "") -> list[Path]:
+        """Download every stored file (under ``prefix``, e.g. ``outputs/``) into
+        ``dest_dir``, keeping relative paths.
 
         Each file is streamed and checked against its recorded sha256; a file
         already there with that digest is not fetched again, and one broken off
@@ -380,6 +381,8 @@ class Client:
         dest = Path(dest_dir)
         written: list[Path] = []
         for stored in self.files(job_id):
+            if not stored.path.startswith(prefix):
+                continue
             _checked_path(stored.path)  # the server's list must not escape dest either
             target = dest.joinpath(*stored.path.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,7 @@ def roundtrip(cp: ControlPlane, tmp_path: Path) -> None:
             stored = {f.path: f for f in c.files(job.id)}
             assert stored["outputs/out.bin"].sha256 == want
             assert stored["inputs/big.bin"].sha256 == want
-            got = c.fetch(job.id, tmp_path / "fetched")
+            got = c.fetch(job.id, tmp_path / "fetched", prefix="outputs/")
         out = tmp_path / "fetched" / "outputs" / "out.bin"
         assert out in got
         assert sha256_of(out) == want

@@ -269,3 +269,12 @@ def test_progress_bars_show_large_files_only(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert "big.bin" in err
     assert "small.txt" not in err
+
+
+def test_fetch_can_take_one_prefix_only(cp: TestControlPlane, tmp_path: Path) -> None:
+    job_id, agent = started(cp)
+    (tmp_path / "src").write_bytes(b"result")
+    agent.put_file("outputs/r", tmp_path / "src")
+    got = cp.client().fetch(job_id, tmp_path / "d", prefix="outputs/")
+    assert got == [tmp_path / "d" / "outputs" / "r"]
+    assert not (tmp_path / "d" / "script.sh").exists()
