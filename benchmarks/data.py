@@ -17,8 +17,9 @@ output.  For each size it reports, in MB/s (10^6 bytes a second):
 * ``raw in`` / ``raw out``: ``fs.put_file`` / ``fs.get_file`` of the same
   file with fsspec on the same storage, no Sky Port in between;
 * ``peak growth``: the most the summed RSS of the control plane's session
-  (API, Ray, the Core and gate actors) plus the job's agent and payload rose
-  above idle while it all ran.
+  (API, Ray, the Core and gate actors; the local gate's agents run in it too)
+  plus the job's own processes rose above idle while it all ran; ``job MB``:
+  the job's processes (``SKYPORT_JOB_ID`` in their environment) alone.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ class Sampler:
         self.job_id = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.peak_agent = 0
         self.idle = self.sample()
         self.peak = self.idle
-        self.peak_agent = 0
 
     def sample(self) -> int:
         pids = set()
@@ -147,7 +148,7 @@ class Row:
 
 
 HEADER = ("  size MB upload/s stage-in/s stage-out/s fetch/s raw-in/s raw-out/s "
-          "peak-growth MB agent MB")
+          "peak-growth MB  job MB")
 
 
 def _between(job: Any, first: JobState, then: set[JobState]) -> float:
