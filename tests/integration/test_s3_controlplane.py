@@ -29,11 +29,12 @@ def test_jobs_keep_everything_on_s3(fresh_controlplane, s3_bucket: tuple[str, di
     bucket, options = s3_bucket
     fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
     # the input itself comes from S3 too
-    fs.pipe(f"{bucket}/inputs/data.txt", b"hello s3\n")
+    # (under the user's own prefix: the only storage URLs a user may name as inputs)
+    fs.pipe(f"{bucket}/sp/users/admin/data.txt", b"hello s3\n")
     prefix = f"s3://{bucket}/sp"
     cp = fresh_controlplane(storage=prefix, storage_options=options)
     with cp.client() as c:
-        job = c.submit(build_spec(SCRIPT.format(input=f"s3://{bucket}/inputs/data.txt")
+        job = c.submit(build_spec(SCRIPT.format(input=f"s3://{bucket}/sp/users/admin/data.txt")
                                   .replace("--output=out/report.txt",
                                            "--output=out/report.txt --output=out/env.txt")))
         done = c.wait(job.id, timeout=120)
