@@ -193,8 +193,8 @@ class JobSpec(BaseModel):
     def _outputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(v) > MAX_PATHS:
             raise ValueError(f"{len(v)} outputs: at most {MAX_PATHS}")
-        for path in v:
-            check_relative_path(path, "output")
+        for path in v:  # "results/" is a directory, taken whole: the '/' is no empty part
+            check_relative_path(path.removesuffix("/"), "output")
         return v
 
     @field_validator("inputs")

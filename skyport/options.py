@@ -71,8 +71,8 @@ OPTIONS: dict[str, Option] = {
         Option("flavor", "flavor", "flavor", "str", "node flavor"),
         Option("max-price", "max_price", "max_price_per_hour", "float", "max price per hour"),
         Option("input", "inputs", "inputs", "url", "input URL (repeatable)", repeatable=True),
-        Option("output", "outputs", "outputs", "path", "output path (repeatable)",
-               repeatable=True),
+        Option("output", "outputs", "outputs", "path",
+               "output: a file, a directory (dir/) or a glob (repeatable)", repeatable=True),
         Option("env", "env", "env", "env", "KEY=VALUE (repeatable)", repeatable=True),
         Option("priority", "priority", "priority", "int", "priority, -1000..1000"),
         Option("checkpoint-every", "checkpoint_every", "checkpoint_every_s", "duration",
@@ -226,7 +226,8 @@ def _env(text: str, base_dir: Path | None) -> tuple[str, str]:
 
 
 def _path(text: str, base_dir: Path | None) -> str:
-    return check_relative_path(text, "output")
+    check_relative_path(text.removesuffix("/"), "output")  # "results/": a whole directory
+    return text
 
 
 def _url(text: str, base_dir: Path | None) -> str:

@@ -12,7 +12,7 @@ not break an older client); request bodies are strict (``extra="forbid"``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -83,6 +83,7 @@ class SizeAnswer(Answer):
     """A write's answer: the size of what was written (a file) or of the whole log."""
 
     size: int
+    sha256: str | None = None  # of a file written whole: what the control plane stored
 
 
 # -- errors ------------------------------------------------------------------------
@@ -127,6 +128,7 @@ class FileEntry(Answer):
 
     path: str
     size: int
+    sha256: str | None = None  # recorded by the control plane when it wrote the file
 
 
 class FlavorView(Answer):
@@ -308,6 +310,10 @@ class ExitBody(Body):
     exit_code: int = Field(ge=-(2**31), le=2**31 - 1)
     timed_out: bool = False
     reason: str = Field("", max_length=4000)
+    # outputs that were declared but missing, or could not be saved: the Core then ends
+    # the job FAILED whatever the exit code (a lost result is never a success)
+    output_problems: list[Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=list, max_length=1000)
 
     @field_validator("reason")
     @classmethod

@@ -27,6 +27,14 @@ CHUNK = 8 << 20  # bytes moved at a time: memory stays flat whatever the file's 
 # suffix of the temporary object a write goes to first; listings hide it.  Not
 # plain ".part": a job may well produce a file of its own called "model.part".
 _TMP_SUFFIX = ".skyport-part"
+# Where a file's checksum is recorded: a small object next to it, "<sha256> <size>",
+# written by the control plane when it commits the file (never by a node).  One object
+# per file rather than one manifest per job: parallel uploads of one job's files then
+# never race on a shared object (object stores have no locks nor appends), a file and
+# its checksum go away together when a directory is removed, and a restarted control
+# plane finds them as they were.  Listings hide it.
+_SUM_SUFFIX = ".skyport-sha256"
+_HIDDEN = (_TMP_SUFFIX, _SUM_SUFFIX)
 
 
 class JobStorage:
@@ -73,10 +81,61 @@ class JobStorage:
         except OSError as exc:
             raise StorageError(f"cannot write {rel} of job {job_id}: {exc}") from exc
 
+    def writer(self, job_id: str, rel: str) -> AtomicWriter:
+        """A streamed, atomic write of one job file; its checksum is recorded on commit."""
+        path = self._path(job_id, rel)
+        if path.endswith(_HIDDEN):
+            raise ValidationError("path", rel, f"a name not ending in {' or '.join(_HIDDEN)}")
+        try:
+            return AtomicWriter(self.fs, path, record_sum=True)
+        except OSError as exc:
+            raise StorageError(f"cannot write {rel} of job {job_id}: {exc}") from exc
+
+    def stat(self, job_id: str, rel: str) -> tuple[int, str | None]:
+        """(size, recorded sha256 or None) of one job file; NotFoundError if absent."""
+        from skyport.errors import NotFoundError
+
+        path = self._fresh(self._path(job_id, rel))
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"job {job_id} has no file {rel}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {rel} of job {job_id}: {exc}") from exc
+        if info.get("type") == "directory":
+            raise NotFoundError(f"job {job_id} has no file {rel} (it is a directory)")
+        size = int(info.get("size") or 0)
+        return size, self._recorded_sum(path, size)
+
+    def _recorded_sum(self, path: str, size: int) -> str | None:
+        try:
+            with self.fs.open(self._fresh(path + _SUM_SUFFIX), "rb") as f:
+                return _parse_sum(f.read(200), size)
+        except (FileNotFoundError, OSError):
+            return None
+
+    def iter_range(self, job_id: str, rel: str, start: int = 0, end: int | None = None,
+                   chunk: int = CHUNK) -> Iterator[bytes]:
+        """The bytes ``[start, end)`` of one job file, ``chunk`` at a time (never all at once)."""
+        path = self._fresh(self._path(job_id, rel))
+        try:
+            with self.fs.open(path, "rb", block_size=chunk) as f:
+                f.seek(start)
+                left = None if end is None else end - start
+                while left is None or left > 0:
+                    data = f.read(chunk if left is None else min(chunk, left))
+                    if not data:
+                        return
+                    if left is not None:
+                        left -= len(data)
+                    yield data
+        except OSError as exc:
+            raise StorageError(f"cannot read {rel} of job {job_id}: {exc}") from exc
+
     def _write(self, path: str, chunks: Iterable[bytes], sha256: str | None = None
                ) -> tuple[int, str]:
         """Write ``chunks`` to ``path`` atomically; (size, sha256) written."""
-        writer = AtomicWriter(self.fs, path)
+        writer = AtomicWriter(self.fs, path, record_sum=True)
         try:
             for chunk in chunks:
                 writer.write(chunk)
@@ -180,11 +239,22 @@ class JobStorage:
         return any(p in ("file", "local", "memory") for p in protocols)
 
     def listdir(self, job_id: str) -> list[dict[str, Any]]:
+        """Every file of the job: path, size and (when recorded) sha256."""
         base = self._fresh(self._base(job_id))
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return []
+        sums: dict[str, bytes] = {}
+        sum_paths = [p for p in found if p.endswith(_SUM_SUFFIX)]
+        if sum_paths:
+            # one batched read (concurrent on object stores), not one round trip per file
+            try:
+                got = self.fs.cat(sum_paths, on_error="omit")
+                sums = {k.removesuffix(_SUM_SUFFIX): v for k, v in got.items()
+                        if isinstance(v, bytes)}
+            except OSError:
+                sums = {}
         out = []
         for path, info in sorted(found.items()):
             rel = (
@@ -192,10 +262,37 @@ class JobStorage:
                 if path.startswith(base)
                 else path.split(f"jobs/{job_id}/", 1)[-1]
             )
-            if rel.endswith(_TMP_SUFFIX):
+            if rel.endswith(_HIDDEN):
                 continue
-            out.append({"path": rel, "size": int(info.get("size") or 0)})
+            size = int(info.get("size") or 0)
+            entry: dict[str, Any] = {"path": rel, "size": size}
+            digest = _parse_sum(sums.get(path, b""), size)
+            if digest is not None:
+                entry["sha256"] = digest
+            out.append(entry)
         return out
+
+    def _copy_upload(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
+        src = self._fresh(self._user_path(owner, source.url))
+        dest = self._path(job_id, rel)
+        digest = _upload_digest(source.url)
+        tmp = dest + _TMP_SUFFIX
+        try:
+            size = int(self.fs.size(src))
+            self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.copy(src, tmp)
+            if digest is not None:
+                self.fs.pipe_file(dest + _SUM_SUFFIX, f"{digest} {size}\n".encode())
+            self.fs.mv(tmp, dest)
+            return size
+        except (OSError, ValueError) as exc:
+            try:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+            except OSError:
+                pass
+            raise StorageError(f"cannot read input {source.name!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
 
     def _source_fs(self, source: InputSource, owner: str) -> tuple[Any, str]:
         if source.kind == "upload":
@@ -217,7 +314,14 @@ class JobStorage:
         return None
 
     def copy_in(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
-        """Stream a (policy-checked) input into the job's prefix, chunk by chunk."""
+        """Stream a (policy-checked) input into the job's prefix, chunk by chunk.
+
+        An upload is copied inside the storage (a server-side copy on object
+        stores, a file copy on disk), bytes never passing through here: its
+        sha256 is its name, checked when it was uploaded.
+        """
+        if source.kind == "upload":
+            return self._copy_upload(job_id, source, owner, rel)
         try:
             fs, path = self._source_fs(source, owner)
             with fs.open(path, "rb") as f:
@@ -227,9 +331,29 @@ class JobStorage:
                                f"{type(exc).__name__}: {exc}") from exc
 
 
+def _upload_digest(url: str) -> str | None:
+    """The sha256 an upload's path names (``uploads/<sha256>/<name>``), if it is one."""
+    parts = url.split("/")
+    if len(parts) == 3 and parts[0] == "uploads" and len(parts[1]) == 64:
+        return parts[1]
+    return None
+
+
 def _chunks(f: IO[bytes]) -> Iterator[bytes]:
     while chunk := f.read(CHUNK):
         yield chunk
+
+
+def _parse_sum(raw: bytes, size: int) -> str | None:
+    """The digest of a checksum record, if it is one for a file of ``size`` bytes.
+
+    A record whose size differs describes an older content (the file was rewritten
+    by something that did not record a sum, e.g. a log append): no checksum then.
+    """
+    parts = raw.decode("ascii", "replace").split()
+    if len(parts) != 2 or len(parts[0]) != 64 or parts[1] != str(size):
+        return None
+    return parts[0]
 
 
 class AtomicWriter:
@@ -238,14 +362,16 @@ class AtomicWriter:
     ``commit(sha256)`` moves the file in only if the content has that digest.
     """
 
-    def __init__(self, fs: Any, path: str) -> None:
+    def __init__(self, fs: Any, path: str, *, record_sum: bool = False) -> None:
         self.fs = fs
         self.path = path
         self.tmp = path + _TMP_SUFFIX
         self.size = 0
+        self.record_sum = record_sum
         self._digest = hashlib.sha256()
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self._f = fs.open(self.tmp, "wb")
+        # big blocks: an object store then sends few, large multipart parts
+        self._f = fs.open(self.tmp, "wb", block_size=CHUNK)
 
     def write(self, chunk: bytes) -> None:
         self._f.write(chunk)
@@ -258,6 +384,10 @@ class AtomicWriter:
         if sha256 is not None and digest != sha256:
             self.abort()
             raise ValidationError("sha256", sha256, f"the digest of the content sent ({digest})")
+        if self.record_sum:
+            # the record first: a reader that sees the new file then sees its sum (a sum
+            # whose size does not match the file's is ignored, so an old file is safe too)
+            self.fs.pipe_file(self.path + _SUM_SUFFIX, f"{digest} {self.size}\n".encode())
         self.fs.mv(self.tmp, self.path)
         return self.size, digest
 

@@ -228,7 +228,8 @@ class JobStore:
 
         ``("transition", job_id, state, reason, fields)``, ``("update", job_id,
         fields)``, ``("put_warm", WarmCluster)``, ``("drop_warm", cluster_id)``,
-        ``("open_checkpoint", job_id, data or None)``.  A transition that the
+        ``("open_checkpoint", job_id, data or None)``, ``("note", job_id, reason)`` (an
+        event in the job's current state).  A transition that the
         lifecycle does not allow raises ConflictError and nothing is written.
         Returns the ids of the jobs whose state changed.
         """
@@ -243,6 +244,11 @@ class JobStore:
                     changed.append((job_id, new))
                 elif kind == "update":
                     self._update(db, change[1], dict(change[2]))
+                elif kind == "note":
+                    row = db.execute("SELECT state FROM jobs WHERE id = ?",
+                                     (change[1],)).fetchone()
+                    if row is not None:
+                        self._event(db, change[1], now, JobState(row["state"]), change[2])
                 elif kind == "put_warm":
                     self._put_warm(db, change[1])
                 elif kind == "drop_warm":

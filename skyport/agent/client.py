@@ -11,6 +11,7 @@ headers, so the token never reaches a log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import ssl
@@ -29,6 +30,7 @@ from skyport.protocol import (
     CheckpointOrder,
     Empty,
     ErrorBody,
+    FileEntry,
     HeartbeatAnswer,
     HelloAnswer,
     LatestAnswer,
@@ -45,7 +47,18 @@ __all__ = ["AgentClient"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _RETRY_STATUS = frozenset({502, 503, 504})
-_CHUNK = 1 << 20
+_CHUNK = 8 << 20
+SHA256_HEADER = "X-Skyport-Sha256"
+COMMIT_TIMEOUT_S = 900.0
+
+
+def file_sha256(path: Path, want_digest: bool = False) -> Any:
+    """The sha256 of a file: its hex digest, or (``want_digest``) the hash object to go on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest if want_digest else digest.hexdigest()
 
 
 class _Retry(Exception):
@@ -95,48 +108,89 @@ class AgentClient:
     def set_state(self, state: str, reason: str = "") -> Job:
         return self._call(Job, "POST", "/state", json={"state": state, "reason": reason})
 
-    def exit(self, exit_code: int, timed_out: bool = False, reason: str = "") -> Job:
-        return self._call(Job, "POST", "/exit", json={"exit_code": exit_code,
-                                                      "timed_out": timed_out, "reason": reason})
+    def exit(self, exit_code: int, timed_out: bool = False, reason: str = "",
+             output_problems: list[str] | None = None) -> Job:
+        return self._call(Job, "POST", "/exit", json={
+            "exit_code": exit_code, "timed_out": timed_out, "reason": reason,
+            "output_problems": list(output_problems or [])})
 
     def inputs(self) -> list[str]:
         return self._call(list[str], "GET", "/inputs")
+
+    def files(self) -> list[FileEntry]:
+        """The job's files this agent may read (script, inputs, checkpoints), with sizes."""
+        return self._call(list[FileEntry], "GET", "/files")
 
     def post_log(self, stream: str, offset: int, data: bytes) -> SizeAnswer:
         offset += self.log_base.get(stream, 0)  # a restarted job's logs go on after the old
         return self._call(SizeAnswer, "POST", f"/logs/{stream}", params={"offset": offset},
                           content=data)
 
-    def download(self, path: str, dest: Path) -> int:
-        """Stream ``/files/<path>`` to ``dest`` (atomically); the number of bytes."""
+    def download(self, path: str, dest: Path,
+                 progress: Callable[[int], object] = lambda n: None) -> int:
+        """Stream ``/files/<path>`` to ``dest`` (atomically); the number of bytes.
+
+        A broken transfer goes on from where it stopped (``Range``); the whole is
+        checked against the sha256 the control plane recorded.  ``progress(n)`` is
+        told of each ``n`` new bytes.
+        """
         tmp = dest.with_name(dest.name + ".part")
+        tmp.unlink(missing_ok=True)
 
         def attempt() -> int:
-            with self._http.stream("GET", f"/files/{path}") as resp:
+            have = tmp.stat().st_size if tmp.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with self._http.stream("GET", f"/files/{path}", headers=headers) as resp:
                 self._check(resp, read=True)
-                size = 0
-                with open(tmp, "wb") as f:
+                if have and resp.status_code != 206:
+                    have = 0  # the server sent it all again
+                digest = file_sha256(tmp, want_digest=True) if have else hashlib.sha256()
+                with open(tmp, "ab" if have else "wb") as f:
                     for chunk in resp.iter_bytes(_CHUNK):
                         f.write(chunk)
-                        size += len(chunk)
+                        digest.update(chunk)  # hashed on the way: the file is not read again
+                        progress(len(chunk))
+                expected = resp.headers.get(SHA256_HEADER)
+            if expected is not None and (got := digest.hexdigest()) != expected:
+                tmp.unlink(missing_ok=True)
+                raise _Retry(f"sha256 of {path} is {got}, the control plane recorded "
+                             f"{expected}")
+            size = tmp.stat().st_size
             os.replace(tmp, dest)
             return size
 
         return self._retrying(f"GET /files/{path}", attempt)
 
-    def put_file(self, path: str, src: Path) -> SizeAnswer:
-        """Upload ``src`` as ``/files/<path>``, streamed, re-read from the start on each try."""
+    def put_file(self, path: str, src: Path,
+                 progress: Callable[[int], object] = lambda n: None) -> SizeAnswer:
+        """Upload ``src`` as ``/files/<path>``, streamed, re-read from the start on each try.
 
-        def body() -> Iterator[bytes]:
-            with open(src, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    yield chunk
+        The control plane answers the sha256 it stored; one that differs from what
+        was read here is retried like a broken connection.
+        """
 
         def attempt() -> SizeAnswer:
+            digest = hashlib.sha256()
+
+            def body() -> Iterator[bytes]:
+                with open(src, "rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        digest.update(chunk)
+                        progress(len(chunk))
+                        yield chunk
+
+            # the answer comes once storage has it whole (an object store assembles
+            # the parts then): a longer read timeout than an ordinary call's
             resp = self._http.put(f"/files/{path}", content=body(),
-                                  headers={"Content-Length": str(src.stat().st_size)})
+                                  headers={"Content-Length": str(src.stat().st_size)},
+                                  timeout=httpx.Timeout(self._http.timeout.connect,
+                                                        read=COMMIT_TIMEOUT_S))
             self._check(resp)
-            return _parse(SizeAnswer, resp.json(), f"PUT /files/{path}")
+            answer: SizeAnswer = _parse(SizeAnswer, resp.json(), f"PUT /files/{path}")
+            if answer.sha256 is not None and answer.sha256 != digest.hexdigest():
+                raise _Retry(f"the control plane stored {path} with sha256 {answer.sha256}, "
+                             f"not {digest.hexdigest()}")
+            return answer
 
         return self._retrying(f"PUT /files/{path}", attempt)
 

@@ -37,6 +37,7 @@ from skyport.agent.launchrun import LaunchRunner
 from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult
 from skyport.agent.procfs import kill_own_processes, own_processes
+from skyport.agent.transfer import stage_in, stage_out
 from skyport.errors import (
     AuthenticationError,
     ControlPlaneError,
@@ -48,7 +49,7 @@ from skyport.gate.environment import is_allowed
 from skyport.launch.hostfile import hostfile_text
 from skyport.launch.mpi import openmpi_home
 from skyport.launch.mpiexec import write_shims
-from skyport.models import JobSpec, JobState, check_relative_path
+from skyport.models import JobSpec, JobState
 from skyport.protocol import HeartbeatAnswer, IdleGrant
 
 __all__ = ["AGENT_FILES", "Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE",
@@ -320,18 +321,15 @@ class Agent:
                               f"payload exited with {result.exit_code}")
         problems = self._stage_out(spec)
         reason = "; ".join([f"exit code {result.exit_code}", *problems])
-        self.client.exit(result.exit_code, False, reason)
+        self.client.exit(result.exit_code, False, reason, problems)
         return 0
 
     def _stage_in(self) -> None:
-        self.client.download("script.sh", self.workdir / "script.sh")
-        for entry in self.client.inputs():
-            name = entry.removeprefix("inputs/")
-            check_relative_path(name, "input")
-            dest = self.workdir / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            size = self.client.download(f"inputs/{name}", dest)
-            log.info("staged in %s (%d bytes)", name, size)
+        stage_in(self.client, self.workdir, self._progress(JobState.STAGING_IN))
+
+    def _progress(self, state: JobState) -> Callable[[str], object]:
+        """Where staging progress goes: an event of the job, in its current state."""
+        return lambda text: self.client.set_state(state.value, text)
 
     def _run_payload(self, spec: JobSpec) -> PayloadResult:
         files = {"stdout": self.workdir / "stdout.log", "stderr": self.workdir / "stderr.log"}
@@ -360,46 +358,12 @@ class Agent:
         return result
 
     def _stage_out(self, spec: JobSpec) -> list[str]:
-        """Upload each declared output that exists; the problems, for the exit reason.
+        """Upload each declared output (file, directory, glob); the problems, for the exit.
 
-        An output (or a file under an output folder) that is a symbolic link
-        resolving outside the working directory is refused, not uploaded: the
-        agent reads as the control plane's user, and such a link would hand the
-        payload whatever that user can read.
+        Any problem makes the Core end the job FAILED (``ExitBody.output_problems``).
         """
-        missing, failed, refused = [], [], []
-        for out in spec.outputs:
-            src = self.workdir / out
-            if (src.is_symlink() or src.exists()) and not resolves_inside(src, self.workdir):
-                refused.append(out)
-                continue
-            files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() \
-                else [src] if src.is_file() else []
-            if not files:
-                missing.append(out)
-            for f in files:
-                rel = f.relative_to(self.workdir).as_posix()
-                if not resolves_inside(f, self.workdir):
-                    refused.append(rel)
-                    continue
-                try:
-                    self.client.put_file(f"outputs/{rel}", f)
-                    log.info("staged out %s", rel)
-                except SkyportError as exc:
-                    if isinstance(exc, ControlPlaneError):
-                        raise
-                    failed.append(f"{rel} ({exc})")
-        problems = []
-        if refused:
-            log.warning("refused outputs that resolve outside the working directory: %s",
-                        refused)
-            problems.append("outputs refused (symbolic links out of the working directory): "
-                            + ", ".join(refused))
-        if missing:
-            problems.append("missing outputs: " + ", ".join(missing))
-        if failed:
-            problems.append("outputs not uploaded: " + ", ".join(failed))
-        return problems
+        return list(stage_out(self.client, self.workdir, spec.outputs,
+                              self._progress(JobState.STAGING_OUT)).problems)
 
 
 def install_signal_handlers(agent: Agent) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,20 @@ MAX_BODY_BYTES = 96 * 1024 * 1024
 class _BodyLimit:
     """Refuse oversized bodies before reading them (413), by declared length and as read."""
 
-    def __init__(self, app: ASGIApp, limit: int, streamed: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, limit: int, streamed: tuple[str, ...] = (),
+                 streamed_re: str | None = None) -> None:
         self.app = app
         self.limit = limit
         self.streamed = streamed  # routes that stream their body to storage: no limit here
+        # the same for paths with a variable part (an agent's job file writes)
+        self.streamed_re = re.compile(streamed_re) if streamed_re else None
+
+    def _is_streamed(self, path: str) -> bool:
+        return path.startswith(self.streamed) or (
+            self.streamed_re is not None and self.streamed_re.match(path) is not None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.streamed):
+        if scope["type"] != "http" or self._is_streamed(str(scope.get("path", ""))):
             await self.app(scope, receive, send)
             return
         for key, value in scope.get("headers", []):
@@ -152,7 +160,8 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
     app.include_router(idle_router(port))
     app.include_router(uploads_router(storage))
     app.include_router(bootstrap_router(port))
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",))
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",),
+                       streamed_re=r"^/agent/v1/jobs/[^/]+/files/")
     if audit_log is not None:
         app.add_middleware(AuditLog, path=audit_log)  # outermost: sees every refusal too
     return app

@@ -13,6 +13,7 @@ import click
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
 from skyport.errors import ValidationError
+from skyport.cli.progress import ProgressBars
 from skyport.models import Job, JobState
 from skyport.options import OPTIONS, input_url
 from skyport.script import build_spec, cli_directives
@@ -67,7 +68,8 @@ def submit_cmd(out: Output, script: str, **options: Any) -> None:
         elif value is not None:
             pairs.append((opt.directive, value))
     spec = build_spec(text, cli_directives(pairs), base_dir=base_dir)
-    job = get_client().submit(spec)
+    with ProgressBars() as bars:
+        job = get_client().submit(spec, progress=bars.update)
     out.emit(job.summary(), job.id)
 
 
@@ -266,10 +268,13 @@ def release_cmd(out: Output, job_id: str) -> None:
 @command(cli, "fetch")
 @click.argument("job_id")
 @click.argument("dest", required=False, type=click.Path(file_okay=False))
-def fetch_cmd(out: Output, job_id: str, dest: str | None) -> None:
-    """Download all of a job's stored files into DEST (default ./<id>/)."""
+@click.option("--only", "prefix", default="", metavar="PREFIX",
+              help="only the files under PREFIX, e.g. outputs/")
+def fetch_cmd(out: Output, job_id: str, dest: str | None, prefix: str) -> None:
+    """Download a job's stored files into DEST (default ./<id>/): checked, resumable."""
     target = Path(dest) if dest else Path(job_id)
-    written = get_client().fetch(job_id, target)
+    with ProgressBars() as bars:
+        written = get_client().fetch(job_id, target, bars.update, prefix)
     out.emit(
         {"job_id": job_id, "dest": str(target), "files": [str(p) for p in written]},
         lambda: "\n".join(str(p) for p in written) if written else f"job {job_id} has no files",

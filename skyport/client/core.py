@@ -25,7 +25,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, unquote
@@ -43,6 +43,7 @@ from skyport.errors import (
     PermissionDeniedError,
     PkiError,
     SkyportError,
+    StorageError,
     ValidationError,
     error_from_dict,
 )
@@ -68,6 +69,7 @@ __all__ = ["Client", "LogChunk", "StoredFile", "WaitTimeoutError", "connect"]
 
 DEFAULT_USER = "admin"
 DEFAULT_TIMEOUT_S = 30.0
+COMMIT_TIMEOUT_S = 900.0  # a large file's last part to its answer (storage assembling it)
 LOG_STREAMS = ("stdout", "stderr")
 
 # Used only when an error response carries no ``{"error", "message"}`` body.
@@ -98,11 +100,27 @@ class LogChunk(NamedTuple):
     state: JobState
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(UPLOAD_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class StoredFile(NamedTuple):
-    """One file under a job's storage prefix."""
+    """One file under a job's storage prefix (``sha256``: recorded when it was written)."""
 
     path: str
     size: int
+    sha256: str | None = None
+
+
+Progress = Callable[[str, int, int], object]
+"""``progress(name, done, total)``: bytes of ``name`` moved so far."""
+
+SHA256_HEADER = "X-Skyport-Sha256"
+PART_SUFFIX = ".skyport-part"  # a fetch in progress; the next fetch goes on from it
 
 
 class Client:
@@ -187,20 +205,23 @@ class Client:
         """The user name and role of the certificate this client presents."""
         return self.call("GET", "/v1/whoami", WhoAmI)
 
-    def submit(self, spec: JobSpec, payload: bytes | None = None) -> Job:
+    def submit(self, spec: JobSpec, payload: bytes | None = None,
+               progress: Progress | None = None) -> Job:
         """Submit a job; ``payload`` is a function job's cloudpickled call.
 
         Inputs that are files on this machine (``file://`` URLs) are uploaded
-        first, read with the rights of whoever runs this client: the control
-        plane never reads a user's local path itself.
+        first (streamed; ``progress`` hears how far), read with the rights of
+        whoever runs this client: the control plane never reads a user's local
+        path itself.
         """
         if any(_local_file(u) for u in spec.inputs):
             spec = spec.model_copy(update={"inputs": tuple(
-                self.upload(p) if (p := _local_file(u)) else u for u in spec.inputs)})
+                self.upload(p, progress) if (p := _local_file(u)) else u
+                for u in spec.inputs)})
         body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
         return self.call("POST", "/v1/jobs", Job, body=body)
 
-    def upload(self, path: str | Path) -> str:
+    def upload(self, path: str | Path, progress: Progress | None = None) -> str:
         """Send a local file into your own upload area; the input URL that names it."""
         path = Path(path)
         digest = hashlib.sha256()
@@ -209,13 +230,21 @@ class Client:
                 digest.update(chunk)
         where = f"/v1/uploads/{digest.hexdigest()}/{quote(path.name, safe='')}"
         if self._http.request("HEAD", where).status_code != 200:  # the same file is sent once
+            total = path.stat().st_size
 
             def body() -> Iterator[bytes]:
+                done = 0
                 with path.open("rb") as f:
                     while chunk := f.read(UPLOAD_CHUNK):
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(path.name, done, total)
                         yield chunk
 
-            return self.call("PUT", where, UploadAnswer, content=body()).url
+            # the answer comes once storage has the whole file (an object store
+            # assembles its parts then): wait for it longer than for an ordinary call
+            return self.call("PUT", where, UploadAnswer, content=body(),
+                             timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, read=COMMIT_TIMEOUT_S)).url
         return f"upload:{digest.hexdigest()}/{path.name}"
 
     def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
@@ -315,22 +344,83 @@ class Client:
         """Every file under the job's storage prefix (inputs, outputs, logs, ...)."""
         data: list[FileEntry] = self.call("GET", f"/v1/jobs/{_seg(job_id)}/files",
                                           list[FileEntry])
-        return [StoredFile(f.path, f.size) for f in data]
+        return [StoredFile(f.path, f.size, f.sha256) for f in data]
 
     def download(self, job_id: str, path: str) -> bytes:
-        """The bytes of one stored file, e.g. ``outputs/result.txt``."""
+        """The bytes of one stored file, e.g. ``outputs/result.txt`` (small files: see
+        ``download_to`` for large ones)."""
         _checked_path(path)
         return self._request("GET", f"/v1/jobs/{_seg(job_id)}/files/{quote(path)}").content
 
-    def fetch(self, job_id: str, dest_dir: str | Path) -> list[Path]:
-        """Download every stored file into ``dest_dir``, keeping relative paths."""
+    def download_to(self, job_id: str, path: str, target: str | Path,
+                    progress: Progress | None = None) -> Path:
+        """Stream one stored file to ``target``, checked against its recorded sha256.
+
+        The bytes go to ``<target>.skyport-part`` first; an interrupted download
+        leaves it, and the next call goes on from its end (``Range``).  A content
+        whose digest differs from the one the control plane recorded is deleted
+        and raises ``StorageError``; ``target`` then is not touched.
+        """
+        _checked_path(path)
+        target = Path(target)
+        part = target.with_name(target.name + PART_SUFFIX)
+        have = part.stat().st_size if part.exists() else 0
+        digest = hashlib.sha256()
+        if have:
+            with part.open("rb") as f:
+                while chunk := f.read(UPLOAD_CHUNK):
+                    digest.update(chunk)
+        url = f"/v1/jobs/{_seg(job_id)}/files/{quote(path)}"
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with self._http.stream("GET", url, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_from_response(resp, "GET", url)
+                if have and resp.status_code != 206:  # the whole file came: start again
+                    have, digest = 0, hashlib.sha256()
+                total = int(resp.headers.get("X-Skyport-Size") or 0)
+                expected = resp.headers.get(SHA256_HEADER)
+                done = have
+                with part.open("ab" if have else "wb") as f:
+                    for chunk in resp.iter_bytes(UPLOAD_CHUNK):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(path, done, total)
+        except httpx.TransportError as exc:
+            raise ControlPlaneError(
+                f"GET {url} broke off ({exc or type(exc).__name__}); the part is kept in "
+                f"{part}: fetch again to go on from byte {part.stat().st_size}") from exc
+        if expected is not None and digest.hexdigest() != expected:
+            part.unlink(missing_ok=True)
+            raise StorageError(f"{path}: what arrived has sha256 {digest.hexdigest()}, the "
+                               f"control plane recorded {expected}; fetch it again")
+        os.replace(part, target)
+        return target
+
+    def fetch(self, job_id: str, dest_dir: str | Path,
+              progress: Progress | None = None, prefix: str = "") -> list[Path]:
+        """Download every stored file (under ``prefix``, e.g. ``outputs/``) into
+        ``dest_dir``, keeping relative paths.
+
+        Each file is streamed and checked against its recorded sha256; a file
+        already there with that digest is not fetched again, and one broken off
+        goes on where it stopped, so running ``fetch`` again resumes it.
+        """
         dest = Path(dest_dir)
         written: list[Path] = []
         for stored in self.files(job_id):
+            if not stored.path.startswith(prefix):
+                continue
             _checked_path(stored.path)  # the server's list must not escape dest either
             target = dest.joinpath(*stored.path.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.download(job_id, stored.path))
+            if not (stored.sha256 is not None and target.is_file()
+                    and target.stat().st_size == stored.size
+                    and _file_sha256(target) == stored.sha256):
+                self.download_to(job_id, stored.path, target, progress)
             written.append(target)
         return written
 

@@ -232,6 +232,7 @@ class AgentExit(Command):
     exit_code: int
     timed_out: bool
     reason: str
+    output_problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

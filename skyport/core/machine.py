@@ -57,6 +57,7 @@ from skyport.core.messages import (
     IdleNext,
     Impossible,
     Instruction,
+    Note,
     Planned,
     Preempted,
     Provision,
@@ -343,6 +344,9 @@ class JobMachine:
         return [Update(job.id, {"result_digests": {**job.result_digests, ev.path: ev.sha256}})]
 
     def _on_AgentState(self, ev: AgentState, now: float) -> list[Instruction]:
+        if ev.state == ev.job.state and ev.state in (S.STAGING_IN, S.STAGING_OUT):
+            # the agent telling how far staging got: an event, not a change of state
+            return [Note(ev.job.id, ev.reason or f"agent: {ev.state.value.lower()}")]
         if ev.state not in (S.RUNNING, S.STAGING_OUT):
             raise ValidationError("state", ev.state.value, "RUNNING or STAGING_OUT")
         return [Transition(ev.job.id, ev.state, ev.reason or f"agent: {ev.state.value.lower()}")]
@@ -363,6 +367,10 @@ class JobMachine:
                               now)
         if ev.timed_out:
             new, why = S.TIMEOUT, ev.reason or "time limit reached"
+        elif ev.exit_code == 0 and ev.output_problems:
+            # the payload succeeded but its result is not saved: the cluster goes, so
+            # would the result; the user must hear it as a failure, not find it missing
+            new, why = S.FAILED, ev.reason or "; ".join(ev.output_problems)
         elif ev.exit_code == 0:
             new, why = S.SUCCEEDED, ev.reason or "exit code 0"
         else:

@@ -98,6 +98,7 @@ class AgentExited:
     timed_out: bool
     reason: str
     cluster: ClusterInfo | None = None  # looked at when ``exit_needs_cluster`` said so
+    output_problems: tuple[str, ...] = ()  # missing or unsaved outputs: the job FAILED
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,14 @@ class Update:
 
 
 @dataclass(frozen=True)
+class Note:
+    """An event in the job's history that changes nothing (e.g. staging progress)."""
+
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class PutWarm:
     row: WarmCluster
 
@@ -269,7 +278,7 @@ class Reply:
     answer: Any
 
 
-Instruction = (Transition | Update | PutWarm | DropWarm | SaveCheckpoint | WriteLatest
+Instruction = (Transition | Update | Note | PutWarm | DropWarm | SaveCheckpoint | WriteLatest
                | PruneCheckpoint | Provision | CreateCluster | DeleteCluster | Released
                | WakeIdle | Replan | Reply)
 Event = (Started | Planned | ProvisionReady | ClusterCreated | CreateFailed | AgentHello

@@ -55,6 +55,7 @@ from skyport.core.messages import (
     IdleNext,
     Impossible,
     Instruction,
+    Note,
     Planned,
     Preempted,
     Provision,
@@ -212,6 +213,8 @@ class CoreService:
                 changes.append(("transition", i.job_id, i.state, i.reason, i.fields))
             elif isinstance(i, Update):
                 changes.append(("update", i.job_id, i.fields))
+            elif isinstance(i, Note):
+                changes.append(("note", i.job_id, i.reason))
             elif isinstance(i, PutWarm):
                 changes.append(("put_warm", i.row))
             elif isinstance(i, DropWarm):
@@ -265,7 +268,10 @@ class CoreService:
             job = self._job(job_id)
             # checked again: the policy (and a host's addresses) may have changed since submit
             for source in self.intake.sources(job.spec, job.owner):
-                self.storage.copy_in(job.id, source, job.owner, f"inputs/{source.name}")
+                # gigabytes, maybe: in a worker thread, so the Core's loop (planning,
+                # every other call) goes on meanwhile
+                await asyncio.to_thread(self.storage.copy_in, job.id, source, job.owner,
+                                        f"inputs/{source.name}")
             usable: list[tuple[str, str | None]] = []
             for cluster_id in candidates:
                 try:
@@ -573,7 +579,8 @@ class CoreService:
         return self.store.get(job_id)
 
     async def agent_exit(
-        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str
+        self, job_id: str, token: str, exit_code: int, timed_out: bool, reason: str,
+        output_problems: tuple[str, ...] = (),
     ) -> Job:
         job = await self.agent_auth(job_id, token)
         info = None
@@ -586,7 +593,8 @@ class CoreService:
                 log.warning("job %s: could not look at cluster %s after exit code %d: %s",
                             job.id, job.cluster_id, exit_code, exc)
             job = self._job(job_id)
-        self._run(AgentExited(job, exit_code, timed_out, reason, info))
+        self._run(AgentExited(job, exit_code, timed_out, reason, info,
+                              tuple(output_problems)))
         return self.store.get(job_id)
 
     async def agent_result_stored(self, job_id: str, token: str, path: str,

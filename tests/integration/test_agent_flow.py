@@ -35,6 +35,7 @@ class FakeControlPlane:
         self.files.update({f"inputs/{k}": v for k, v in (inputs or {}).items()})
         self.logs: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self.states: list[str] = []
+        self.notes: list[str] = []  # progress: the current state again, with a reason
         self.exit: dict[str, Any] | None = None
         self.flaky = flaky  # the first N requests fail to connect
         self.lock = threading.Lock()
@@ -62,8 +63,12 @@ class FakeControlPlane:
                     "run" if len(self.hellos) == self.num_nodes else "wait")
                 return httpx.Response(200, json={"state": self.state, "action": action})
             if path == "/state":
-                self.state = json.loads(body)["state"]
-                self.states.append(self.state)
+                said = json.loads(body)
+                if said["state"] == self.state:
+                    self.notes.append(said["reason"])
+                else:
+                    self.state = said["state"]
+                    self.states.append(self.state)
                 return httpx.Response(200, json=self.job().summary())
             if path == "/exit":
                 if self.state in TERMINAL:
@@ -75,6 +80,9 @@ class FakeControlPlane:
                 return httpx.Response(200, json=self.job().summary())
             if path == "/inputs":
                 return httpx.Response(200, json=[k for k in self.files if k.startswith("in")])
+            if path == "/files":
+                return httpx.Response(200, json=[{"path": k, "size": len(v)}
+                                                 for k, v in self.files.items()])
             if path == "/checkpoints":  # no checkpoint yet: nothing to restore
                 return httpx.Response(200, json={"latest": None, "pending": None,
                                                  "log_sizes": {}})
@@ -127,6 +135,8 @@ def test_node0_runs_the_job_end_to_end(tmp_path: Path) -> None:
     assert cp.states == ["RUNNING", "STAGING_OUT"]
     assert cp.exit is not None and cp.exit["exit_code"] == 3 and not cp.exit["timed_out"]
     assert "missing outputs: missing.txt" in cp.exit["reason"]
+    assert cp.exit["output_problems"] == ["missing outputs: missing.txt"]
+    assert cp.notes == ["staged in 11 B of 11 B", "staged out 13 B of 13 B"]
     assert cp.files["outputs/result.txt"] == b"input bytes"
     assert cp.files["outputs/res/a"] == b"x\n"
     assert bytes(cp.logs["stdout"]) == b"0 1 2 [1,3] v 2\n"

@@ -42,7 +42,9 @@ def test_script_job_runs_with_inputs_outputs_and_logs(admin, tmp_path: Path) -> 
     done = _wait(admin, job.id)
     assert done.state == JobState.SUCCEEDED, done.events
     assert done.exit_code == 0
-    assert [e.state for e in done.events] == [
+    states = [e.state for e in done.events]
+    # staging progress is an event in the same state ("staged in 5 B of 5 B"): one per state
+    assert [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]] == [
         JobState.QUEUED,
         JobState.SCHEDULED,
         JobState.PROVISIONING,
@@ -51,6 +53,7 @@ def test_script_job_runs_with_inputs_outputs_and_logs(admin, tmp_path: Path) -> 
         JobState.STAGING_OUT,
         JobState.SUCCEEDED,
     ]
+    assert "staged in 5 B of 5 B" in [e.reason for e in done.events]  # "world"
     assert all(e.reason for e in done.events)
     out = admin.logs(job.id, "stdout").data.decode()
     assert f"job {job.id} on {done.node_names[0]} rank 0 of 1" in out

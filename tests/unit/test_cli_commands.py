@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,7 +181,8 @@ def test_show_fields_events_files(cp: CliPlane) -> None:
     assert "events:" in text and "test: running" in text
     assert "outputs/out.txt  2.0 KiB" in text
     doc = one_json(run("show", job_id, "--json"))
-    assert {"path": "outputs/out.txt", "size": 2048} in doc["files"]
+    assert {"path": "outputs/out.txt", "size": 2048,
+            "sha256": hashlib.sha256(b"x" * 2048).hexdigest()} in doc["files"]
     assert [e["state"] for e in doc["events"]] == [
         "QUEUED", "SCHEDULED", "PROVISIONING", "STAGING_IN", "RUNNING"]
 

@@ -47,13 +47,15 @@ def test_good_env() -> None:
     assert spec(env={"_A": "x", "OMP_PLACES": "cores"}).env == {"_A": "x", "OMP_PLACES": "cores"}
 
 
-@pytest.mark.parametrize("path", ["out.txt", "results/a.h5", "a/b/c", "./x"])
+@pytest.mark.parametrize("path", ["out.txt", "results/a.h5", "a/b/c", "./x", "results/",
+                                  "*.h5", "results/**/*.csv"])
 def test_good_outputs(path: str) -> None:
     assert spec(outputs=[path]).outputs == (path,)
 
 
 @pytest.mark.parametrize(
-    "path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "dir/", "a\\b", "a\nb", "a\0b"]
+    "path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "dir//", "/", "a\\b", "a\nb",
+             "a\0b"]
 )
 def test_outputs_must_stay_inside_the_job_directory(path: str) -> None:
     with pytest.raises(pydantic.ValidationError, match="relative path inside the job directory"):

@@ -129,7 +129,8 @@ def test_three_doors_give_the_same_spec(
         def close(self) -> None:
             pass
 
-        def submit(self, spec: JobSpec, payload: bytes | None = None) -> Job:
+        def submit(self, spec: JobSpec, payload: bytes | None = None,
+                   progress: object = None) -> Job:
             submitted.append(spec)
             return Job(id="j1", owner="alice", spec=spec, state=JobState.QUEUED,
                        submitted_at=datetime.now(UTC))

@@ -48,12 +48,12 @@ class TestStorageConformance:
         storage.put("j1", "a", b"short")
         assert storage.get("j1", "a") == b"short"
         assert storage.size("j1", "a") == 5
-        assert storage.listdir("j1") == [{"path": "a", "size": 5}]
+        assert _plain(storage.listdir("j1")) == [{"path": "a", "size": 5}]
 
     def test_files_named_like_temporaries_are_listed(self, storage: JobStorage) -> None:
         storage.put("j1", "model.part", b"weights")
         storage.put("j1", "x.part.1", b"1")
-        assert storage.listdir("j1") == [
+        assert _plain(storage.listdir("j1")) == [
             {"path": "model.part", "size": 7},
             {"path": "x.part.1", "size": 1},
         ]
@@ -69,14 +69,14 @@ class TestStorageConformance:
         assert not storage.exists("j1", "nope")
         assert storage.size("j1", "nope") == 0
         assert storage.read_from("j1", "nope", 0) == b""
-        assert storage.listdir("j1") == []
+        assert _plain(storage.listdir("j1")) == []
 
     def test_jobs_are_separate(self, storage: JobStorage) -> None:
         storage.put("j1", "f", b"one")
         storage.put("j10", "f", b"ten")  # a prefix of another job's id
         storage.put("j2", "g", b"two")
-        assert storage.listdir("j1") == [{"path": "f", "size": 3}]
-        assert storage.listdir("j10") == [{"path": "f", "size": 3}]
+        assert _plain(storage.listdir("j1")) == [{"path": "f", "size": 3}]
+        assert _plain(storage.listdir("j10")) == [{"path": "f", "size": 3}]
         assert storage.get("j1", "f") == b"one"
         assert not storage.exists("j2", "f")
 
@@ -85,7 +85,7 @@ class TestStorageConformance:
         storage.put("j1", "inputs/a.nc", b"12345")
         storage.put("j1", "out/r/1.txt", b"")
         storage.append("j1", "logs/stdout", 0, b"hello\n")
-        assert storage.listdir("j1") == [
+        assert _plain(storage.listdir("j1")) == [
             {"path": "inputs/a.nc", "size": 5},
             {"path": "logs/stdout", "size": 6},
             {"path": "out/r/1.txt", "size": 0},
@@ -94,15 +94,54 @@ class TestStorageConformance:
 
     def test_listdir_sees_each_write(self, storage: JobStorage) -> None:
         # a listing taken between writes must not be served stale afterwards
-        assert storage.listdir("j1") == []
+        assert _plain(storage.listdir("j1")) == []
         storage.put("j1", "a", b"1")
-        assert storage.listdir("j1") == [{"path": "a", "size": 1}]
+        assert _plain(storage.listdir("j1")) == [{"path": "a", "size": 1}]
         storage.append("j1", "log", 0, b"abc")
-        assert storage.listdir("j1") == [{"path": "a", "size": 1}, {"path": "log", "size": 3}]
+        assert _plain(storage.listdir("j1")) == [
+            {"path": "a", "size": 1}, {"path": "log", "size": 3}]
         storage.append("j1", "log", 3, b"defg")
         storage.put("j1", "a", b"22")
-        assert storage.listdir("j1") == [{"path": "a", "size": 2}, {"path": "log", "size": 7}]
+        assert _plain(storage.listdir("j1")) == [
+            {"path": "a", "size": 2}, {"path": "log", "size": 7}]
         assert storage.size("j1", "log") == 7
+
+    def test_every_written_file_has_its_checksum_recorded(self, storage: JobStorage) -> None:
+        storage.put("j1", "a", b"one")
+        w = storage.writer("j1", "outputs/big.bin")
+        for i in range(3):
+            w.write(bytes([i]) * 1000)
+        size, digest = w.commit()
+        content = b"".join(bytes([i]) * 1000 for i in range(3))
+        assert (size, digest) == (3000, hashlib.sha256(content).hexdigest())
+        assert storage.stat("j1", "outputs/big.bin") == (3000, digest)
+        assert storage.listdir("j1") == [
+            {"path": "a", "size": 3, "sha256": hashlib.sha256(b"one").hexdigest()},
+            {"path": "outputs/big.bin", "size": 3000, "sha256": digest},
+        ]
+        storage.put("j1", "a", b"three")  # rewritten: the new content's sum
+        assert storage.stat("j1", "a") == (5, hashlib.sha256(b"three").hexdigest())
+
+    def test_a_log_grown_by_appends_claims_no_stale_checksum(self, storage: JobStorage) -> None:
+        storage.append("j1", "log", 0, b"abc")
+        storage.append("j1", "log", 3, b"def")
+        size, digest = storage.stat("j1", "log")
+        assert size == 6
+        assert digest in (None, hashlib.sha256(b"abcdef").hexdigest())
+
+    def test_writer_refuses_the_checksum_names(self, storage: JobStorage) -> None:
+        with pytest.raises(ValidationError, match="path"):
+            storage.writer("j1", "a.skyport-sha256")
+
+    def test_a_file_is_read_in_ranges_and_chunks(self, storage: JobStorage) -> None:
+        data = bytes(range(256)) * 40
+        storage.put("j1", "f", data)
+        assert b"".join(storage.iter_range("j1", "f", chunk=100)) == data
+        assert all(len(c) <= 100 for c in storage.iter_range("j1", "f", chunk=100))
+        assert b"".join(storage.iter_range("j1", "f", 1000, chunk=300)) == data[1000:]
+        assert b"".join(storage.iter_range("j1", "f", 10, 20)) == data[10:20]
+        with pytest.raises(NotFoundError):
+            storage.stat("j1", "nothing")
 
     def test_append_in_order(self, storage: JobStorage) -> None:
         assert storage.append("j1", "logs/stdout", 0, b"line 1\n") == 7
@@ -154,7 +193,7 @@ class TestStorageConformance:
                 with pytest.raises(ValidationError, match="relative path inside the job's pre"):
                     call(rel)
         assert storage.get("j2", "x") == b"secret"
-        assert storage.listdir("j1") == []
+        assert _plain(storage.listdir("j1")) == []
 
     def test_job_ids_that_escape_are_refused(self, storage: JobStorage) -> None:
         storage.put("j2", "x", b"secret")
@@ -169,12 +208,12 @@ class TestStorageConformance:
         n = storage.copy_in("j1", _file(input_file), "alice", "inputs/mesh.dat")
         assert n == 600
         assert storage.get("j1", "inputs/mesh.dat") == input_file.read_bytes()
-        assert storage.listdir("j1") == [{"path": "inputs/mesh.dat", "size": 600}]
+        assert _plain(storage.listdir("j1")) == [{"path": "inputs/mesh.dat", "size": 600}]
 
     def test_copy_in_missing_url(self, storage: JobStorage, tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="cannot read input"):
             storage.copy_in("j1", _file(tmp_path / "no-such-file"), "alice", "inputs/x")
-        assert storage.listdir("j1") == []
+        assert _plain(storage.listdir("j1")) == []
 
     def test_copy_in_refuses_an_escaping_target(
         self, storage: JobStorage, input_file: Path
@@ -188,11 +227,16 @@ class TestStorageConformance:
         storage.put("j1", "a", b"1")
         # its own client (and listings cache), as another process would have
         other = JobStorage(storage.url, {**_options(storage), "skip_instance_cache": True})
-        assert other.listdir("j1") == [{"path": "a", "size": 1}]
+        assert _plain(other.listdir("j1")) == [{"path": "a", "size": 1}]
         other.append("j1", "log", 0, b"xyz")
         storage.put("j1", "a", b"22")
         assert other.get("j1", "a") == b"22"
         assert storage.get("j1", "log") == b"xyz"
+
+
+def _plain(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A listing without its checksums (tested on their own below)."""
+    return [{"path": f["path"], "size": f["size"]} for f in listed]
 
 
 def _options(storage: JobStorage) -> dict[str, Any]:
@@ -215,7 +259,9 @@ def test_file_storage_layout(tmp_path: Path) -> None:
     storage = JobStorage(tmp_path.as_uri() + "/")
     storage.put("j1", "out/x", b"data")
     assert (tmp_path / "jobs" / "j1" / "out" / "x").read_bytes() == b"data"
-    assert [p.name for p in (tmp_path / "jobs" / "j1" / "out").iterdir()] == ["x"]
+    # the file and its checksum record, nothing else
+    assert sorted(p.name for p in (tmp_path / "jobs" / "j1" / "out").iterdir()) == [
+        "x", "x.skyport-sha256"]
 
 
 def _file(path: Path) -> InputSource:

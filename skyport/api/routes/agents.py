@@ -6,12 +6,14 @@ See ``skyport/agent/PROTOCOL.md`` for the conversation; the bodies are in
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from skyport.api.deps import Bearer
+from skyport.api.files import ranged_download, streamed_upload
 from skyport.checkpoint import LATEST
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
@@ -19,6 +21,7 @@ from skyport.errors import PermissionDeniedError, ValidationError
 from skyport.models import Job
 from skyport.protocol import (
     ExitBody,
+    FileEntry,
     HeartbeatAnswer,
     HelloAnswer,
     HelloBody,
@@ -57,32 +60,41 @@ def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
     @r.post("/exit")
     async def agent_exit(job_id: str, body: ExitBody, token: Bearer) -> Job:
         return await core.execute(
-            c.AgentExit(job_id, token, body.exit_code, body.timed_out, body.reason))
+            c.AgentExit(job_id, token, body.exit_code, body.timed_out, body.reason,
+                        tuple(body.output_problems)))
 
     @r.get("/inputs")
     async def agent_inputs(job_id: str, token: Bearer) -> list[str]:
         await core.execute(c.AgentAuth(job_id, token))
         return [f["path"] for f in storage.listdir(job_id) if f["path"].startswith("inputs/")]
 
+    @r.get("/files")
+    async def agent_files(job_id: str, token: Bearer) -> list[FileEntry]:
+        await core.execute(c.AgentAuth(job_id, token))
+        listed = await anyio.to_thread.run_sync(storage.listdir, job_id)
+        return [FileEntry.model_validate(f) for f in listed
+                if any(f["path"] == p or (p.endswith("/") and f["path"].startswith(p))
+                       for p in AGENT_READABLE)]
+
     @r.get("/files/{path:path}")
-    async def agent_get(job_id: str, path: str, token: Bearer) -> Response:
+    async def agent_get(job_id: str, path: str, request: Request,
+                        token: Bearer) -> StreamingResponse:
         await core.execute(c.AgentAuth(job_id, token))
         _check_prefix(path, AGENT_READABLE)
-        return Response(storage.get(job_id, path), media_type="application/octet-stream")
+        return await ranged_download(storage, job_id, path, request.headers.get("range"))
 
     @r.put("/files/{path:path}")
     async def agent_put(job_id: str, path: str, request: Request, token: Bearer) -> SizeAnswer:
+        # streamed to storage whatever its size (the body limit exempts this route)
         await core.execute(c.AgentAuth(job_id, token))
         _check_prefix(path, AGENT_WRITABLE)
         check_agent_checkpoint_path(path)  # latest.json is the server's alone
-        data = await request.body()
-        storage.put(job_id, path, data)
+        size, digest = await streamed_upload(storage, job_id, path, request)
         if is_result_path(path):
             # stored first, then its digest: bytes without a recorded digest are never
             # unpickled (result()), so a token revoked in between leaves no result at all
-            await core.execute(c.AgentResultStored(job_id, token, path,
-                                                   hashlib.sha256(data).hexdigest()))
-        return SizeAnswer(size=len(data))
+            await core.execute(c.AgentResultStored(job_id, token, path, digest))
+        return SizeAnswer(size=size, sha256=digest)
 
     @r.post("/logs/{stream}")
     async def agent_log(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from skyport.api.deps import User
+from skyport.api.files import ranged_download
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
 from skyport.models import Job, JobState, SubmitRequest
@@ -114,9 +116,10 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
         return [FileEntry.model_validate(f) for f in storage.listdir(job_id)]
 
     @r.get("/jobs/{job_id}/files/{path:path}")
-    async def file(job_id: str, path: str, who: User) -> Response:
+    async def file(job_id: str, path: str, request: Request, who: User) -> StreamingResponse:
+        """One stored file, streamed; ``Range: bytes=N-`` resumes an interrupted fetch."""
         await core.execute(c.GetJob(who, job_id))
-        return Response(storage.get(job_id, path), media_type="application/octet-stream")
+        return await ranged_download(storage, job_id, path, request.headers.get("range"))
 
     @r.get("/status")
     async def status(who: User) -> StatusView:

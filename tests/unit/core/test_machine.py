@@ -33,6 +33,7 @@ from skyport.core.messages import (
     IdleNext,
     Impossible,
     Instruction,
+    Note,
     Planned,
     Preempted,
     Provision,
@@ -192,6 +193,27 @@ def test_exit_ends_the_job_revokes_its_token_and_deletes_the_cluster(
     assert only(out, DeleteCluster) == DeleteCluster("local", "a-0")
     assert only(out, Released).job.id == "a" and Replan() in out
     assert "a" not in m.live
+
+
+def test_exit_code_zero_with_an_output_problem_ends_the_job_failed() -> None:
+    m = machine()
+    out = m.handle(AgentExited(running(m), 0, False, "", output_problems=(
+        "outputs not saved: out.bin (the disk is full)",)), T0)
+    assert transitions(out) == [("a", S.FAILED)]
+    final = [i for i in out if isinstance(i, Transition)][-1]
+    assert final.reason == "outputs not saved: out.bin (the disk is full)"
+    assert final.fields == {"exit_code": 0, "token_hash": None}
+    assert only(out, DeleteCluster) == DeleteCluster("local", "a-0")  # after the upload ended
+
+
+def test_staging_progress_is_a_note_not_a_transition() -> None:
+    m = machine()
+    job = running(m).model_copy(update={"state": S.STAGING_OUT})
+    assert m.handle(AgentState(job, S.STAGING_OUT, "staged out 1.2 GB of 3.4 GB"), T0) == [
+        Note("a", "staged out 1.2 GB of 3.4 GB")]
+    staging_in = job.model_copy(update={"state": S.STAGING_IN})
+    assert m.handle(AgentState(staging_in, S.STAGING_IN, "staged in 1 B of 2 B"), T0) == [
+        Note("a", "staged in 1 B of 2 B")]
 
 
 def test_exit_of_a_job_already_over_changes_nothing() -> None:
