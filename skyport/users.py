@@ -124,13 +124,16 @@ class UserRegistry:
     @contextmanager
     def _editing(self) -> Iterator[_File]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{REGISTRY_FILE}.lock"), "a") as lock:
+        # the control plane's own files: readable by it alone, whoever's umask wrote them
+        lock_fd = os.open(self.path.with_name(f".{REGISTRY_FILE}.lock"),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(lock_fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two `skyport user` at once: one after the other
             data = _File.model_validate_json(self.path.read_bytes()) \
                 if self.path.exists() else _File()
             yield data
             tmp = self.path.with_name(f".{REGISTRY_FILE}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(data.model_dump_json(indent=1) + "\n")
                 f.flush()

@@ -32,7 +32,6 @@ from pathlib import Path
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.checkpointer import Checkpointer
 from skyport.agent.client import AgentClient
-from skyport.agent.isolation import resolves_inside
 from skyport.agent.launchrun import LaunchRunner
 from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult

@@ -12,8 +12,8 @@ import click
 
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
-from skyport.errors import ValidationError
 from skyport.cli.progress import ProgressBars
+from skyport.errors import ValidationError
 from skyport.models import Job, JobState
 from skyport.options import OPTIONS, input_url
 from skyport.script import build_spec, cli_directives
