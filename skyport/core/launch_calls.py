@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from skyport.core.launches import LaunchRegistry
-from skyport.errors import ConflictError
+from skyport.errors import ConflictError, PermissionDeniedError
 from skyport.models import Job
 from skyport.store import JobStore
 
@@ -78,8 +78,12 @@ class LaunchDesk:
             return {"start": [], "cancel": [], "stop": True}
         reg = self.launches
         await self._launch_wait(job_id, lambda: reg.has_work(job_id, node), wait_s)
-        job = self.store.get(job_id, events=False)
-        if job.state.is_terminal():
+        # checked again after the wait: the attempt this poll began in may be over (a
+        # requeue revokes its token), and its agent must not claim the next attempt's
+        # launches (they would never run)
+        try:
+            await self._launch_job(job_id, token)
+        except (ConflictError, PermissionDeniedError):
             return {"start": [], "cancel": [], "stop": True}
         answer = reg.claim(job_id, node)
         if answer["start"] or answer["cancel"]:

@@ -258,3 +258,24 @@ def test_a_queued_job_that_no_gate_can_hold_any_more_is_ended(tmp_path: Path) ->
         await core.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_long_poll_of_an_ended_attempt_never_claims_the_next_attempts_launch(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        core = service(tmp_path, gate)
+        await core.start()
+        job_id, old = await running_job(core, gate)
+        polling = asyncio.ensure_future(core.agent_launch_poll(job_id, old, 0, 5.0))
+        await asyncio.sleep(0.05)  # the old attempt's node 0 waits for work
+        new = "next-attempt-token"
+        core.store.update(job_id, token_hash=tokens.hash_token(new))  # a requeue's new attempt
+        launch = await core.agent_launch_create(job_id, new, 0, ["hydra_pmi_proxy"], {}, "/")
+        answer = await asyncio.wait_for(polling, 10)
+        assert answer == {"start": [], "cancel": [], "stop": True}
+        claimed = await core.agent_launch_poll(job_id, new, 0, 0.0)
+        assert [o["launch_id"] for o in claimed["start"]] == [launch["launch_id"]]
+        await core.stop()
+
+    asyncio.run(scenario())
