@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +30,13 @@ def _wait_state(client, job_id: str, state: JobState, timeout: float = 60) -> No
 
 
 @pytest.mark.parametrize("how", ["stop", "sigkill"])
-def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how: str,
-                                                        tmp_path) -> None:
+def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how: str) -> None:
     cp = fresh_controlplane()
-    # the running job runs until the test says so, however slow a loaded machine is
-    go_on = tmp_path / "go-on"
+    # the running job runs until the test says so, however slow a loaded machine is; the
+    # payload runs as a user of its own, so the signal file is where that user can look
+    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/tmp"))
+    signals.chmod(0o755)
+    go_on = signals / "go-on"
     with cp.client() as c:
         done = c.submit(build_spec("#!/bin/bash\necho finished-before\n"))
         assert c.wait(done.id, timeout=60).state == JobState.SUCCEEDED
@@ -66,3 +71,4 @@ def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how:
             (e.state.value, e.reason) for e in first.events]
         assert second.started_at >= first.ended_at
     assert processes_of_job(running.id) == []
+    shutil.rmtree(signals, ignore_errors=True)
