@@ -121,7 +121,9 @@ def test_cancel_kills_agents_and_removes_the_placement_group(
         assert "STRICT_SPREAD" in info.reason
         agents = [n.details["pid"] for n in info.nodes]
         assert len(agents) == 2 and all(_running(p) for p in agents)
-        assert processes_of_job(job.id)  # the payload runs
+        # the payload runs (its sandbox execs it a moment after the agent says RUNNING)
+        _wait_for("the payload's processes", lambda: processes_of_job(job.id) != [],
+                  timeout=30)
         admin.cancel(job.id)
         assert admin.wait(job.id, timeout=60).state == JobState.CANCELLED
     _wait_for("no process of the job", lambda: processes_of_job(job.id) == [], timeout=30)

@@ -43,13 +43,16 @@ def test_append_rewrites_the_object(prefix: str, options: dict[str, Any]) -> Non
     fs = raw(options)
     key = f"{prefix}/jobs/j1/logs/stdout"
     assert fs.cat_file(key) == b"".join(chunks)
-    assert fs.find(f"{prefix}/jobs/j1") == [key]  # no ".part" object left behind
+    # no ".part" object left behind; the rewrite recorded the checksum of the whole
+    assert fs.find(f"{prefix}/jobs/j1") == [key, key + ".skyport-sha256"]
 
 
 def test_put_leaves_no_temporary_object(prefix: str, options: dict[str, Any]) -> None:
     storage = JobStorage(f"s3://{prefix}/", options)
     storage.put("j1", "out/result.bin", b"\x00" * 1000)
-    assert raw(options).find(f"{prefix}/jobs/j1") == [f"{prefix}/jobs/j1/out/result.bin"]
+    # the file and the record of its checksum, nothing else
+    assert raw(options).find(f"{prefix}/jobs/j1") == [
+        f"{prefix}/jobs/j1/out/result.bin", f"{prefix}/jobs/j1/out/result.bin.skyport-sha256"]
 
 
 def test_listing_is_fresh_across_clients(prefix: str, options: dict[str, Any]) -> None:
@@ -60,13 +63,13 @@ def test_listing_is_fresh_across_clients(prefix: str, options: dict[str, Any]) -
     assert b.size("j1", "log") == 0
     a.append("j1", "log", 0, b"abc")
     a.put("j1", "f", b"1")
-    assert b.listdir("j1") == [{"path": "f", "size": 1}, {"path": "log", "size": 3}]
+    assert [(f["path"], f["size"]) for f in b.listdir("j1")] == [("f", 1), ("log", 3)]
     assert b.size("j1", "log") == 3
     a.append("j1", "log", 3, b"def")
     assert b.read_from("j1", "log", 0) == b"abcdef"
     assert b.append("j1", "log", 6, b"g") == 7
     assert a.get("j1", "log") == b"abcdefg"
-    assert a.listdir("j1") == [{"path": "f", "size": 1}, {"path": "log", "size": 7}]
+    assert [(f["path"], f["size"]) for f in a.listdir("j1")] == [("f", 1), ("log", 7)]
 
 
 def test_copy_in_from_s3(
