@@ -12,6 +12,7 @@ not break an older client); request bodies are strict (``extra="forbid"``).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, escape_controls
 
 __all__ = [
+    "MAX_BUDGET",
+    "BudgetBody",
+    "BudgetView",
+    "CostRowView",
+    "CostView",
     "CapacityView",
     "CheckpointFile",
     "CheckpointOpened",
@@ -448,3 +454,48 @@ class BootstrapExchangeAnswer(Answer):
     job_id: str
     node_rank: int
     token: str
+
+
+# -- budgets and costs: /v1/budgets, /v1/cost (skyport.core.budgets) -------------------------
+
+MAX_BUDGET = 1e12  # no budget is larger: sums of prices stay exact enough to compare
+
+
+class BudgetBody(Body):
+    """``PUT /v1/budgets/{user}``: what the user may spend per period (admins only)."""
+
+    limit: float = Field(ge=0, le=MAX_BUDGET, allow_inf_nan=False)
+    period: Literal["month", "week", "total"] = "month"
+
+
+class BudgetView(Answer):
+    """One user's budget now; ``limit`` None: no budget (nothing waits for money)."""
+
+    user: str
+    limit: float | None = None
+    period: Literal["month", "week", "total"] | None = None
+    since: datetime | None = None  # the current period's start (UTC); None: ever
+    spent: float = 0.0  # in the current period (no budget: this calendar month)
+    committed: float = 0.0  # what live jobs may still cost at worst
+    remaining: float | None = None
+    waiting: list[str] = Field(default_factory=list)  # queued jobs waiting for budget
+    set_by: str | None = None
+    set_at: datetime | None = None
+
+
+class CostRowView(Answer):
+    key: str  # the gate, the user or the UTC day (YYYY-MM-DD)
+    cost: float
+    node_hours: float
+    jobs: int
+
+
+class CostView(Answer):
+    """``GET /v1/cost``: what clusters cost while jobs ran, grouped."""
+
+    by: Literal["gate", "user", "day"]
+    user: str | None = None  # None: every user's (admins)
+    since: datetime | None = None
+    until: datetime
+    rows: list[CostRowView] = Field(default_factory=list)
+    total: float = 0.0

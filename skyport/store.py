@@ -76,6 +76,13 @@ CREATE TABLE IF NOT EXISTS open_checkpoints (
     job_id TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS budgets (
+    owner TEXT PRIMARY KEY,
+    amount REAL NOT NULL,
+    period TEXT NOT NULL,
+    set_by TEXT NOT NULL DEFAULT '',
+    set_at REAL NOT NULL DEFAULT 0
+);
 """
 
 _UPDATABLE = {
@@ -329,6 +336,46 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM warm_clusters ORDER BY since").fetchall()
         return [WarmCluster(**{**dict(r), "idle_hashes": tuple(json.loads(r["idle_hashes"]))})
                 for r in rows]
+
+    # -- budgets (skyport.core.budgets) ----------------------------------------
+
+    def set_budget(self, owner: str, amount: float, period: str, set_by: str,
+                   set_at: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO budgets (owner, amount, period, set_by, set_at)"
+                       " VALUES (?, ?, ?, ?, ?)", (owner, amount, period, set_by, set_at))
+
+    def budgets(self) -> dict[str, dict[str, Any]]:
+        """Every user's budget: owner -> {amount, period, set_by, set_at}."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM budgets").fetchall()
+        return {r["owner"]: dict(r) for r in rows}
+
+    def ran(self, *, owner: str | None = None,
+            since: datetime | None = None) -> builtins.list[Job]:
+        """Jobs that have run and had not ended before ``since``, with their events.
+
+        What a cost is computed from (``skyport.core.budgets.running_spans``).
+        """
+        where = ["j.started_at IS NOT NULL"]
+        args: builtins.list[Any] = []
+        if owner is not None:
+            where.append("j.owner = ?")
+            args.append(owner)
+        if since is not None:
+            where.append("(j.ended_at IS NULL OR j.ended_at >= ?)")
+            args.append(_ts(since))
+        cond = " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(f"SELECT j.* FROM jobs j WHERE {cond} ORDER BY j.seq",
+                                    args).fetchall()
+            evs: dict[str, builtins.list[Event]] = {}
+            for r in self._db.execute(
+                    f"SELECT e.job_id, e.time, e.state, e.reason FROM events e JOIN jobs j"
+                    f" ON e.job_id = j.id WHERE {cond} ORDER BY e.job_id, e.n", args):
+                evs.setdefault(r["job_id"], []).append(Event(
+                    time=_dt(r["time"]), state=JobState(r["state"]), reason=r["reason"]))
+        return [self._job(r, evs.get(r["id"], [])) for r in rows]
 
     # -- reads --------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from skyport.api.audit import AuditLog
 from skyport.api.deps import User
 from skyport.api.routes.agents import agents_router
 from skyport.api.routes.bootstrap import bootstrap_router
+from skyport.api.routes.budgets import budgets_router
 from skyport.api.routes.checkpoints import checkpoints_router
 from skyport.api.routes.idle import idle_router
 from skyport.api.routes.jobs import jobs_router
@@ -160,6 +161,7 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
     app.include_router(idle_router(port))
     app.include_router(uploads_router(storage))
     app.include_router(bootstrap_router(port))
+    app.include_router(budgets_router(port))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",),
                        streamed_re=r"^/agent/v1/jobs/[^/]+/files/")
     if audit_log is not None:

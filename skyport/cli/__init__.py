@@ -1,14 +1,14 @@
 """The ``skyport`` console command (click), built on the Python client.
 
 One module per group of commands: ``jobs`` (submit, jobs, show, logs, wait,
-cancel, fetch), ``cluster`` (status, gates, timetable), ``admin`` (init,
-start, stop, user add, whoami); ``app`` holds what they share and
+cancel, fetch), ``cluster`` (status, gates, timetable), ``budget`` (budget,
+cost), ``admin`` (init, start, stop, user add, whoami); ``app`` holds what they share and
 ``render``/``plot`` draw tables and charts.
 """
 
 from __future__ import annotations
 
-from skyport.cli import admin, cluster, jobs, launch, recovery  # noqa: F401  (they register the commands)
+from skyport.cli import admin, budget, cluster, jobs, launch, recovery  # noqa: F401  (they register the commands)
 from skyport.cli.app import cli
 
 

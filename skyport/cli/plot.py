@@ -9,6 +9,7 @@ from pathlib import Path
 from skyport.cli.render import GanttEntry, as_datetime
 from skyport.errors import ValidationError
 from skyport.models import JobState
+from skyport.protocol import CostView
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -23,6 +24,42 @@ def _kind(state: str) -> str:
     if js.is_terminal():
         return "done"
     return "active" if js.has_cluster() else "planned"
+
+
+def _checked(path: str | Path) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in PICTURE_SUFFIXES:
+        allowed = "a file ending in " + ", ".join(PICTURE_SUFFIXES)
+        raise ValidationError("--output", str(path), allowed)
+    return out
+
+
+def write_cost_picture(report: CostView, path: str | Path) -> Path:
+    """One bar per gate, user or day of a cost report (``skyport cost --output``)."""
+    out = _checked(path)
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    keys = [r.key for r in report.rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(keys) + 2.0), 4.0))
+    try:
+        ax.bar(range(len(keys)), [r.cost for r in report.rows], color=_COLORS["active"],
+               edgecolor="black", linewidth=0.5)
+        ax.set_xticks(range(len(keys)), keys, rotation=45 if len(keys) > 6 else 0,
+                      ha="right" if len(keys) > 6 else "center")
+        whose = f"user {report.user}" if report.user else "every user"
+        since = report.since.strftime("%Y-%m-%d") if report.since else "ever"
+        ax.set_title(f"Sky Port cost of {whose} since {since}, by {report.by} "
+                     f"(total {report.total:.2f})")
+        ax.set_ylabel("cost")
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out
 
 
 def write_gantt_picture(

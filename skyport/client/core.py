@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import ssl
 import time
@@ -49,11 +50,14 @@ from skyport.errors import (
 )
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, check_relative_path
 from skyport.protocol import (
+    MAX_BUDGET,
+    BudgetView,
     CancelAnswer,
     CancelRequest,
     CheckpointOpened,
     CheckpointsView,
     ClusterView,
+    CostView,
     ErrorBody,
     FileEntry,
     GateView,
@@ -436,6 +440,28 @@ class Client:
     def clusters(self) -> list[ClusterView]:
         """Every gate's clusters (yours; an admin's: all) with job, age, state, cost so far."""
         return self.call("GET", "/v1/clusters", list[ClusterView])
+
+    def budget(self, user: str | None = None) -> BudgetView:
+        """Your budget (admins: ``user``'s): limit, period, spent, committed, remaining."""
+        return self.call("GET", "/v1/budget", BudgetView,
+                         params={} if user is None else {"user": user})
+
+    def set_budget(self, user: str, limit: float, period: str = "month") -> BudgetView:
+        """Admins: what ``user`` may spend per ``period`` (``month``, ``week`` or ``total``)."""
+        if not isinstance(limit, int | float) or not math.isfinite(limit):
+            # JSON cannot carry it: said here in the server's words
+            raise ValidationError("limit", limit, f"a finite amount from 0 to {MAX_BUDGET:g}")
+        if not user or "/" in user or user in (".", ".."):
+            raise ValidationError("user", user, "a user name such as 'skyport user list' shows")
+        return self.call("PUT", f"/v1/budgets/{quote(user, safe='')}", BudgetView,
+                         json={"limit": limit, "period": period})
+
+    def cost(self, user: str | None = None, since: str | None = None,
+             by: str = "gate") -> CostView:
+        """What clusters cost while jobs ran since ``since`` (default: this month), grouped."""
+        params = {"by": by, **({"user": user} if user else {}),
+                  **({"since": since} if since else {})}
+        return self.call("GET", "/v1/cost", CostView, params=params)
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Job:
         """Block until the job is terminal and return it.

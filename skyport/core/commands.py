@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from skyport.models import JobSpec, JobState
 from skyport.pki import Identity
@@ -186,6 +186,42 @@ class DebugPreempt(Command):
     who: Identity
     job_id: str
     notice_s: float
+
+
+# -- budgets and costs: handled by the Core's budget desk (skyport.core.budget_desk) -------
+
+
+@dataclass(frozen=True)
+class BudgetCommand(Command):
+    """``handler`` names a ``BudgetDesk`` coroutine method (``CoreService.budgets``)."""
+
+    async def run(self, service: Any) -> Any:
+        return await getattr(service.budgets, self.handler)(**self.args())
+
+
+@dataclass(frozen=True)
+class SetBudget(BudgetCommand):
+    handler = "set_budget"
+    who: Identity
+    user: str
+    limit: float
+    period: str
+
+
+@dataclass(frozen=True)
+class GetBudget(BudgetCommand):
+    handler = "budget_view"
+    who: Identity
+    user: str | None
+
+
+@dataclass(frozen=True)
+class CostReport(BudgetCommand):
+    handler = "cost_report"
+    who: Identity
+    user: str | None
+    since: str | None
+    by: Literal["gate", "user", "day"]
 
 
 # -- agents (the job's bearer token) ---------------------------------------------------

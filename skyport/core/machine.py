@@ -58,6 +58,7 @@ from skyport.core.messages import (
     Impossible,
     Instruction,
     Note,
+    OverBudget,
     Planned,
     Preempted,
     Provision,
@@ -437,6 +438,14 @@ class JobMachine:
         if ev.job.state != S.QUEUED:
             return []
         return [Transition(ev.job.id, S.CANCELLED, f"can never run: {ev.reason}",
+                           {"token_hash": None})]
+
+    def _on_OverBudget(self, ev: OverBudget, now: float) -> list[Instruction]:
+        """A queued job the budget can never hold (the limit was lowered under it) ends;
+        one already on a cluster committed its cost when it started and runs on."""
+        if ev.job.state != S.QUEUED:
+            return []
+        return [Transition(ev.job.id, S.CANCELLED, f"over budget: {ev.reason}",
                            {"token_hash": None})]
 
     def _on_CheckpointAsked(self, ev: CheckpointAsked, now: float) -> list[Instruction]:

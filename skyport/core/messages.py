@@ -160,6 +160,14 @@ class Impossible:
 
 
 @dataclass(frozen=True)
+class OverBudget:
+    """The owner's budget can never hold the queued job (``skyport.core.budgets``)."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
 class IdleNext:
     cluster_id: str
     credential: str = field(repr=False)
@@ -284,4 +292,4 @@ Instruction = (Transition | Update | Note | PutWarm | DropWarm | SaveCheckpoint 
 Event = (Started | Planned | ProvisionReady | ClusterCreated | CreateFailed | AgentHello
          | Heartbeat | AgentState | AgentExited | CancelAsked | CheckpointAsked
          | CheckpointPart | RequeueAsked | CancelAfterCheckpoint | Preempted | IdleNext | Tick
-         | HoldAsked | Impossible | ResultStored)
+         | HoldAsked | Impossible | ResultStored | OverBudget)

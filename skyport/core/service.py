@@ -32,6 +32,8 @@ from typing import Any, Protocol
 from skyport import tokens
 from skyport.checkpoint import LATEST
 from skyport.config import InputPolicy, SubmitLimits
+from skyport.core.budget_desk import BudgetDesk
+from skyport.core.budgets import BUDGET
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
 from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
@@ -56,6 +58,7 @@ from skyport.core.messages import (
     Impossible,
     Instruction,
     Note,
+    OverBudget,
     Planned,
     Preempted,
     Provision,
@@ -190,6 +193,7 @@ class CoreService:
         self._idle_events: dict[str, asyncio.Event] = {}
         self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
+        self.budgets = BudgetDesk(store, gates, self._dirty.set)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
                                self.started_at, lambda: {"passes": self._passes},
                                self._wait_reason)
@@ -384,6 +388,7 @@ class CoreService:
     # -- user calls ---------------------------------------------------------------------
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
+        await self.budgets.check_submit(who.username, spec)
         return await self.intake.submit(who, spec, payload_b64)
 
     def _visible(self, who: Identity, job_id: str) -> Job:
@@ -462,6 +467,8 @@ class CoreService:
             return None
         if job.held:
             return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
+        if job.id in self.budgets.waiting:
+            return BUDGET, self.budgets.waiting[job.id]
         failed = self.machine.failed_gates(job.id)
         usable = {job.spec.gate} if job.spec.gate else set(self.gates)
         sick = self._sick & usable
@@ -743,6 +750,12 @@ class CoreService:
         gates = sorted(self.gates)
         self._sick = {g for g in gates} - {p.name for p in pools}
         queued = [j for j in self.store.list(states=[S.QUEUED]) if not j.held]
+        queued, over = await self.budgets.admit(queued, now)  # the rest wait for money
+        for job_id, why in over:
+            try:
+                self._run(OverBudget(self._job(job_id), why))
+            except NotFoundError:
+                continue
         snapshot = build_snapshot(
             now,
             queued,
