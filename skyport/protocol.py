@@ -464,7 +464,7 @@ MAX_BUDGET = 1e12  # no budget is larger: sums of prices stay exact enough to co
 class BudgetBody(Body):
     """``PUT /v1/budgets/{user}``: what the user may spend per period (admins only)."""
 
-    limit: float = Field(ge=0, le=MAX_BUDGET, allow_inf_nan=False)
+    limit: float = Field(ge=0, le=MAX_BUDGET, allow_inf_nan=False, strict=True)  # no "5", no true
     period: Literal["month", "week", "total"] = "month"
 
 

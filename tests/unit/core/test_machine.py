@@ -34,6 +34,7 @@ from skyport.core.messages import (
     Impossible,
     Instruction,
     Note,
+    OverBudget,
     Planned,
     Preempted,
     Provision,
@@ -741,6 +742,14 @@ def test_a_job_that_can_never_run_is_cancelled_with_the_reason() -> None:
     assert out == [Transition("a", S.CANCELLED, "can never run: procs=9 exceeds 8",
                               {"token_hash": None})]
     assert machine().handle(Impossible(make_job(S.RUNNING), "x"), T0) == []
+
+
+def test_a_queued_job_its_budget_can_never_hold_is_cancelled_a_running_one_runs_on() -> None:
+    why = "its worst case 6.00 is more than alice's whole budget of 5.00 per month"
+    out = machine().handle(OverBudget(make_job(), why), T0)
+    assert out == [Transition("a", S.CANCELLED, f"over budget: {why}", {"token_hash": None})]
+    for state in (S.RUNNING, S.SCHEDULED, S.CANCELLED):  # its cost was committed at its start
+        assert machine().handle(OverBudget(make_job(state), why), T0) == []
 
 
 def test_a_job_whose_gate_was_removed_is_ended_at_restart() -> None:
