@@ -48,6 +48,7 @@ log = logging.getLogger("skyport.core")
 S = JobState
 _LIVE = [s for s in S if not s.is_terminal() and s != S.QUEUED]
 _USER_RE = re.compile(USERNAME_PATTERN)
+_LAST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 
 
 def _when(ts: float | None) -> datetime | None:
@@ -209,12 +210,18 @@ def _visible_user(who: Identity, user: str | None, what: str) -> str:
 
 def _parse_since(text: str) -> float:
     """A date (``2026-12-01``, midnight UTC) or an ISO time (UTC unless it says)."""
+    allowed = ("a date (YYYY-MM-DD) or an ISO time (YYYY-MM-DDTHH:MM[:SS][+HH:MM]) "
+               "from 1970 to 9998")
     try:
         if len(text) == 10:
             d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValidationError("since", text[:64], "a date (YYYY-MM-DD) or an ISO time "
-                              "(YYYY-MM-DDTHH:MM[:SS][+HH:MM])") from None
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+            t = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        else:
+            t = datetime.fromisoformat(text)
+            t = t if t.tzinfo else t.replace(tzinfo=UTC)
+        when = t.timestamp()
+    except (ValueError, OverflowError):
+        raise ValidationError("since", text[:64], allowed) from None
+    if not 0 <= when < _LAST:  # every time shown back must be a datetime again
+        raise ValidationError("since", text[:64], allowed)
+    return when

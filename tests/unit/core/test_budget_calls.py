@@ -154,8 +154,10 @@ def test_another_users_budget_and_costs_are_refused(cp: TestControlPlane) -> Non
         alice.cost(user="bob")
     assert alice.cost().user == "alice"  # a user's report is their own by default
     assert admin.cost().user is None and admin.budget("bob").limit == 7.0
-    with pytest.raises(ValidationError, match="invalid since"):
-        alice.cost(since="last tuesday")
+    for since in ("last tuesday", "0001-01-01T00:00+05:00", "9999-12-31", "x" * 64):
+        with pytest.raises(ValidationError, match="invalid since"):
+            alice.cost(since=since)
+    assert alice.cost(since="1970-01-01").since is not None
     with pytest.raises(ValidationError):
         alice.cost(by="planet")
 
