@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from skyport.cli import cli
 from skyport.config import GateEntry
-from skyport.errors import PermissionDeniedError
+from skyport.errors import NotFoundError, PermissionDeniedError
 from skyport.models import Job, JobState
 from skyport.script import build_spec
 
@@ -61,6 +61,8 @@ def test_a_job_waits_for_budget_runs_when_raised_and_the_spend_survives_a_restar
         admin.set_budget("alice", 10)
         with pytest.raises(PermissionDeniedError):
             alice.set_budget("alice", 1000)
+        with pytest.raises(NotFoundError, match="no user 'nobody' is registered"):
+            admin.set_budget("nobody", 5)  # the registry is the API's: checked there
         first = alice.submit(build_spec(short)).id
         assert alice.wait(first, timeout=120).state == S.SUCCEEDED
         assert alice.budget().spent > 0
