@@ -14,6 +14,7 @@ import pytest
 
 from skyport import tokens
 from skyport.core.checkpoints import CHECKPOINT_TIMEOUT_S, OpenCheckpoint
+from skyport.core.dependencies import Upstream
 from skyport.core.machine import LOST_TAG, JobMachine, MachineSettings
 from skyport.core.messages import (
     AgentExited,
@@ -53,7 +54,6 @@ from skyport.core.messages import (
     WakeIdle,
     WriteLatest,
 )
-from skyport.core.dependencies import Upstream
 from skyport.errors import ConflictError, PermissionDeniedError, ValidationError
 from skyport.gate import ClusterInfo, NodeInfo
 from skyport.models import Job, JobSpec, JobState, Layout, Resources
