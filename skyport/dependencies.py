@@ -23,6 +23,7 @@ __all__ = ["ALLOWED", "KINDS", "Condition", "format_conditions", "parse_dependen
 
 KINDS = ("after", "afterany", "afterok", "afternotok", "singleton")
 MAX_IDS = 100  # job ids in one job's dependency, over all its conditions
+MAX_CHARS = 8192
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 ALLOWED = ("conditions joined by ',', each TYPE:JOBID[:JOBID...] with TYPE one of after, "
@@ -47,9 +48,12 @@ def parse_dependency(text: str) -> tuple[Condition, ...]:
     """
     if not isinstance(text, str) or not text:
         raise ValueError(f"an empty dependency: {ALLOWED}")
+    if len(text) > MAX_CHARS:
+        raise ValueError(f"{len(text)} characters: at most {MAX_CHARS}; {ALLOWED}")
     if "?" in text:
         raise ValueError(f"'?' (any of the conditions) is not offered: {ALLOWED}")
     merged: dict[str, list[str]] = {}
+    count = 0
     for part in text.split(","):
         kind, *ids = part.split(":")
         if kind not in KINDS:
@@ -63,9 +67,12 @@ def parse_dependency(text: str) -> tuple[Condition, ...]:
                 raise ValueError(f"{job_id!r} is not a job id (letters, digits, '_', '-'): "
                                  f"{ALLOWED}")
         known = merged.setdefault(kind, [])
-        known.extend(i for i in ids if i not in known)
-    if sum(len(ids) for ids in merged.values()) > MAX_IDS:
-        raise ValueError(f"more than {MAX_IDS} job ids: {ALLOWED}")
+        for job_id in ids:
+            if job_id not in known:
+                known.append(job_id)
+                count += 1
+                if count > MAX_IDS:  # before any more work
+                    raise ValueError(f"more than {MAX_IDS} job ids: {ALLOWED}")
     return tuple(Condition(k, tuple(merged[k])) for k in KINDS if k in merged)
 
 

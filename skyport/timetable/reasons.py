@@ -13,8 +13,9 @@ mean the same):
 * ``Unplanned``: it has no planned start this pass (past the number of jobs
   whose start is projected): it waits behind the ones that do.
 
-``Held``, ``Provisioning`` and ``GateUnhealthy`` are known only to the Core
-(a held flag, a job's state, a gate that did not answer), which adds them.
+``Held``, ``Dependency``, ``Provisioning`` and ``GateUnhealthy`` are known
+only to the Core (a held flag, the jobs a ``--dependency`` names, a job's
+state, a gate that did not answer), which adds them.
 """
 
 from __future__ import annotations

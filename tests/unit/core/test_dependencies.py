@@ -47,6 +47,7 @@ def test_conditions_are_merged_by_type_in_one_canonical_form() -> None:
     ("afterok:a/b", "'a/b' is not a job id"),
     ("afterok:1,,afterany:2", "unknown type ''"),
     ("afterok:" + ":".join(f"j{i}" for i in range(101)), "more than 100 job ids"),
+    ("afterok:" + "a" * 9000, "9008 characters: at most 8192"),
 ])
 def test_a_bad_dependency_is_refused_at_every_door_naming_what_is_allowed(text: str,
                                                                            says: str) -> None:
