@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from skyport.core.messages import UpstreamChanged
 from skyport.dependencies import Condition, parse_dependency, upstream_ids
@@ -32,8 +33,10 @@ from skyport.runtime.contract import (
     rank_result_path,
     upstream_input_name,
 )
-from skyport.storage import JobStorage
-from skyport.store import JobStore
+
+if TYPE_CHECKING:  # the verdicts, which the machine imports, need neither
+    from skyport.storage import JobStorage
+    from skyport.store import JobStore
 
 __all__ = ["DEPENDENCY", "DependencyDesk", "Upstream", "never_met", "waiting_for"]
 
@@ -216,7 +219,11 @@ class DependencyDesk:
                 raise refused
             ranks = up.spec.resources.nodes * up.spec.layout.ranks_per_node
             path = rank_result_path(0) if ranks > 1 else RESULT_STORED_AS
-            data = self.storage.get(job_id, path)
+            try:
+                data = self.storage.get(job_id, path)
+            except NotFoundError:
+                raise ValidationError("input", url, "the result of a function job of yours "
+                                      f"(job {job_id} stored none)") from None
             expected = up.result_digests.get(path)
             if expected is None or hashlib.sha256(data).hexdigest() != expected:
                 raise StorageError(f"the result of job {job_id} is not the one its run stored")

@@ -302,3 +302,46 @@ def test_a_failed_upstream_fails_result_with_upstream_in_the_message(
     with pytest.raises(JobFailedError, match=f"upstream job {a.id} failed") as info:
         b.result()
     assert info.value.state == "CANCELLED" and "ended FAILED" in str(info.value)
+
+
+def test_staging_checks_owner_state_and_digest_again(tmp_path: Path) -> None:
+    """What reached the store by a way other than submit still stages nothing it should not."""
+    import hashlib
+
+    from skyport.core.dependencies import DependencyDesk
+    from skyport.errors import StorageError
+    from skyport.runtime.contract import RESULT_STORED_AS
+    from skyport.storage import JobStorage
+
+    store = JobStore(tmp_path / "jobs.db")
+    storage = JobStorage((tmp_path / "storage").as_uri())
+    desk = DependencyDesk(store, storage)
+    outcome = b"pickled outcome"
+    for job_id, owner in (("up", "alice"), ("theirs", "bob")):
+        store.add(job_id, owner, spec())
+        storage.put(job_id, RESULT_STORED_AS, outcome)
+        store.update(job_id, result_digests={RESULT_STORED_AS: hashlib.sha256(outcome)
+                                             .hexdigest()})
+    store.add("down", "alice", spec().model_copy(update={
+        "inputs": (upstream_url("up"),), "dependency": "afterok:up"}))
+    store.add("sly", "alice", spec().model_copy(update={
+        "inputs": (upstream_url("theirs"),), "dependency": "afterok:theirs"}))
+    with pytest.raises(ValidationError, match="that SUCCEEDED"):
+        desk.stage_results(store.get("down"))  # up has not succeeded
+    for job_id in ("up", "theirs"):
+        store.transition(job_id, S.FAILED, "x")
+    with pytest.raises(ValidationError, match="your own jobs"):
+        desk.stage_results(store.get("sly"))  # another user's job, even one that ended
+    assert not storage.exists("sly", f"inputs/{upstream_input_name('theirs')}")
+    store2 = JobStore(tmp_path / "jobs2.db")  # a SUCCEEDED upstream whose bytes changed
+    store2.add("up", "alice", spec())
+    store2.add("down", "alice", store.get("down").spec)
+    for state in (S.SCHEDULED, S.PROVISIONING, S.STAGING_IN, S.RUNNING, S.STAGING_OUT,
+                  S.SUCCEEDED):
+        store2.transition("up", state, "x")
+    store2.update("up", result_digests={RESULT_STORED_AS: "0" * 64})
+    with pytest.raises(StorageError, match="not the one its run stored"):
+        DependencyDesk(store2, storage).stage_results(store2.get("down"))
+    store2.update("up", result_digests={RESULT_STORED_AS: hashlib.sha256(outcome).hexdigest()})
+    DependencyDesk(store2, storage).stage_results(store2.get("down"))
+    assert storage.get("down", f"inputs/{upstream_input_name('up')}") == outcome
