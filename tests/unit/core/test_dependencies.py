@@ -345,3 +345,26 @@ def test_staging_checks_owner_state_and_digest_again(tmp_path: Path) -> None:
     store2.update("up", result_digests={RESULT_STORED_AS: hashlib.sha256(outcome).hexdigest()})
     DependencyDesk(store2, storage).stage_results(store2.get("down"))
     assert storage.get("down", f"inputs/{upstream_input_name('up')}") == outcome
+
+
+@pytest.mark.parametrize("dependency", ["afterok:../x", "afterok:x?afterany:y", 123,
+                                        ["afterok:a"], "afterok:" + "a:" * 5000 + "a",
+                                        "afterok:BOBS"])
+def test_a_raw_request_with_a_bad_dependency_is_a_422_naming_it(
+        cp: TestControlPlane, dependency: object) -> None:
+    import httpx
+
+    from skyport.client.testing import BASE_URL
+
+    bobs = cp.client("bob").submit(spec()).id
+    if dependency == "afterok:BOBS":
+        dependency = f"afterok:{bobs}"
+    before = cp.store.count()
+    raw = httpx.Client(base_url=BASE_URL, transport=cp.client("alice")._http._transport)
+    answer = raw.post("/v1/jobs", json={"spec": {"script": "#!/bin/bash\ntrue\n",
+                                                 "dependency": dependency}})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()
+    assert error["error"] == "ValidationError" and "dependency" in error["message"]
+    assert bobs not in error["message"] or "your own jobs" in error["message"]
+    assert cp.store.count() == before
