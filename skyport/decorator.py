@@ -193,6 +193,12 @@ class JobHandle(Generic[R]):
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r}, state={self._job.state.value})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a connection cannot travel; a handle stands for its job's value only as a
+        # top-level argument of submit(), which puts a stand-in in its place
+        raise TypeError(f"job handle {self.id} can be passed to submit() only as a top-level "
+                        "argument (not inside a list, a dict or another object)")
+
     @property
     def id(self) -> str:
         return self._job.id

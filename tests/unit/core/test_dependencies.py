@@ -284,6 +284,8 @@ def test_a_handle_as_an_argument_passes_the_result(cp: TestControlPlane) -> None
     cp.run_function(c.id)
     with pytest.raises(JobFailedError, match="TypeError"):
         c.result()
+    with pytest.raises(ValidationError, match="only as a top-level argument"):
+        solve.submit([a])  # inside a list it would be the handle itself, connection and all
 
 
 def test_a_failed_upstream_fails_result_with_upstream_in_the_message(
