@@ -179,6 +179,10 @@ def _default_name(fn: Callable[..., Any]) -> str:
     return name if NAME_RE.match(name) else "function"
 
 
+# the reason a job cancelled for its dependency ends with (skyport.core.dependencies)
+_UPSTREAM_ENDED = re.compile(r"dependency (\S+) (?:ended (\S+)|no longer exists)")
+
+
 class JobHandle(Generic[R]):
     """A submitted function job; ``result()`` waits for it and returns its value."""
 
@@ -188,6 +192,12 @@ class JobHandle(Generic[R]):
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r}, state={self._job.state.value})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a connection cannot travel; a handle stands for its job's value only as a
+        # top-level argument of submit(), which puts a stand-in in its place
+        raise TypeError(f"job handle {self.id} can be passed to submit() only as a top-level "
+                        "argument (not inside a list, a dict or another object)")
 
     @property
     def id(self) -> str:
@@ -280,6 +290,14 @@ class JobHandle(Generic[R]):
         return [outcome[1] for outcome in outcomes]  # type: ignore[index]
 
     def _no_result(self, job: Job, missing: list[int] | None = None) -> JobFailedError:
+        upstream = _UPSTREAM_ENDED.fullmatch(job.reason) \
+            if job.state is JobState.CANCELLED else None
+        if upstream is not None:
+            return JobFailedError(
+                f"upstream job {upstream[1]} failed ("
+                + (f"it ended {upstream[2]}" if upstream[2] else "it no longer exists")
+                + f"): job {job.id} was cancelled without running ({job.reason})",
+                job_id=job.id, state=job.state.value, exit_code=job.exit_code)
         which = ""
         if missing and len(missing) < self.ranks:
             which = " from rank" + ("s " if len(missing) > 1 else " ") + \
@@ -399,10 +417,35 @@ class JobFunction(Generic[P, R]):
             ) from exc
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
-        """Submit ``fn(*args, **kwargs)`` as a job; returns at once."""
+        """Submit ``fn(*args, **kwargs)`` as a job; returns at once.
+
+        A ``JobHandle`` among the arguments (top level, positional or keyword)
+        stands for that job's value: this job waits for it (``afterok``) and
+        its function receives the value, staged by the control plane; if that
+        job fails, this one is cancelled and its ``result()`` says "upstream
+        job ... failed".
+        """
+        upstream = list(dict.fromkeys(
+            a.id for a in (*args, *kwargs.values()) if isinstance(a, JobHandle)))
+        spec = self.spec
+        if upstream:
+            from skyport.runtime.contract import upstream_url
+            from skyport.runtime.upstream import UpstreamResult
+
+            def stand_in(a: Any) -> Any:
+                return UpstreamResult(a.id) if isinstance(a, JobHandle) else a
+
+            args = tuple(stand_in(a) for a in args)  # type: ignore[assignment]
+            kwargs = {k: stand_in(v) for k, v in kwargs.items()}  # type: ignore[assignment]
+            after = "afterok:" + ":".join(upstream)
+            spec = validate_spec({
+                **spec.model_dump(),
+                "dependency": f"{spec.dependency},{after}" if spec.dependency else after,
+                "inputs": [*spec.inputs, *(upstream_url(i) for i in upstream)],
+            })
         payload = self.payload(*args, **kwargs)
         client = self.client
-        return JobHandle(client, client.submit(self.spec, payload))
+        return JobHandle(client, client.submit(spec, payload))
 
 
 @overload

@@ -134,6 +134,8 @@ class JobSpec(BaseModel):
     checkpoint_every_s: int | None = Field(None, ge=1, le=366 * 24 * 3600)
     max_restarts: int | None = Field(None, ge=0, le=1000)  # None: the control plane's default
     signal: str | None = None  # "SIGUSR1@60": that signal, that many seconds before the limit
+    # "afterok:ID[:ID...],singleton" (skyport.dependencies), kept in its canonical form
+    dependency: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -187,6 +189,15 @@ class JobSpec(BaseModel):
 
         name, before_s = parse_signal(v)
         return f"{name}@{before_s}"
+
+    @field_validator("dependency")
+    @classmethod
+    def _dependency(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from skyport.dependencies import format_conditions, parse_dependency
+
+        return format_conditions(parse_dependency(v))
 
     @field_validator("outputs")
     @classmethod

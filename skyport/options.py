@@ -26,11 +26,14 @@ from typing import Any, Literal
 
 import pydantic
 
+from skyport.dependencies import ALLOWED as DEPENDENCY_ALLOWED
+from skyport.dependencies import format_conditions, parse_dependency
 from skyport.errors import ScriptError, ValidationError
 from skyport.models import MPI_IMPLEMENTATIONS, JobSpec, check_env_key, check_relative_path
 from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
 
-Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal"]
+Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal",
+               "dependency"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ OPTIONS: dict[str, Option] = {
         Option("max-restarts", "max_restarts", "max_restarts", "int",
                "restarts after a lost node"),
         Option("signal", "signal", "signal", "signal", "SIG[@seconds] before the time limit"),
+        Option("dependency", "dependency", "dependency", "dependency",
+               "wait for other jobs: afterok|afternotok|afterany|after:ID[:ID...], "
+               "singleton; ','-joined"),
     )
 }
 
@@ -99,6 +105,7 @@ TEXT_ALLOWED: dict[Kind, str] = {
     "url": "a URL, or a path to a file here",
     "mpi": "one of " + ", ".join(MPI_IMPLEMENTATIONS),
     "signal": "SIG[@seconds], e.g. SIGUSR1@60",
+    "dependency": DEPENDENCY_ALLOWED,
 }
 """What a value written as text may be, per kind."""
 
@@ -113,6 +120,7 @@ PYTHON_ALLOWED: dict[Kind, str] = {
     "url": "a list of URLs, or paths to files here",
     "mpi": TEXT_ALLOWED["mpi"],
     "signal": TEXT_ALLOWED["signal"],
+    "dependency": DEPENDENCY_ALLOWED,
 }
 """What the decorator takes, per kind."""
 
@@ -127,6 +135,7 @@ PYTHON_TYPES: dict[Kind, str] = {
     "url": "Sequence[str]",
     "mpi": "str",
     "signal": "str",
+    "dependency": "str",
 }
 """The decorator's annotation of each kind (its generated signature shows these)."""
 
@@ -252,6 +261,13 @@ def _signal(text: str, base_dir: Path | None) -> str:
     return f"{name}@{before_s}"
 
 
+def _dependency(text: str, base_dir: Path | None) -> str:
+    try:
+        return format_conditions(parse_dependency(text))
+    except ValueError as exc:
+        raise _Bad(str(exc)) from exc
+
+
 _PARSERS = {
     "int": _int,
     "float": _float,
@@ -263,6 +279,7 @@ _PARSERS = {
     "url": _url,
     "mpi": _mpi,
     "signal": _signal,
+    "dependency": _dependency,
 }
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from skyport.dependencies import parse_dependency
 from skyport.errors import ConflictError, NotFoundError
 from skyport.lifecycle import check_transition
 from skyport.models import Event, Job, JobSpec, JobState
@@ -83,6 +84,16 @@ CREATE TABLE IF NOT EXISTS budgets (
     set_by TEXT NOT NULL DEFAULT '',
     set_at REAL NOT NULL DEFAULT 0
 );
+-- one row per job id a job's --dependency names (skyport.dependencies), so the jobs that
+-- wait on one that just ended are found by index; a store of an earlier version gets the
+-- empty table when it is opened
+CREATE TABLE IF NOT EXISTS dependencies (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    upstream TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    PRIMARY KEY (job_id, upstream, kind)
+);
+CREATE INDEX IF NOT EXISTS dependencies_upstream ON dependencies(upstream);
 """
 
 _UPDATABLE = {
@@ -205,6 +216,11 @@ class JobStore:
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"job {job_id} already exists") from exc
             self._event(db, job_id, now, JobState.QUEUED, reason)
+            if spec.dependency:
+                db.executemany(
+                    "INSERT OR IGNORE INTO dependencies (job_id, upstream, kind) VALUES (?, ?, ?)",
+                    [(job_id, up, c.kind) for c in parse_dependency(spec.dependency)
+                     for up in c.job_ids])
         self._changed(job_id, JobState.QUEUED)
         return self.get(job_id)
 
@@ -438,6 +454,19 @@ class JobStore:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
             return int(self._db.execute(sql, args).fetchone()[0])
+
+    def dependants(self, job_ids: Iterable[str],
+                   states: Iterable[JobState] = (JobState.QUEUED,)) -> builtins.list[Job]:
+        """The jobs in ``states`` whose ``--dependency`` names any of ``job_ids``."""
+        ids, st = builtins.list(job_ids), [s.value for s in states]
+        if not ids or not st:
+            return []
+        sql = ("SELECT * FROM jobs WHERE state IN ({}) AND id IN (SELECT job_id FROM "
+               "dependencies WHERE upstream IN ({})) ORDER BY seq")
+        with self._lock:
+            rows = self._db.execute(sql.format(", ".join("?" * len(st)),
+                                               ", ".join("?" * len(ids))), [*st, *ids]).fetchall()
+        return [self._job(r, []) for r in rows]
 
     # builtins.list: inside this class ``list`` names the method JobStore.list
     def _events(self, job_id: str) -> builtins.list[Event]:

@@ -116,6 +116,7 @@ def _show_text(job: Job, files: list[Any]) -> str:
         ("reason", job.reason or None),
         ("waits", f"{job.wait_reason}: {job.wait_detail}" if job.wait_reason else None),
         ("held", True if job.held else None),
+        ("dependency", job.spec.dependency),
         ("exit code", job.exit_code),
         (
             "resources",

@@ -163,7 +163,9 @@ class TestControlPlane:
         agents = self.start(job_id)
         with tempfile.TemporaryDirectory() as tmp:
             payload, result = Path(tmp) / "skyport-payload.pkl", Path(tmp) / "result.pkl"
-            agents[0].download("inputs/skyport-payload.pkl", payload)
+            for f in agents[0].files():  # the payload, and any upstream job's result
+                if f.path.startswith("inputs/"):
+                    agents[0].download(f.path, Path(tmp) / f.path.removeprefix("inputs/"))
             status = run(payload, result)
             agents[0].put_file("outputs/skyport-result.pkl", result)
         return agents.exit(status)

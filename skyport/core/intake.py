@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from skyport.config import InputPolicy, SubmitLimits
+from skyport.core.dependencies import DependencyDesk
 from skyport.core.inputs import InputSource, check_input_url
 from skyport.errors import ConflictError, NotFoundError, ValidationError
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
+from skyport.runtime.contract import parse_upstream_url
 from skyport.storage import JobStorage
 from skyport.store import JobStore
 
@@ -41,6 +43,8 @@ class JobIntake:
         """The job's inputs as ``owner`` may read them; ValidationError names the first refused."""
         out: list[InputSource] = []
         for url in spec.inputs:
+            if parse_upstream_url(url) is not None:
+                continue  # another job's result: staged by skyport.core.dependencies
             source = check_input_url(url, owner, self.inputs, state_dir=self.state_dir,
                                      storage_protocols=self._storage_protocols,
                                      storage_root=self.storage.root)
@@ -111,7 +115,9 @@ class JobIntake:
                 + (f", flavor {spec.flavor}" if spec.flavor else ""),
                 "no gate can ever run this: " + " | ".join(reasons),
             )
-        for url, source in zip(spec.inputs, self.sources(spec, owner), strict=True):
+        DependencyDesk(self.store, self.storage).check_submitted(spec, owner)
+        inputs = [u for u in spec.inputs if parse_upstream_url(u) is None]
+        for url, source in zip(inputs, self.sources(spec, owner), strict=True):
             # only now, with the policy passed, may the answer say whether the file exists
             why = self.storage.check_input(source, owner)
             if why is not None:

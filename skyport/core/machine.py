@@ -38,6 +38,7 @@ from typing import Any
 from skyport import tokens
 from skyport.checkpoint import parse_signal
 from skyport.core.checkpoints import After, CheckpointBook, OpenCheckpoint, latest_record
+from skyport.core.dependencies import never_met
 from skyport.core.messages import (
     AgentExited,
     AgentHello,
@@ -75,6 +76,7 @@ from skyport.core.messages import (
     Tick,
     Transition,
     Update,
+    UpstreamChanged,
     WakeIdle,
     WriteLatest,
 )
@@ -447,6 +449,22 @@ class JobMachine:
             return []
         return [Transition(ev.job.id, S.CANCELLED, f"over budget: {ev.reason}",
                            {"token_hash": None})]
+
+    def _on_UpstreamChanged(self, ev: UpstreamChanged, now: float) -> list[Instruction]:
+        """A queued job whose dependency can no longer hold is cancelled, never left waiting.
+
+        Its own dependants follow: the service hands their facts back in the
+        next ``UpstreamChanged``, since this cancellation ends a job too.
+        """
+        out: list[Instruction] = []
+        for job in ev.jobs:
+            if job.state != S.QUEUED:
+                continue
+            why = never_met(job, ev.upstream)
+            if why is not None:
+                self._forget(job.id)
+                out.append(Transition(job.id, S.CANCELLED, why, {"token_hash": None}))
+        return out
 
     def _on_CheckpointAsked(self, ev: CheckpointAsked, now: float) -> list[Instruction]:
         ck, opened = self._open(ev.job, ev.reason, now, self.new_id())

@@ -7,6 +7,7 @@ executes the instructions (store first, then I/O).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -168,6 +169,18 @@ class OverBudget:
 
 
 @dataclass(frozen=True)
+class UpstreamChanged:
+    """Queued jobs with a ``--dependency`` whose upstream jobs changed (ended, mostly).
+
+    ``upstream``: every job their dependencies name, as it is now; an id
+    missing from it names a job that no longer exists.
+    """
+
+    jobs: tuple[Job, ...]
+    upstream: Mapping[str, Any]  # job id -> skyport.core.dependencies.Upstream
+
+
+@dataclass(frozen=True)
 class IdleNext:
     cluster_id: str
     credential: str = field(repr=False)
@@ -292,4 +305,4 @@ Instruction = (Transition | Update | Note | PutWarm | DropWarm | SaveCheckpoint 
 Event = (Started | Planned | ProvisionReady | ClusterCreated | CreateFailed | AgentHello
          | Heartbeat | AgentState | AgentExited | CancelAsked | CheckpointAsked
          | CheckpointPart | RequeueAsked | CancelAfterCheckpoint | Preempted | IdleNext | Tick
-         | HoldAsked | Impossible | ResultStored | OverBudget)
+         | HoldAsked | Impossible | ResultStored | OverBudget | UpstreamChanged)

@@ -35,6 +35,7 @@ from skyport.config import InputPolicy, SubmitLimits
 from skyport.core.budget_desk import BudgetDesk
 from skyport.core.budgets import BUDGET
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
+from skyport.core.dependencies import DEPENDENCY, DependencyDesk
 from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
 from skyport.core.machine import JobMachine, MachineSettings
@@ -192,6 +193,7 @@ class CoreService:
         self._liveness_at = 0.0
         self._idle_events: dict[str, asyncio.Event] = {}
         self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
+        self.dependencies = DependencyDesk(store, storage)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         self.budgets = BudgetDesk(store, gates, self._dirty.set)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
@@ -234,6 +236,7 @@ class CoreService:
     def _run(self, *events: Event) -> Any:
         """Decide, persist, and start the I/O the decision asks for; the (first) reply."""
         instructions, reply = self._decide(*events)
+        instructions += self._settle_dependants(instructions)
         for i in instructions:
             if isinstance(i, DeleteCluster):
                 self._spawn(self._delete(i.gate, i.cluster_id))
@@ -252,6 +255,22 @@ class CoreService:
             elif isinstance(i, PruneCheckpoint):
                 self._prune(i.job_id, i.version)
         return reply
+
+    def _settle_dependants(self, instructions: list[Instruction]) -> list[Instruction]:
+        """The queued jobs waiting on the jobs that just ended: cancelled if now never met.
+
+        Each round's cancellations end jobs too, so a chain is settled link by
+        link (a loop, not a recursion: a chain may be long).
+        """
+        out: list[Instruction] = []
+        while True:
+            ended = [i.job_id for i in instructions
+                     if isinstance(i, Transition) and i.state.is_terminal()]
+            event = self.dependencies.changed(ended) if ended else None
+            if event is None:
+                return out
+            instructions, _ = self._decide(event)
+            out += instructions
 
     def _job(self, job_id: str) -> Job:
         return self.store.get(job_id, events=False)
@@ -276,6 +295,7 @@ class CoreService:
                 # every other call) goes on meanwhile
                 await asyncio.to_thread(self.storage.copy_in, job.id, source, job.owner,
                                         f"inputs/{source.name}")
+            await asyncio.to_thread(self.dependencies.stage_results, job)
             usable: list[tuple[str, str | None]] = []
             for cluster_id in candidates:
                 try:
@@ -351,6 +371,9 @@ class CoreService:
                 log.warning("job %s: unreadable open checkpoint dropped: %s", job_id, exc)
         self._run(Started(tuple(jobs), alive, tuple(self.store.warm_clusters()),
                           tuple(opened), frozenset(self.gates)))
+        upstream = self.dependencies.changed(None)  # a cascade a stop cut short, finished
+        if upstream is not None:
+            self._run(upstream)
         setting_up = (S.SCHEDULED, S.PROVISIONING)
         requeued = [j.id for j in jobs if j.state in setting_up
                     or (j.state.has_cluster() and j.id not in alive)]
@@ -389,7 +412,13 @@ class CoreService:
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
         await self.budgets.check_submit(who.username, spec)
-        return await self.intake.submit(who, spec, payload_b64)
+        job = await self.intake.submit(who, spec, payload_b64)
+        if job.spec.dependency:  # its upstream may have ended already, even during intake
+            upstream = self.dependencies.event([job])
+            if upstream is not None:
+                self._run(upstream)
+            job = self.store.get(job.id)
+        return job
 
     def _visible(self, who: Identity, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -467,6 +496,10 @@ class CoreService:
             return None
         if job.held:
             return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
+        if job.spec.dependency:
+            waits = self.dependencies.blocked([job]).get(job.id)
+            if waits is not None:
+                return DEPENDENCY, waits
         if job.id in self.budgets.waiting:
             return BUDGET, self.budgets.waiting[job.id]
         failed = self.machine.failed_gates(job.id)
@@ -750,6 +783,8 @@ class CoreService:
         gates = sorted(self.gates)
         self._sick = {g for g in gates} - {p.name for p in pools}
         queued = [j for j in self.store.list(states=[S.QUEUED]) if not j.held]
+        blocked = self.dependencies.blocked(queued)
+        queued = [j for j in queued if j.id not in blocked]
         queued, over = await self.budgets.admit(queued, now)  # the rest wait for money
         for job_id, why in over:
             try:

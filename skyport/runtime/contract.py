@@ -11,12 +11,17 @@ double (``skyport.client.fake``) agree on these names:
   and the spec lists ``RESULT_FILE`` as an output (``RESULT_STORED_AS``);
 - a multi-rank job's script (``RANKS_SCRIPT``) runs the runner on every rank
   under ``$SKYPORT_MPIEXEC`` with the result directory ``RESULTS_DIR/``; rank
-  ``r``'s outcome is ``rank_result_name(r)`` in it (``rank_result_path(r)``).
+  ``r``'s outcome is ``rank_result_name(r)`` in it (``rank_result_path(r)``);
+- a function job called with another job's handle as an argument lists
+  ``upstream_url(id)`` among its inputs; the Core stages that job's outcome as
+  ``inputs/upstream_input_name(id)`` and the runner puts its value in place.
 
 Only constants and string functions: the runner imports this on the node.
 """
 
 from __future__ import annotations
+
+import re
 
 PAYLOAD_FILE = "skyport-payload.pkl"
 """The pickled call, in the job's working directory."""
@@ -45,6 +50,30 @@ RANKS_SCRIPT = f"""\
 exec "$SKYPORT_MPIEXEC" "${{SKYPORT_PYTHON:-python3}}" -m {RUNNER} \\
     {PAYLOAD_FILE} {RESULTS_DIR}/
 """
+
+
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+UPSTREAM_SCHEME = "job"
+"""``job://<id>/result``: an input that is another job's result (``skyport.core.dependencies``)."""
+
+
+def upstream_url(job_id: str) -> str:
+    """The input URL of job ``job_id``'s result (rank 0's, for a multi-rank job)."""
+    return f"{UPSTREAM_SCHEME}://{job_id}/result"
+
+
+def parse_upstream_url(url: str) -> str | None:
+    """The job id of a ``job://<id>/result`` input, or None if ``url`` is not one."""
+    prefix = f"{UPSTREAM_SCHEME}://"
+    if not url.startswith(prefix):
+        return None
+    job_id, _, rest = url[len(prefix):].partition("/")
+    return job_id if rest == "result" and _JOB_ID.fullmatch(job_id) else None
+
+
+def upstream_input_name(job_id: str) -> str:
+    """Where the Core stages job ``job_id``'s result among a dependent job's inputs."""
+    return f"skyport-upstream.{job_id}.pkl"
 
 
 def is_result_path(path: str) -> bool:

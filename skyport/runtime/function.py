@@ -12,6 +12,9 @@ and nothing was written.  A payload that cannot be loaded (say, a module the
 function needs is missing on the node) and a return value that cannot be
 pickled are reported as errors too, so the caller always learns why.
 
+An argument that stands for another job's result (``skyport.runtime.upstream``)
+is replaced by that job's value, staged beside the payload, before the call.
+
 Every rank of a multi-rank job runs this under ``$SKYPORT_MPIEXEC`` with a
 RESULT that ends in ``/``, a directory: each rank calls the function and
 writes ``RESULT/skyport-result.<rank>.pkl``
@@ -35,6 +38,7 @@ from typing import Any
 import cloudpickle
 
 from skyport.runtime.contract import RUNNER, rank_result_name
+from skyport.runtime.upstream import read_upstream, resolve
 
 USAGE = f"usage: python -m {RUNNER} PAYLOAD RESULT|RESULT_DIR/"
 
@@ -44,6 +48,7 @@ def run(payload_path: Path, result_path: Path) -> int:
     try:
         with open(payload_path, "rb") as f:
             fn, args, kwargs = cloudpickle.load(f)
+        args, kwargs = resolve(args, kwargs, read_upstream(payload_path.parent))
         value = fn(*args, **kwargs)
         data = cloudpickle.dumps(("ok", value))
     except (Exception, SystemExit) as exc:  # everything the function can do to us
@@ -78,11 +83,19 @@ def run_ranks(payload_path: Path, result_dir: Path) -> int:
         except OSError as exc:
             print(f"skyport: rank 0 cannot read {payload_path}: {exc}", file=sys.stderr)
     data = world.bcast(data, root=0)
+    staged: dict[str, bytes] = {}
+    if rank == 0:  # other jobs' results this one was called with, beside the payload
+        try:
+            staged = read_upstream(payload_path.parent)
+        except OSError as exc:
+            print(f"skyport: rank 0 cannot read an upstream result: {exc}", file=sys.stderr)
+    staged = world.bcast(staged, root=0)
     results = world.Dup()  # our own channel: no clash with the function's messages
     try:
         if data is None:
             raise FileNotFoundError(f"the payload {payload_path} could not be read on rank 0")
         fn, args, kwargs = cloudpickle.loads(data)
+        args, kwargs = resolve(args, kwargs, staged)
         value = fn(*args, **kwargs)
         outcome = cloudpickle.dumps(("ok", value))
     except (Exception, SystemExit) as exc:

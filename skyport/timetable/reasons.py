@@ -13,8 +13,9 @@ mean the same):
 * ``Unplanned``: it has no planned start this pass (past the number of jobs
   whose start is projected): it waits behind the ones that do.
 
-``Held``, ``Budget``, ``Provisioning`` and ``GateUnhealthy`` are known only to
-the Core (a held flag, its owner's budget (``skyport.core.budgets``), a job's
+``Held``, ``Dependency``, ``Budget``, ``Provisioning`` and ``GateUnhealthy`` are
+known only to the Core (a held flag, the jobs a ``--dependency`` names, its
+owner's budget (``skyport.core.budgets``), a job's
 state, a gate that did not answer), which adds them.
 """
 

@@ -77,13 +77,13 @@ def test_bad_command_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "usage:" in proc.stderr
 
 
-def _ranks_payload(tmp_path: Path, fn: Any) -> list[str]:
+def _ranks_payload(tmp_path: Path, fn: Any, *args: Any) -> list[str]:
     from skyport.launch.mpi import mpich_mpiexec
 
     mpiexec = mpich_mpiexec()
     if mpiexec is None:
         pytest.skip("MPICH is not installed")
-    (tmp_path / "skyport-payload.pkl").write_bytes(cloudpickle.dumps((fn, (), {})))
+    (tmp_path / "skyport-payload.pkl").write_bytes(cloudpickle.dumps((fn, args, {})))
     return [mpiexec, "-n", "3", sys.executable, "-m", "skyport.runtime.function",
             "skyport-payload.pkl", "results/"]
 
@@ -125,3 +125,45 @@ def test_a_rank_that_raises_aborts_the_others(tmp_path: Path) -> None:
     assert "rank 1 of 3 raised" in proc.stderr
     outcome = cloudpickle.loads((tmp_path / "results" / "skyport-result.1.pkl").read_bytes())
     assert outcome[:3] == ("error", "ValueError", "rank 1 gives up")
+
+
+def test_an_upstream_result_takes_its_stand_ins_place(tmp_path: Path) -> None:
+    from skyport.runtime.contract import upstream_input_name
+    from skyport.runtime.upstream import UpstreamResult
+
+    (tmp_path / upstream_input_name("up1")).write_bytes(cloudpickle.dumps(("ok", [1, 2])))
+
+    def total(values: list[int], *, scale: Any) -> int:
+        return sum(values) * scale
+
+    (tmp_path / upstream_input_name("up2")).write_bytes(cloudpickle.dumps(("ok", 3)))
+    status, outcome, _ = run_payload(tmp_path, total, UpstreamResult("up1"),
+                                     scale=UpstreamResult("up2"))  # a keyword argument too
+    assert (status, outcome) == (0, ("ok", 9))
+    status, outcome, _ = run_payload(tmp_path, total, UpstreamResult("up1"), scale=10)
+    assert (status, outcome) == (0, ("ok", 30))
+    status, outcome, _ = run_payload(tmp_path, total, UpstreamResult("missing"), scale=1)
+    assert status == 1 and outcome[1].endswith("UpstreamError")
+    assert "upstream job missing: its result was not staged" in outcome[2]
+
+
+@pytest.mark.timeout(60)
+def test_every_rank_gets_the_upstream_value_read_on_rank_0(tmp_path: Path) -> None:
+    from skyport.runtime.contract import upstream_input_name
+    from skyport.runtime.upstream import UpstreamResult
+
+    (tmp_path / upstream_input_name("up1")).write_bytes(cloudpickle.dumps(("ok", 7)))
+
+    def plus_rank(x: int) -> int:
+        import skyport
+
+        return x + skyport.context().rank
+
+    argv = _ranks_payload(tmp_path, plus_rank, UpstreamResult("up1"))
+    env = {**os.environ, "SKYPORT_JOB_ID": "j1"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = [cloudpickle.loads((tmp_path / "results" / f"skyport-result.{r}.pkl").read_bytes())
+           for r in range(3)]
+    assert got == [("ok", 7 + r) for r in range(3)]

@@ -41,6 +41,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "checkpoint-every": ("5m", 300),
     "max-restarts": ("3", 3),
     "signal": ("USR1@60", "SIGUSR1@60"),
+    "dependency": ("afterok:1a2b:3c4d,singleton", "afterok:1a2b:3c4d,singleton"),
 }
 
 # what ``skyport submit`` has beside the job options: how it prints, not what it asks for
@@ -66,7 +67,7 @@ def job_spec(**arguments: Any) -> JobSpec:
 def test_the_table_has_every_directive_once_and_samples_for_each() -> None:
     assert list(SAMPLES) == list(OPTIONS)
     arguments = [o.argument for o in OPTIONS.values()]
-    assert len(set(arguments)) == len(arguments) == 19
+    assert len(set(arguments)) == len(arguments) == 20
     fields = [o.field for o in OPTIONS.values()]
     assert len(set(fields)) == len(fields)  # an error about a field names one option
     for opt in OPTIONS.values():  # every target is a field of the spec

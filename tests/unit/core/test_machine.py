@@ -14,6 +14,7 @@ import pytest
 
 from skyport import tokens
 from skyport.core.checkpoints import CHECKPOINT_TIMEOUT_S, OpenCheckpoint
+from skyport.core.dependencies import Upstream
 from skyport.core.machine import LOST_TAG, JobMachine, MachineSettings
 from skyport.core.messages import (
     AgentExited,
@@ -50,6 +51,7 @@ from skyport.core.messages import (
     Tick,
     Transition,
     Update,
+    UpstreamChanged,
     WakeIdle,
     WriteLatest,
 )
@@ -66,7 +68,7 @@ T0 = 1_000_000.0  # the machine's "now" at the start of every test
 def make_job(state: JobState = S.QUEUED, *, id: str = "a", nodes: int = 1,
              owner: str = "alice", **fields: Any) -> Job:
     spec_fields = {k: fields.pop(k) for k in ("checkpoint_every_s", "max_restarts", "signal",
-                                              "gate_choice") if k in fields}
+                                              "gate_choice", "dependency") if k in fields}
     gate_choice = spec_fields.pop("gate_choice", None)
     spec = JobSpec(script="#!/bin/bash\ntrue\n", gate=gate_choice,
                    resources=Resources(nodes=nodes, cpus_per_node=2, time_limit_s=600),
@@ -758,3 +760,62 @@ def test_a_job_whose_gate_was_removed_is_ended_at_restart() -> None:
     out = m.handle(Started((job,), frozenset(), gates=frozenset({"local"})), T0)
     assert Transition("a", S.CANCELLED, "can never run: gate gone is no longer configured",
                       {"token_hash": None}) in out
+
+
+# -- dependencies: a condition that can never hold cancels the dependant ------------------
+
+
+def up(job_id: str, state: JobState, started: bool = False) -> Upstream:
+    return Upstream(job_id, state, started or state in (S.RUNNING, S.STAGING_OUT))
+
+
+@pytest.mark.parametrize(("dependency", "ended", "why"), [
+    ("afterok:u", S.FAILED, "dependency u ended FAILED"),
+    ("afterok:u", S.CANCELLED, "dependency u ended CANCELLED"),
+    ("afterok:u", S.TIMEOUT, "dependency u ended TIMEOUT"),
+    ("afternotok:u", S.SUCCEEDED, "dependency u ended SUCCEEDED"),
+])
+def test_a_dependency_that_can_never_hold_cancels_the_queued_dependant(
+        dependency: str, ended: JobState, why: str) -> None:
+    job = make_job(id="d", dependency=dependency)
+    out = machine().handle(UpstreamChanged((job,), {"u": up("u", ended)}), T0)
+    assert out == [Transition("d", S.CANCELLED, why, {"token_hash": None})]
+
+
+@pytest.mark.parametrize(("dependency", "state"), [
+    ("afterok:u", S.SUCCEEDED), ("afterok:u", S.RUNNING), ("afternotok:u", S.FAILED),
+    ("afternotok:u", S.QUEUED), ("afterany:u", S.FAILED), ("afterany:u", S.CANCELLED),
+    ("after:u", S.CANCELLED), ("after:u", S.QUEUED), ("singleton", S.QUEUED),
+])
+def test_a_dependency_that_holds_or_still_may_changes_nothing(dependency: str,
+                                                              state: JobState) -> None:
+    job = make_job(id="d", dependency=dependency)
+    assert machine().handle(UpstreamChanged((job,), {"u": up("u", state)}), T0) == []
+
+
+def test_every_condition_must_hold_and_the_first_that_never_can_is_named() -> None:
+    job = make_job(id="d", dependency="afterany:x,afterok:u:v")
+    facts = {"x": up("x", S.RUNNING), "u": up("u", S.SUCCEEDED), "v": up("v", S.TIMEOUT)}
+    out = machine().handle(UpstreamChanged((job,), facts), T0)
+    assert transitions(out) == [("d", S.CANCELLED)]
+    assert only(out, Transition).reason == "dependency v ended TIMEOUT"
+
+
+def test_a_dependency_on_a_job_that_no_longer_exists_is_never_met() -> None:
+    job = make_job(id="d", dependency="afterany:gone")
+    out = machine().handle(UpstreamChanged((job,), {}), T0)
+    assert only(out, Transition).reason == "dependency gone no longer exists"
+
+
+def test_only_a_queued_dependant_is_cancelled() -> None:
+    # a job that already started (its dependency held then) or ended is not touched again
+    jobs = tuple(make_job(state, id=f"d{n}", dependency="afterok:u")
+                 for n, state in enumerate((S.SCHEDULED, S.RUNNING, S.CANCELLED)))
+    assert machine().handle(UpstreamChanged(jobs, {"u": up("u", S.FAILED)}), T0) == []
+
+
+def test_several_dependants_are_decided_together() -> None:
+    ok, notok = make_job(id="d1", dependency="afterok:u"), make_job(id="d2",
+                                                                    dependency="afternotok:u")
+    out = machine().handle(UpstreamChanged((ok, notok), {"u": up("u", S.FAILED)}), T0)
+    assert transitions(out) == [("d1", S.CANCELLED)]
