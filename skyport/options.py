@@ -26,11 +26,13 @@ from typing import Any, Literal
 
 import pydantic
 
+from skyport.arrays import ARRAY_ALLOWED, ArraySyntaxError, parse_array
 from skyport.errors import ScriptError, ValidationError
 from skyport.models import MPI_IMPLEMENTATIONS, JobSpec, check_env_key, check_relative_path
 from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
 
-Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal"]
+Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal",
+               "array"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Option:
     help: str
     repeatable: bool = False
     aliases: tuple[str, ...] = ()  # older decorator spellings that still work
+    python: bool = True  # a keyword of ``@skyport.job`` (arrays there are ``fn.map``)
 
     @property
     def field(self) -> str:
@@ -80,11 +83,14 @@ OPTIONS: dict[str, Option] = {
         Option("max-restarts", "max_restarts", "max_restarts", "int",
                "restarts after a lost node"),
         Option("signal", "signal", "signal", "signal", "SIG[@seconds] before the time limit"),
+        Option("array", "array", "array", "array",
+               "a job array: 0-9999, 1,3,5-7, 0-99:2; %N runs at most N at once",
+               python=False),
     )
 }
 
 ARGUMENTS: dict[str, Option] = {
-    name: o for o in OPTIONS.values() for name in (o.argument, *o.aliases)
+    name: o for o in OPTIONS.values() if o.python for name in (o.argument, *o.aliases)
 }
 """Every keyword ``@skyport.job`` takes for a job option (aliases included)."""
 
@@ -99,6 +105,7 @@ TEXT_ALLOWED: dict[Kind, str] = {
     "url": "a URL, or a path to a file here",
     "mpi": "one of " + ", ".join(MPI_IMPLEMENTATIONS),
     "signal": "SIG[@seconds], e.g. SIGUSR1@60",
+    "array": ARRAY_ALLOWED,
 }
 """What a value written as text may be, per kind."""
 
@@ -113,6 +120,7 @@ PYTHON_ALLOWED: dict[Kind, str] = {
     "url": "a list of URLs, or paths to files here",
     "mpi": TEXT_ALLOWED["mpi"],
     "signal": TEXT_ALLOWED["signal"],
+    "array": ARRAY_ALLOWED,
 }
 """What the decorator takes, per kind."""
 
@@ -127,6 +135,7 @@ PYTHON_TYPES: dict[Kind, str] = {
     "url": "Sequence[str]",
     "mpi": "str",
     "signal": "str",
+    "array": "str",
 }
 """The decorator's annotation of each kind (its generated signature shows these)."""
 
@@ -252,6 +261,14 @@ def _signal(text: str, base_dir: Path | None) -> str:
     return f"{name}@{before_s}"
 
 
+def _array(text: str, base_dir: Path | None) -> str:
+    try:
+        parse_array(text)
+    except ArraySyntaxError as exc:
+        raise _Bad(str(exc)) from exc
+    return "".join(text.split())
+
+
 _PARSERS = {
     "int": _int,
     "float": _float,
@@ -263,6 +280,7 @@ _PARSERS = {
     "url": _url,
     "mpi": _mpi,
     "signal": _signal,
+    "array": _array,
 }
 
 

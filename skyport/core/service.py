@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from skyport import tokens
 from skyport.checkpoint import LATEST
 from skyport.config import InputPolicy, SubmitLimits
+from skyport.core import arrays
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
 from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
@@ -93,7 +94,7 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.gate.bootstrapcred import Exchanged, gate_of
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
-from skyport.protocol import HeartbeatAnswer
+from skyport.protocol import ArrayView, HeartbeatAnswer
 from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge, Waiting
 from skyport.storage import JobStorage
 from skyport.store import JobStore, StoreChange, utcnow
@@ -178,6 +179,7 @@ class CoreService:
         self.machine = JobMachine(settings.machine())
         self._plan: dict[str, PlanEntry] = {}
         self._waiting: dict[str, Waiting] = {}  # why each queued job waits, from the last plan
+        self._throttled: dict[str, str] = {}  # array tasks past their %N, last pass
         self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
@@ -266,6 +268,7 @@ class CoreService:
     async def _provision(self, job_id: str, gate_name: str, candidates: tuple[str, ...]) -> None:
         try:
             job = self._job(job_id)
+            await asyncio.to_thread(arrays.stage_task, self.store, self.storage, job)
             # checked again: the policy (and a host's addresses) may have changed since submit
             for source in self.intake.sources(job.spec, job.owner):
                 # gigabytes, maybe: in a worker thread, so the Core's loop (planning,
@@ -386,6 +389,14 @@ class CoreService:
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
         return await self.intake.submit(who, spec, payload_b64)
 
+    async def submit_array(self, who: Identity, spec: JobSpec,
+                           payloads_b64: list[str] | None = None) -> ArrayView:
+        record = await self.intake.submit_array(who, spec, payloads_b64)
+        return arrays.array_view(self.store, record)
+
+    async def array(self, who: Identity, array_id: str) -> ArrayView:
+        return arrays.array_view(self.store, arrays.visible_array(self.store, who, array_id))
+
     def _visible(self, who: Identity, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job.owner != who.username and not who.is_admin:
@@ -428,6 +439,10 @@ class CoreService:
         if job_ids:
             candidates = []
             for job_id in dict.fromkeys(job_ids):
+                tasks = arrays.array_tasks(self.store, who, job_id)
+                if tasks is not None:  # an array's id: every task of it not yet over
+                    candidates.extend(tasks)
+                    continue
                 try:
                     candidates.append(self._visible(who, job_id))
                 except NotFoundError:
@@ -462,6 +477,8 @@ class CoreService:
             return None
         if job.held:
             return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
+        if job.id in self._throttled:
+            return arrays.ARRAY_TASK_LIMIT, self._throttled[job.id]
         failed = self.machine.failed_gates(job.id)
         usable = {job.spec.gate} if job.spec.gate else set(self.gates)
         sick = self._sick & usable
@@ -743,6 +760,8 @@ class CoreService:
         gates = sorted(self.gates)
         self._sick = {g for g in gates} - {p.name for p in pools}
         queued = [j for j in self.store.list(states=[S.QUEUED]) if not j.held]
+        limits = self.store.array_throttles()
+        queued, self._throttled = arrays.throttle(queued, limits, self.store.array_counts(limits))
         snapshot = build_snapshot(
             now,
             queued,

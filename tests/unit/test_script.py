@@ -278,6 +278,7 @@ EXPECTED = {
     "checkpoint_every_s": None,
     "max_restarts": None,
     "signal": None,
+    "array": None,
 }
 
 
