@@ -413,7 +413,7 @@ class JobStore:
         return ArrayRecord(
             id=row["id"], owner=row["owner"], spec=self._array_spec(row["id"], row["spec"]),
             task_count=row["task_count"], throttle=row["throttle"],
-            submitted_at=_dt(row["submitted_at"]),
+            submitted_at=datetime.fromisoformat(row["submitted_at"]),
             payload_offsets=None if offsets is None else tuple(json.loads(offsets)))
 
     def array_counts(self, array_ids: Iterable[str]) -> dict[str, dict[str, int]]:
