@@ -11,6 +11,7 @@ the Core stages each task's files when it starts (``skyport.core.arrays``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ __all__ = ["ARRAY_ALLOWED", "MAX_ARRAY_SIZE", "ArraySpec", "array_env", "parse_a
 MAX_ARRAY_SIZE = 100_000
 """Indices run from 0 to MAX_ARRAY_SIZE - 1, so an array has at most this many tasks
 (Slurm's default ``MaxArraySize``): every task is a row the scheduler looks at."""
+
+MAX_ARRAY_CHARS = 1024 * 1024  # every index listed one by one fits
 
 ARRAY_ALLOWED = (
     "indices as N, N-M or N-M:STEP (M >= N, STEP >= 1), comma-separated, each index "
@@ -47,8 +50,15 @@ class ArraySpec:
         return len(self.indices)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_array(text: str) -> ArraySpec:
-    """``--array``'s value; ArraySyntaxError says what is wrong and what is allowed."""
+    """``--array``'s value; ArraySyntaxError says what is wrong and what is allowed.
+
+    Cached: every task's spec carries its array's text, and each is checked
+    wherever a spec is read (a listing of 10,000 tasks parses it once).
+    """
+    if len(text) > MAX_ARRAY_CHARS:
+        raise ArraySyntaxError(f"{len(text)} characters: at most {MAX_ARRAY_CHARS}")
     if not isinstance(text, str) or not text.strip():
         raise ArraySyntaxError(f"an empty value: {ARRAY_ALLOWED}")
     body, pct, limit = text.strip().partition("%")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from urllib.parse import quote
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +295,20 @@ def test_a_function_array_needs_one_payload_per_task(cp: TestControlPlane) -> No
             "payloads_b64": ["not base64!"]})
     assert info.value.field == "payloads_b64[0]"
     assert cp.client().jobs() == []
+
+
+def test_hostile_ids_and_values_reach_nothing(cp: TestControlPlane) -> None:
+    alice = cp.client("alice")
+    view = alice.submit_array(spec("0-1"))
+    for bad in ("..", "../jobs", f"{view.id}/../x", f"{view.id}_-1", f"{view.id}_99",
+                "%2e%2e", view.id.upper(), f"{view.id}_1_1"):
+        with pytest.raises(NotFoundError):  # quoted whole: the route sees the id as sent
+            alice.call("GET", "/v1/arrays/" + quote(bad, safe=""), ArrayView)
+        assert alice.cancel_many([bad]).not_found == [bad]
+    assert S.CANCELLED not in alice.array(view.id).counts
+    huge = "0," * (600 * 1024)  # past the 1 MiB cap on the text
+    with pytest.raises(ValidationError) as info:
+        alice.call("POST", "/v1/arrays", ArrayView,
+                   json={"spec": {"script": SCRIPT, "array": huge}})
+    assert info.value.field == "spec.array" and "at most" in info.value.allowed
+    assert len(alice.jobs()) == 2
