@@ -49,6 +49,11 @@ class ArraySpec:
     def count(self) -> int:
         return len(self.indices)
 
+    @functools.cached_property
+    def positions(self) -> dict[int, int]:
+        """Where each index stands in ``indices`` (task i's payload is the i-th)."""
+        return {index: n for n, index in enumerate(self.indices)}
+
 
 @functools.lru_cache(maxsize=256)
 def parse_array(text: str) -> ArraySpec:

@@ -262,8 +262,8 @@ class JobStore:
                 "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, 0, ?, ?, ?)",
                 [(job_id, ts, JobState.QUEUED.value, reason) for job_id, _ in ids])
         self._array_specs[record.id] = record.spec
-        if ids:
-            self._changed(ids[0][0], JobState.QUEUED)  # one wake-up is enough to re-plan
+        for job_id, _ in ids:
+            self._changed(job_id, JobState.QUEUED)
 
     def transition(self, job_id: str, new: JobState, reason: str, **fields: Any) -> Job:
         """Move a job to ``new``, with its event, atomically; ConflictError if not allowed."""

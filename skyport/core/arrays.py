@@ -105,7 +105,7 @@ def stage_task(store: JobStore, storage: JobStorage, job: Job) -> None:
     record = store.array(job.array_id)
     storage.put(job.id, SCRIPT_FILE, record.spec.script.encode())
     if record.payload_offsets is not None:
-        n = parse_array(record.spec.array or "").indices.index(job.array_index)
+        n = parse_array(record.spec.array or "").positions[job.array_index]
         start, end = record.payload_offsets[n], record.payload_offsets[n + 1]
         data = b"".join(storage.iter_range(job.array_id, PAYLOADS_FILE, start, end))
         storage.put(job.id, PAYLOAD_STORED_AS, data)

@@ -301,7 +301,7 @@ def test_hostile_ids_and_values_reach_nothing(cp: TestControlPlane) -> None:
     alice = cp.client("alice")
     view = alice.submit_array(spec("0-1"))
     for bad in ("..", "../jobs", f"{view.id}/../x", f"{view.id}_-1", f"{view.id}_99",
-                "%2e%2e", view.id.upper(), f"{view.id}_1_1"):
+                "%2e%2e", view.id[:-1], f" {view.id}", f"{view.id}_1_1"):
         with pytest.raises(NotFoundError):  # quoted whole: the route sees the id as sent
             alice.call("GET", "/v1/arrays/" + quote(bad, safe=""), ArrayView)
         assert alice.cancel_many([bad]).not_found == [bad]
@@ -312,3 +312,15 @@ def test_hostile_ids_and_values_reach_nothing(cp: TestControlPlane) -> None:
                    json={"spec": {"script": SCRIPT, "array": huge}})
     assert info.value.field == "spec.array" and "at most" in info.value.allowed
     assert len(alice.jobs()) == 2
+
+
+def test_each_task_is_staged_its_own_payload_whatever_the_indices(cp: TestControlPlane) -> None:
+    fn = skyport.job(cpus=1)(square)
+    alice = cp.client("alice")
+    view = alice.submit_array(fn.spec.model_copy(update={"array": "7,2"}),
+                              [fn.payload(7), fn.payload(2)])
+    cp.run_function(f"{view.id}_2")
+    cp.run_function(f"{view.id}_7")
+    handles = [skyport.decorator.JobHandle(alice, alice.job(f"{view.id}_{i}")) for i in (7, 2)]
+    assert [h.result() for h in handles] == [49, 4]
+    assert not cp.storage.exists(f"{view.id}_7", "payloads.bin")  # only its own call
