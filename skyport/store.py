@@ -116,6 +116,9 @@ _ADDED_COLUMNS = {  # columns a store written by an earlier version lacks
 }
 
 
+_ARRAY_SPECS_KEPT = 256  # parsed array specs kept in memory (each may hold a 1 MiB script)
+
+
 @dataclass(frozen=True)
 class ArrayRecord:
     """One job array: its spec (and script) once, for all of its tasks."""
@@ -261,7 +264,6 @@ class JobStore:
             db.executemany(
                 "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, 0, ?, ?, ?)",
                 [(job_id, ts, JobState.QUEUED.value, reason) for job_id, _ in ids])
-        self._array_specs[record.id] = record.spec
         for job_id, _ in ids:
             self._changed(job_id, JobState.QUEUED)
 
@@ -506,14 +508,17 @@ class JobStore:
         ]
 
     def _array_spec(self, array_id: str, raw: str | None = None) -> JobSpec:
-        spec = self._array_specs.get(array_id)
-        if spec is None:
-            if raw is None:
-                row = self._db.execute("SELECT spec FROM arrays WHERE id = ?",
-                                       (array_id,)).fetchone()
-                raw = row["spec"]
-            spec = self._array_specs[array_id] = JobSpec.model_validate_json(raw)
-        return spec
+        """A task's spec: its array's, parsed once (a listing of 10,000 tasks parses one)."""
+        with self._lock:
+            spec = self._array_specs.get(array_id)
+            if spec is None:
+                if raw is None:
+                    raw = self._db.execute("SELECT spec FROM arrays WHERE id = ?",
+                                           (array_id,)).fetchone()["spec"]
+                spec = self._array_specs[array_id] = JobSpec.model_validate_json(raw)
+                while len(self._array_specs) > _ARRAY_SPECS_KEPT:  # oldest out: scripts are big
+                    del self._array_specs[next(iter(self._array_specs))]
+            return spec
 
     def _job(self, row: sqlite3.Row, events: builtins.list[Event]) -> Job:
         array_id = row["array_id"]

@@ -324,3 +324,21 @@ def test_each_task_is_staged_its_own_payload_whatever_the_indices(cp: TestContro
     handles = [skyport.decorator.JobHandle(alice, alice.job(f"{view.id}_{i}")) for i in (7, 2)]
     assert [h.result() for h in handles] == [49, 4]
     assert not cp.storage.exists(f"{view.id}_7", "payloads.bin")  # only its own call
+
+
+def test_an_array_and_its_tasks_are_stored_in_one_transaction(tmp_path: Path) -> None:
+    from skyport.store import ArrayRecord, JobStore
+
+    store = JobStore(tmp_path / "jobs.db")
+    record = ArrayRecord("0123abcd", "alice", spec("0-5"), 6, None, utcnow())
+    store.add("0123abcd_3", "alice", JobSpec(script="x"))  # a clash half-way through
+    with pytest.raises(ConflictError):
+        store.add_array(record, range(6))
+    with pytest.raises(NotFoundError):
+        store.array("0123abcd")  # nothing of it was kept
+    assert [j.id for j in store.list()] == ["0123abcd_3"]
+    store.add_array(ArrayRecord("4567cdef", "alice", spec("0-5"), 6, 2, utcnow()), range(6))
+    assert store.array("4567cdef").throttle == 2
+    assert store.array_counts(["4567cdef"]) == {"4567cdef": {"QUEUED": 6}}
+    assert store.array_throttles() == {"4567cdef": 2}
+    store.close()
