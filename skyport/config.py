@@ -61,8 +61,10 @@ class SubmitLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # an array's tasks count one by one; 20,000 lets a user queue a 10,000-task array
+    # twice, while a task row holds no script (the array's record does)
     max_queued_per_user: int = Field(
-        1000, ge=1,
+        20_000, ge=1,
         description="QUEUED jobs one user may have at once; a submission past it is refused")
 
 

@@ -39,11 +39,13 @@ import functools
 import hashlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from skyport.arrays import MAX_ARRAY_SIZE
 from skyport.client import Client, LogChunk, connect
 from skyport.errors import JobFailedError, ValidationError
 from skyport.models import NAME_RE, Job, JobSpec, JobState
@@ -140,6 +142,8 @@ def spec_for(fn: Callable[..., Any], options: JobOptions) -> JobSpec:
     data: dict[str, Any] = {"name": _default_name(fn), "kind": "function"}
     origin: dict[str, Blame] = {}
     for opt in OPTIONS.values():
+        if not opt.python:
+            continue
         given = options.given(opt.argument)
         if given is None:
             if opt.argument not in DEFAULTS:
@@ -447,6 +451,32 @@ class JobFunction(Generic[P, R]):
         client = self.client
         return JobHandle(client, client.submit(spec, payload))
 
+    def map(self, items: Iterable[Any], *, max_running: int | None = None) -> list[JobHandle[R]]:
+        """Submit ``fn(item)`` for every item as ONE job array, in one call.
+
+        Returns a handle per item, in order (task ``i`` of the array runs
+        ``fn(items[i])`` and sees ``SKYPORT_ARRAY_TASK_ID=i``); ``max_running``
+        runs at most that many at once (``--array=...%N``).
+        """
+        if max_running is not None and (isinstance(max_running, bool)
+                                        or not isinstance(max_running, int) or max_running < 1):
+            raise ValidationError("max_running", max_running, "a whole number >= 1, or None")
+        payloads = [self.payload(item) for item in items]  # type: ignore[call-arg]
+        if not payloads:
+            return []
+        if len(payloads) > MAX_ARRAY_SIZE:
+            raise ValidationError("items", f"{len(payloads)} items",
+                                  f"at most {MAX_ARRAY_SIZE} in one map (one job array)")
+        text = f"0-{len(payloads) - 1}" + (f"%{max_running}" if max_running else "")
+        spec = self.spec.model_copy(update={"array": text})
+        client = self.client
+        view = client.submit_array(spec, payloads)
+        now = datetime.fromisoformat(view.submitted_at)
+        return [JobHandle(client, Job(id=f"{view.id}_{i}", owner=view.owner, spec=spec,
+                                      state=JobState.QUEUED, submitted_at=now,
+                                      array_id=view.id, array_index=i))
+                for i in view.indices]
+
 
 @overload
 def job(fn: Callable[P, R], /) -> JobFunction[P, R]: ...
@@ -525,6 +555,8 @@ def _signature() -> inspect.Signature:
 def _arguments_doc() -> str:
     rows = []
     for opt in OPTIONS.values():
+        if not opt.python:
+            continue
         names = ", ".join((opt.argument, *opt.aliases))
         rows.append(f"    {names}: {PYTHON_TYPES[opt.kind]} -- {opt.help} (--{opt.directive})")
     return "\n\nJob options, one per ``#SKYPORT`` directive::\n\n" + "\n".join(rows) + "\n"

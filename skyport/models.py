@@ -136,6 +136,21 @@ class JobSpec(BaseModel):
     signal: str | None = None  # "SIGUSR1@60": that signal, that many seconds before the limit
     # "afterok:ID[:ID...],singleton" (skyport.dependencies), kept in its canonical form
     dependency: str | None = None
+    array: str | None = None  # "0-99:2%10": a job array (skyport.arrays); its tasks are jobs
+
+    @field_validator("array")
+    @classmethod
+    def _array(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from skyport.arrays import ArraySyntaxError, parse_array
+
+        text = "".join(v.split())
+        try:
+            parse_array(text)
+        except ArraySyntaxError as exc:
+            raise ValueError(f"array {v[:40]!r}: {exc}") from None
+        return text
 
     @field_validator("name")
     @classmethod
@@ -333,6 +348,9 @@ class Job(BaseModel):
     # unpickles only bytes with the digest recorded here (skyport.decorator)
     result_digests: dict[str, str] = Field(default_factory=dict)
     held: bool = False  # kept out of planning until released (``skyport hold``)
+    # a task of a job array (skyport.arrays): its array's id and its own index
+    array_id: str | None = None
+    array_index: int | None = None
     # why a job that is not running waits: a short code and a sentence (the scheduler's)
     wait_reason: str | None = None
     wait_detail: str | None = None

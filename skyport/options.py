@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from skyport.arrays import ARRAY_ALLOWED, ArraySyntaxError, parse_array
 from skyport.dependencies import ALLOWED as DEPENDENCY_ALLOWED
 from skyport.dependencies import format_conditions, parse_dependency
 from skyport.errors import ScriptError, ValidationError
@@ -33,7 +34,7 @@ from skyport.models import MPI_IMPLEMENTATIONS, JobSpec, check_env_key, check_re
 from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
 
 Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal",
-               "dependency"]
+               "dependency", "array"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Option:
     help: str
     repeatable: bool = False
     aliases: tuple[str, ...] = ()  # older decorator spellings that still work
+    python: bool = True  # a keyword of ``@skyport.job`` (arrays there are ``fn.map``)
 
     @property
     def field(self) -> str:
@@ -86,11 +88,14 @@ OPTIONS: dict[str, Option] = {
         Option("dependency", "dependency", "dependency", "dependency",
                "wait for other jobs: afterok|afternotok|afterany|after:ID[:ID...], "
                "singleton; ','-joined"),
+        Option("array", "array", "array", "array",
+               "a job array: 0-9999, 1,3,5-7, 0-99:2; %N runs at most N at once",
+               python=False),
     )
 }
 
 ARGUMENTS: dict[str, Option] = {
-    name: o for o in OPTIONS.values() for name in (o.argument, *o.aliases)
+    name: o for o in OPTIONS.values() if o.python for name in (o.argument, *o.aliases)
 }
 """Every keyword ``@skyport.job`` takes for a job option (aliases included)."""
 
@@ -106,6 +111,7 @@ TEXT_ALLOWED: dict[Kind, str] = {
     "mpi": "one of " + ", ".join(MPI_IMPLEMENTATIONS),
     "signal": "SIG[@seconds], e.g. SIGUSR1@60",
     "dependency": DEPENDENCY_ALLOWED,
+    "array": ARRAY_ALLOWED,
 }
 """What a value written as text may be, per kind."""
 
@@ -121,6 +127,7 @@ PYTHON_ALLOWED: dict[Kind, str] = {
     "mpi": TEXT_ALLOWED["mpi"],
     "signal": TEXT_ALLOWED["signal"],
     "dependency": DEPENDENCY_ALLOWED,
+    "array": ARRAY_ALLOWED,
 }
 """What the decorator takes, per kind."""
 
@@ -136,6 +143,7 @@ PYTHON_TYPES: dict[Kind, str] = {
     "mpi": "str",
     "signal": "str",
     "dependency": "str",
+    "array": "str",
 }
 """The decorator's annotation of each kind (its generated signature shows these)."""
 
@@ -266,6 +274,12 @@ def _dependency(text: str, base_dir: Path | None) -> str:
         return format_conditions(parse_dependency(text))
     except ValueError as exc:
         raise _Bad(str(exc)) from exc
+def _array(text: str, base_dir: Path | None) -> str:
+    try:
+        parse_array(text)
+    except ArraySyntaxError as exc:
+        raise _Bad(str(exc)) from exc
+    return "".join(text.split())
 
 
 _PARSERS = {
@@ -280,6 +294,7 @@ _PARSERS = {
     "mpi": _mpi,
     "signal": _signal,
     "dependency": _dependency,
+    "array": _array,
 }
 
 

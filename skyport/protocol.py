@@ -25,6 +25,8 @@ __all__ = [
     "BudgetView",
     "CostRowView",
     "CostView",
+    "ArraySubmitRequest",
+    "ArrayView",
     "CapacityView",
     "CheckpointFile",
     "CheckpointOpened",
@@ -440,6 +442,35 @@ class CancelAnswer(Answer):
     cancelled: list[str]
     already_ended: list[str] = Field(default_factory=list)
     not_found: list[str] = Field(default_factory=list)
+
+
+class ArraySubmitRequest(Body):
+    """``POST /v1/arrays``: one job array (``spec.array`` says which indices).
+
+    A function array (``fn.map``) carries one cloudpickled call per task, in
+    index order; the Core stores them as one file and stages task i's alone.
+    """
+
+    spec: JobSpec
+    payloads_b64: list[Annotated[str, Field(max_length=64 * 1024 * 1024)]] | None = Field(
+        None, max_length=100_000)
+
+
+class ArrayView(Answer):
+    """One job array: its tasks are the jobs ``{id}_{index}``; ``counts`` per state."""
+
+    id: str
+    owner: str
+    name: str
+    array: str  # the indices as submitted, with %N: "0-99:2%10"
+    task_count: int
+    throttle: int | None = None
+    submitted_at: str
+    counts: dict[JobState, int] = Field(default_factory=dict)
+    indices: list[int] = Field(default_factory=list)  # in order: task i is {id}_{indices[i]}
+
+    def task_ids(self) -> list[str]:
+        return [f"{self.id}_{i}" for i in self.indices]
 
 
 class BootstrapExchangeBody(Body):

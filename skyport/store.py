@@ -73,6 +73,15 @@ CREATE TABLE IF NOT EXISTS warm_clusters (
     idle_hashes TEXT NOT NULL DEFAULT '[]',
     assigned_job TEXT
 );
+CREATE TABLE IF NOT EXISTS arrays (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    task_count INTEGER NOT NULL,
+    throttle INTEGER,
+    submitted_at TEXT NOT NULL,
+    payload_offsets TEXT
+);
 CREATE TABLE IF NOT EXISTS open_checkpoints (
     job_id TEXT PRIMARY KEY,
     data TEXT NOT NULL
@@ -120,7 +129,26 @@ _ADDED_COLUMNS = {  # columns a store written by an earlier version lacks
     "checkpoint_version": "INTEGER NOT NULL DEFAULT 0",
     "result_digests": "TEXT NOT NULL DEFAULT '{}'",
     "held": "INTEGER NOT NULL DEFAULT 0",
+    "array_id": "TEXT",  # a task of a job array: its spec is the array's (skyport.arrays)
+    "array_index": "INTEGER",
 }
+
+
+_ARRAY_SPECS_KEPT = 256  # parsed array specs kept in memory (each may hold a 1 MiB script)
+
+
+@dataclass(frozen=True)
+class ArrayRecord:
+    """One job array: its spec (and script) once, for all of its tasks."""
+
+    id: str
+    owner: str
+    spec: JobSpec
+    task_count: int
+    throttle: int | None
+    submitted_at: datetime
+    # where each task's function payload starts in the array's payloads file, and its end
+    payload_offsets: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +202,8 @@ class JobStore:
         for name, decl in _ADDED_COLUMNS.items():
             if name not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array ON jobs(array_id)")
+        self._array_specs: dict[str, JobSpec] = {}  # an array's spec never changes
         self._lock = threading.RLock()
         # called after every committed state change, e.g. so the Core re-plans:
         # whoever changed a job need not remember to say so
@@ -223,6 +253,42 @@ class JobStore:
                      for up in c.job_ids])
         self._changed(job_id, JobState.QUEUED)
         return self.get(job_id)
+
+    def add_array(self, record: ArrayRecord, indices: Iterable[int],
+                  reason: str = "submitted") -> None:
+        """An array and every one of its tasks (QUEUED), in ONE transaction.
+
+        The spec is stored once, in the array's row; a task's row holds no spec
+        of its own (``spec`` is empty) and reads its array's.
+        """
+        now = utcnow()
+        ts = _ts(now)
+        with self._tx() as db:
+            try:
+                db.execute(
+                    "INSERT INTO arrays (id, owner, spec, task_count, throttle, submitted_at,"
+                    " payload_offsets) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record.id, record.owner, record.spec.model_dump_json(), record.task_count,
+                     record.throttle, _ts(record.submitted_at),
+                     None if record.payload_offsets is None
+                     else json.dumps(list(record.payload_offsets))))
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"array {record.id} already exists") from exc
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            ids = [(f"{record.id}_{i}", i) for i in indices]
+            try:
+                db.executemany(
+                    "INSERT INTO jobs (id, seq, owner, spec, state, reason, submitted_at,"
+                    " array_id, array_index) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
+                    [(job_id, seq + n, record.owner, JobState.QUEUED.value, reason, ts,
+                      record.id, i) for n, (job_id, i) in enumerate(ids)])
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"a task of array {record.id} already exists") from exc
+            db.executemany(
+                "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, 0, ?, ?, ?)",
+                [(job_id, ts, JobState.QUEUED.value, reason) for job_id, _ in ids])
+        for job_id, _ in ids:
+            self._changed(job_id, JobState.QUEUED)
 
     def transition(self, job_id: str, new: JobState, reason: str, **fields: Any) -> Job:
         """Move a job to ``new``, with its event, atomically; ConflictError if not allowed."""
@@ -403,6 +469,41 @@ class JobStore:
             evs = self._events(job_id) if events else []
         return self._job(row, evs)
 
+    def array(self, array_id: str) -> ArrayRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM arrays WHERE id = ?", (array_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no job {array_id}")
+        offsets = row["payload_offsets"]
+        return ArrayRecord(
+            id=row["id"], owner=row["owner"], spec=self._array_spec(row["id"], row["spec"]),
+            task_count=row["task_count"], throttle=row["throttle"],
+            submitted_at=datetime.fromisoformat(row["submitted_at"]),
+            payload_offsets=None if offsets is None else tuple(json.loads(offsets)))
+
+    def array_counts(self, array_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """How many tasks of each array are in each state: ``{array_id: {state: n}}``."""
+        ids = builtins.list(dict.fromkeys(array_ids))
+        out: dict[str, dict[str, int]] = {a: {} for a in ids}
+        with self._lock:
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk:chunk + 500]
+                rows = self._db.execute(
+                    "SELECT array_id, state, COUNT(*) AS n FROM jobs WHERE array_id IN"
+                    f" ({', '.join('?' * len(part))}) GROUP BY array_id, state", part).fetchall()
+                for r in rows:
+                    out[r["array_id"]][r["state"]] = r["n"]
+        return out
+
+    def array_throttles(self) -> dict[str, int]:
+        """``{array_id: limit}`` of every array with ``%N`` that still has queued tasks."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, throttle FROM arrays WHERE throttle IS NOT NULL AND EXISTS"
+                " (SELECT 1 FROM jobs WHERE jobs.array_id = arrays.id AND jobs.state = ?)",
+                (JobState.QUEUED.value,)).fetchall()
+        return {r["id"]: r["throttle"] for r in rows}
+
     def token_hash(self, job_id: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT token_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -415,11 +516,16 @@ class JobStore:
         states: Iterable[JobState] | None = None,
         limit: int | None = None,
         after: str | None = None,
+        array_id: str | None = None,
     ) -> list[Job]:
-        """Jobs in submission order; ``after``: only those submitted after that job."""
+        """Jobs in submission order; ``after``: only those submitted after that job;
+        ``array_id``: only that array's tasks."""
         sql = "SELECT * FROM jobs"
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
+        if array_id is not None:
+            where.append("array_id = ?")
+            args.append(array_id)
         if after is not None:
             where.append("seq > COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)")
             args.append(after)
@@ -477,12 +583,26 @@ class JobStore:
             Event(time=_dt(r["time"]), state=JobState(r["state"]), reason=r["reason"]) for r in rows
         ]
 
-    @staticmethod
-    def _job(row: sqlite3.Row, events: builtins.list[Event]) -> Job:
+    def _array_spec(self, array_id: str, raw: str | None = None) -> JobSpec:
+        """A task's spec: its array's, parsed once (a listing of 10,000 tasks parses one)."""
+        with self._lock:
+            spec = self._array_specs.get(array_id)
+            if spec is None:
+                if raw is None:
+                    raw = self._db.execute("SELECT spec FROM arrays WHERE id = ?",
+                                           (array_id,)).fetchone()["spec"]
+                spec = self._array_specs[array_id] = JobSpec.model_validate_json(raw)
+                while len(self._array_specs) > _ARRAY_SPECS_KEPT:  # oldest out: scripts are big
+                    del self._array_specs[next(iter(self._array_specs))]
+            return spec
+
+    def _job(self, row: sqlite3.Row, events: builtins.list[Event]) -> Job:
+        array_id = row["array_id"]
         return Job(
             id=row["id"],
             owner=row["owner"],
-            spec=JobSpec.model_validate_json(row["spec"]),
+            spec=self._array_spec(array_id) if array_id else
+            JobSpec.model_validate_json(row["spec"]),
             state=JobState(row["state"]),
             reason=row["reason"],
             exit_code=row["exit_code"],
@@ -500,5 +620,7 @@ class JobStore:
             checkpoint_version=row["checkpoint_version"],
             result_digests=json.loads(row["result_digests"]),
             held=bool(row["held"]),
+            array_id=array_id,
+            array_index=row["array_index"],
             events=events,
         )

@@ -37,6 +37,7 @@ from skyport.agent.launchsock import LaunchSocket
 from skyport.agent.payload import LogPump, Payload, PayloadResult
 from skyport.agent.procfs import kill_own_processes, own_processes
 from skyport.agent.transfer import stage_in, stage_out
+from skyport.arrays import array_env
 from skyport.errors import (
     AuthenticationError,
     ControlPlaneError,
@@ -108,6 +109,7 @@ def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str],
         "SKYPORT_THREADS_PER_RANK": str(spec.threads_per_rank),
         "SKYPORT_MPI": spec.layout.mpi,
         "SKYPORT_GPUS_PER_NODE": str(spec.resources.gpus_per_node),
+        **array_env(boot.job_id, spec.array),  # a task of a job array: which one
     })
     return env
 

@@ -13,9 +13,10 @@ import click
 from skyport.cli import render
 from skyport.cli.app import Output, cli, command, get_client
 from skyport.cli.progress import ProgressBars
-from skyport.errors import ValidationError
+from skyport.errors import NotFoundError, ValidationError
 from skyport.models import Job, JobState
 from skyport.options import OPTIONS, input_url
+from skyport.protocol import ArrayView
 from skyport.script import build_spec, cli_directives
 from skyport.units import format_duration
 
@@ -69,6 +70,10 @@ def submit_cmd(out: Output, script: str, **options: Any) -> None:
             pairs.append((opt.directive, value))
     spec = build_spec(text, cli_directives(pairs), base_dir=base_dir)
     with ProgressBars() as bars:
+        if spec.array is not None:  # one call, one record, a task per index
+            view = get_client().submit_array(spec, progress=bars.update)
+            out.emit(view.model_dump(mode="json", exclude={"indices"}), view.id)
+            return
         job = get_client().submit(spec, progress=bars.update)
     out.emit(job.summary(), job.id)
 
@@ -83,13 +88,16 @@ def submit_cmd(out: Output, script: str, **options: Any) -> None:
     type=click.Choice([s.value for s in JobState], case_sensitive=False),
     help="only jobs in this state (repeatable)",
 )
-def jobs_cmd(out: Output, all_: bool, states: tuple[str, ...]) -> None:
-    """List jobs."""
+@click.option("--expand", is_flag=True, help="a row per array task, not one per array")
+def jobs_cmd(out: Output, all_: bool, states: tuple[str, ...], expand: bool) -> None:
+    """List jobs; a job array is one row with its tasks counted per state."""
     jobs = get_client().jobs(all=all_, states=[s.upper() for s in states])
     now = _now()
+    items: list[Any] = list(jobs) if expand else render.group_arrays(jobs)
     out.emit(
-        [j.summary() for j in jobs],
-        lambda: render.table(render.JOB_HEADERS, render.job_rows(jobs, now)) if jobs else "no jobs",
+        [x.summary() for x in items],
+        lambda: render.table(render.JOB_HEADERS, render.listing_rows(items, now))
+        if items else "no jobs",
     )
 
 
@@ -98,10 +106,31 @@ def jobs_cmd(out: Output, all_: bool, states: tuple[str, ...]) -> None:
 def show_cmd(out: Output, job_id: str) -> None:
     """A job's fields, event history and stored files."""
     client = get_client()
-    job = client.job(job_id)
+    try:
+        job = client.job(job_id)
+    except NotFoundError:
+        try:  # an array's id: the array, its tasks counted per state
+            view = client.array(job_id)
+        except NotFoundError:
+            raise NotFoundError(f"no job {job_id}") from None
+        out.emit(view.model_dump(mode="json"), lambda: _array_text(view))
+        return
     files = client.files(job_id)
     document = {**job.summary(), "files": [f._asdict() for f in files]}
     out.emit(document, lambda: _show_text(job, files))
+
+
+def _array_text(view: ArrayView) -> str:
+    return render.key_values([
+        ("array", view.id),
+        ("name", view.name),
+        ("owner", view.owner),
+        ("indices", view.array),
+        ("tasks", view.task_count),
+        ("at most running", view.throttle),
+        ("states", " ".join(f"{k.value}:{v}" for k, v in view.counts.items())),
+        ("task ids", f"{view.id}_<index>, e.g. {view.task_ids()[0]}" if view.indices else None),
+    ])
 
 
 def _show_text(job: Job, files: list[Any]) -> str:
@@ -230,8 +259,19 @@ def cancel_cmd(out: Output, job_ids: tuple[str, ...], checkpoint: bool, states: 
     if checkpoint or (len(job_ids) == 1 and not (states or name or all_mine)):
         if len(job_ids) != 1 or states or name or all_mine:
             raise click.UsageError("--checkpoint takes exactly one job id and no filter")
-        job = client.cancel_after_checkpoint(job_ids[0]) if checkpoint \
-            else client.cancel(job_ids[0])
+        try:
+            job = client.cancel_after_checkpoint(job_ids[0]) if checkpoint \
+                else client.cancel(job_ids[0])
+        except NotFoundError:
+            if checkpoint:
+                raise
+            # maybe an array's id: the bulk call cancels every task of it
+            answer = client.cancel_many(job_ids)
+            if answer.not_found:
+                raise
+            out.emit(answer.model_dump(mode="json"),
+                     f"cancelled {len(answer.cancelled)} job(s)")
+            return
         out.emit(job.summary(), f"{job.id} {job.state.value}")
         return
     if not (job_ids or states or name or all_mine):

@@ -140,6 +140,71 @@ def job_rows(jobs: Iterable[Job], now: datetime, tz: tzinfo | None = None) -> li
     ]
 
 
+@dataclass(frozen=True)
+class ArrayRow:
+    """A job array as ``skyport jobs`` shows it: one row, its tasks counted per state."""
+
+    array_id: str
+    array: str  # the indices as submitted, "0-9999%10"
+    tasks: tuple[Job, ...]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for state in JobState:  # the lifecycle's order, not the first task's
+            n = sum(1 for t in self.tasks if t.state is state)
+            if n:
+                out[state.value] = n
+        return out
+
+    def summary(self) -> dict[str, object]:
+        first = self.tasks[0]
+        return {"id": self.array_id, "kind": "array", "array": self.array, "name": first.name,
+                "owner": first.owner, "task_count": len(self.tasks), "counts": self.counts,
+                "tasks": [t.id for t in self.tasks]}
+
+
+def group_arrays(jobs: Iterable[Job]) -> list[Job | ArrayRow]:
+    """Jobs in order, each array's tasks folded into one ``ArrayRow`` where its first shows."""
+    tasks: dict[str, list[Job]] = {}
+    order: list[Job | str] = []
+    for j in jobs:
+        if j.array_id is None:
+            order.append(j)
+        else:
+            if j.array_id not in tasks:
+                tasks[j.array_id] = []
+                order.append(j.array_id)
+            tasks[j.array_id].append(j)
+    return [ArrayRow(x, tasks[x][0].spec.array or "", tuple(tasks[x])) if isinstance(x, str)
+            else x for x in order]
+
+
+def listing_rows(items: Iterable[Job | ArrayRow], now: datetime,
+                 tz: tzinfo | None = None) -> list[list[str]]:
+    """Rows for ``JOB_HEADERS``: a job's, or an array's (``1234_[0-9999]`` and its counts)."""
+    rows: list[list[str]] = []
+    for x in items:
+        if isinstance(x, Job):
+            rows.extend(job_rows([x], now, tz))
+            continue
+        first = x.tasks[0]
+        started = [t.started_at for t in x.tasks if t.started_at is not None]
+        reasons = sorted({t.wait_reason for t in x.tasks if t.wait_reason})
+        rows.append([
+            f"{x.array_id}_[{x.array.partition('%')[0]}]",
+            first.name,
+            first.owner,
+            " ".join(f"{k}:{v}" for k, v in x.counts.items()),
+            str(first.nodes),
+            format_when(first.submitted_at, now, tz),
+            format_when(min(started), now, tz) if started else "",
+            "",
+            ",".join(reasons),
+        ])
+    return rows
+
+
 def format_size(size: int) -> str:
     """Bytes for people: ``512 B``, ``1.5 KiB``, ``3.0 MiB``."""
     value = float(size)

@@ -26,7 +26,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, unquote
@@ -51,6 +51,8 @@ from skyport.errors import (
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, check_relative_path
 from skyport.protocol import (
     MAX_BUDGET,
+    ArraySubmitRequest,
+    ArrayView,
     BudgetView,
     CancelAnswer,
     CancelRequest,
@@ -218,12 +220,37 @@ class Client:
         whoever runs this client: the control plane never reads a user's local
         path itself.
         """
+        if spec.array is not None:
+            raise ValidationError("array", spec.array,
+                                  "one job here: Client.submit_array submits an array")
+        spec = self._uploaded(spec, progress)
+        body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
+        return self.call("POST", "/v1/jobs", Job, body=body)
+
+    def _uploaded(self, spec: JobSpec, progress: Progress | None) -> JobSpec:
         if any(_local_file(u) for u in spec.inputs):
             spec = spec.model_copy(update={"inputs": tuple(
                 self.upload(p, progress) if (p := _local_file(u)) else u
                 for u in spec.inputs)})
-        body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
-        return self.call("POST", "/v1/jobs", Job, body=body)
+        return spec
+
+    def submit_array(self, spec: JobSpec, payloads: Sequence[bytes] | None = None,
+                     progress: Progress | None = None) -> ArrayView:
+        """Submit a job array (``spec.array``, e.g. ``"0-9999%50"``) in one call.
+
+        Its tasks are the jobs ``ArrayView.task_ids()``; a function array
+        (``fn.map``) sends one cloudpickled call per task, in index order.
+        """
+        if spec.array is None:
+            raise ValidationError("array", None, "indices, e.g. 0-9999 (submit() takes one job)")
+        body = ArraySubmitRequest(
+            spec=self._uploaded(spec, progress),
+            payloads_b64=None if payloads is None else [_b64(p) for p in payloads])
+        return self.call("POST", "/v1/arrays", ArrayView, body=body)
+
+    def array(self, array_id: str) -> ArrayView:
+        """A job array: its indices and its tasks' count per state."""
+        return self.call("GET", f"/v1/arrays/{_seg(array_id)}", ArrayView)
 
     def upload(self, path: str | Path, progress: Progress | None = None) -> str:
         """Send a local file into your own upload area; the input URL that names it."""

@@ -66,6 +66,21 @@ class Submit(Command):
 
 
 @dataclass(frozen=True)
+class SubmitArray(Command):
+    handler = "submit_array"
+    who: Identity
+    spec: JobSpec
+    payloads_b64: list[str] | None
+
+
+@dataclass(frozen=True)
+class GetArray(Command):
+    handler = "array"
+    who: Identity
+    array_id: str
+
+
+@dataclass(frozen=True)
 class GetJob(Command):
     handler = "get"
     who: Identity

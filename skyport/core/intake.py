@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from skyport.config import InputPolicy, SubmitLimits
+from skyport.core.arrays import submit_array
 from skyport.core.dependencies import DependencyDesk
 from skyport.core.inputs import InputSource, check_input_url
 from skyport.errors import ConflictError, NotFoundError, ValidationError
@@ -21,7 +22,7 @@ from skyport.pki import Identity
 from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
 from skyport.runtime.contract import parse_upstream_url
 from skyport.storage import JobStorage
-from skyport.store import JobStore
+from skyport.store import ArrayRecord, JobStore
 
 
 class JobIntake:
@@ -62,6 +63,10 @@ class JobIntake:
             raise ConflictError(
                 f"user {who.username} already has {queued} queued jobs: at most "
                 f"{self.limits.max_queued_per_user} (limits.max_queued_per_user in config.json)")
+        if spec.array is not None:
+            raise ValidationError("array", spec.array,
+                                  "no array here: submit arrays with POST /v1/arrays "
+                                  "(skyport submit and Client.submit_array do)")
         await self._validate(spec, who.username)
         payload = None
         if spec.kind == "function":
@@ -85,6 +90,12 @@ class JobIntake:
             self.storage.remove_job(job_id)
             raise
 
+    async def submit_array(self, who: Identity, spec: JobSpec,
+                           payloads_b64: Sequence[str] | None = None) -> ArrayRecord:
+        """One job array (``spec.array``): checked as one job, stored as one record."""
+        return await submit_array(self.store, self.storage, self.limits, self._validate,
+                                  self._new_job_id, who, spec, payloads_b64)
+
     def _new_job_id(self) -> str:
         # short enough to type; drawn again on a clash, before any file is written
         while True:
@@ -92,7 +103,10 @@ class JobIntake:
             try:
                 self.store.get(job_id, events=False)
             except NotFoundError:
-                return job_id
+                try:  # nor an array's: "skyport cancel ID" must name one thing
+                    self.store.array(job_id)
+                except NotFoundError:
+                    return job_id
 
     async def _validate(self, spec: JobSpec, owner: str) -> None:
         if spec.gate is not None and spec.gate not in self.gates:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from skyport import tokens
 from skyport.checkpoint import LATEST
 from skyport.config import InputPolicy, SubmitLimits
+from skyport.core import arrays
 from skyport.core.budget_desk import BudgetDesk
 from skyport.core.budgets import BUDGET
 from skyport.core.checkpoints import KEEP_VERSIONS, OpenCheckpoint
@@ -97,7 +98,7 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.gate.bootstrapcred import Exchanged, gate_of
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
-from skyport.protocol import HeartbeatAnswer
+from skyport.protocol import ArrayView, HeartbeatAnswer
 from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge, Waiting
 from skyport.storage import JobStorage
 from skyport.store import JobStore, StoreChange, utcnow
@@ -182,6 +183,7 @@ class CoreService:
         self.machine = JobMachine(settings.machine())
         self._plan: dict[str, PlanEntry] = {}
         self._waiting: dict[str, Waiting] = {}  # why each queued job waits, from the last plan
+        self._throttled: dict[str, str] = {}  # array tasks past their %N, last pass
         self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
@@ -289,6 +291,7 @@ class CoreService:
     async def _provision(self, job_id: str, gate_name: str, candidates: tuple[str, ...]) -> None:
         try:
             job = self._job(job_id)
+            await asyncio.to_thread(arrays.stage_task, self.store, self.storage, job)
             # checked again: the policy (and a host's addresses) may have changed since submit
             for source in self.intake.sources(job.spec, job.owner):
                 # gigabytes, maybe: in a worker thread, so the Core's loop (planning,
@@ -420,6 +423,14 @@ class CoreService:
             job = self.store.get(job.id)
         return job
 
+    async def submit_array(self, who: Identity, spec: JobSpec,
+                           payloads_b64: list[str] | None = None) -> ArrayView:
+        record = await self.intake.submit_array(who, spec, payloads_b64)
+        return arrays.array_view(self.store, record)
+
+    async def array(self, who: Identity, array_id: str) -> ArrayView:
+        return arrays.array_view(self.store, arrays.visible_array(self.store, who, array_id))
+
     def _visible(self, who: Identity, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job.owner != who.username and not who.is_admin:
@@ -462,6 +473,10 @@ class CoreService:
         if job_ids:
             candidates = []
             for job_id in dict.fromkeys(job_ids):
+                tasks = arrays.array_tasks(self.store, who, job_id)
+                if tasks is not None:  # an array's id: every task of it not yet over
+                    candidates.extend(tasks)
+                    continue
                 try:
                     candidates.append(self._visible(who, job_id))
                 except NotFoundError:
@@ -500,6 +515,8 @@ class CoreService:
             waits = self.dependencies.blocked([job]).get(job.id)
             if waits is not None:
                 return DEPENDENCY, waits
+        if job.id in self._throttled:
+            return arrays.ARRAY_TASK_LIMIT, self._throttled[job.id]
         if job.id in self.budgets.waiting:
             return BUDGET, self.budgets.waiting[job.id]
         failed = self.machine.failed_gates(job.id)
@@ -785,6 +802,8 @@ class CoreService:
         queued = [j for j in self.store.list(states=[S.QUEUED]) if not j.held]
         blocked = self.dependencies.blocked(queued)
         queued = [j for j in queued if j.id not in blocked]
+        limits = self.store.array_throttles()
+        queued, self._throttled = arrays.throttle(queued, limits, self.store.array_counts(limits))
         queued, over = await self.budgets.admit(queued, now)  # the rest wait for money
         for job_id, why in over:
             try:

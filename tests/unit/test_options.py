@@ -42,7 +42,9 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "max-restarts": ("3", 3),
     "signal": ("USR1@60", "SIGUSR1@60"),
     "dependency": ("afterok:1a2b:3c4d,singleton", "afterok:1a2b:3c4d,singleton"),
+    "array": ("0-9:2%3", None),  # no decorator argument: fn.map submits arrays
 }
+PYTHON_SAMPLES = {d: s for d, s in SAMPLES.items() if OPTIONS[d].python}
 
 # what ``skyport submit`` has beside the job options: how it prints, not what it asks for
 NOT_JOB_OPTIONS = {"json_output", "debug"}
@@ -67,7 +69,7 @@ def job_spec(**arguments: Any) -> JobSpec:
 def test_the_table_has_every_directive_once_and_samples_for_each() -> None:
     assert list(SAMPLES) == list(OPTIONS)
     arguments = [o.argument for o in OPTIONS.values()]
-    assert len(set(arguments)) == len(arguments) == 20
+    assert len(set(arguments)) == len(arguments) == 21
     fields = [o.field for o in OPTIONS.values()]
     assert len(set(fields)) == len(fields)  # an error about a field names one option
     for opt in OPTIONS.values():  # every target is a field of the spec
@@ -84,6 +86,9 @@ def test_every_submit_option_is_a_decorator_argument_and_a_directive(
     (flag,) = param.opts
     directive = flag.removeprefix("--")
     assert directive in OPTIONS, f"{flag} has no row in the option table"
+    if not OPTIONS[directive].python:
+        assert param.name not in inspect.signature(skyport.job).parameters
+        return
     assert param.name in inspect.signature(skyport.job).parameters
     assert ARGUMENTS[param.name] is OPTIONS[directive]
     text, value = SAMPLES[directive]
@@ -114,7 +119,7 @@ def test_three_doors_give_the_same_spec(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     script = "#!/bin/bash\n" + "".join(
-        f"#SKYPORT --{d}={text}\n" for d, (text, _) in SAMPLES.items()
+        f"#SKYPORT --{d}={text}\n" for d, (text, _) in PYTHON_SAMPLES.items()
     ) + "run\n"
     from_script = build_spec(script)
 
@@ -139,17 +144,20 @@ def test_three_doors_give_the_same_spec(
     monkeypatch.setattr("skyport.cli.app.client_factory", lambda home, user: Recorder())
     bare = tmp_path / "job.sh"
     bare.write_text("#!/bin/bash\nrun\n")
-    args = [w for d, (text, _) in SAMPLES.items() for w in (f"--{d}", text)]
+    args = [w for d, (text, _) in PYTHON_SAMPLES.items() for w in (f"--{d}", text)]
     result = CliRunner().invoke(cli, ["submit", str(bare), *args])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "j1"
     from_cli = submitted[0]
 
-    from_python = job_spec(**{OPTIONS[d].argument: value for d, (_, value) in SAMPLES.items()})
+    from_python = job_spec(**{OPTIONS[d].argument: value
+                              for d, (_, value) in PYTHON_SAMPLES.items()})
 
     dumps = [s.model_dump() for s in (from_script, from_cli, from_python)]
     dumps[2]["outputs"] = dumps[2]["outputs"][1:]  # the function's own result comes first
     for opt in OPTIONS.values():
+        if not opt.python:
+            continue
         assert get_target(dumps[0], opt) is not None, opt.directive
         assert get_target(dumps[0], opt) == get_target(dumps[1], opt) == \
             get_target(dumps[2], opt), opt.directive

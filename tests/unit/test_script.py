@@ -279,6 +279,7 @@ EXPECTED = {
     "max_restarts": None,
     "signal": None,
     "dependency": None,
+    "array": None,
 }
 
 

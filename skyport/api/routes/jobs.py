@@ -13,6 +13,8 @@ from skyport.core import commands as c
 from skyport.core.commands import CorePort
 from skyport.models import Job, JobState, SubmitRequest
 from skyport.protocol import (
+    ArraySubmitRequest,
+    ArrayView,
     CancelAnswer,
     CancelRequest,
     ClusterView,
@@ -48,6 +50,17 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     @r.post("/jobs", status_code=201)
     async def submit(body: SubmitRequest, who: User) -> Job:
         return await core.execute(c.Submit(who, body.spec, body.payload_b64))
+
+    @r.post("/arrays", status_code=201)
+    async def submit_array(body: ArraySubmitRequest, who: User) -> ArrayView:
+        """A job array (``spec.array``) in one call: one record, one task per index."""
+        return ArrayView.model_validate(
+            await core.execute(c.SubmitArray(who, body.spec, body.payloads_b64)))
+
+    @r.get("/arrays/{array_id}")
+    async def array(array_id: str, who: User) -> ArrayView:
+        """An array's indices and its tasks' count per state (tasks: ``/jobs/{id}_{i}``)."""
+        return ArrayView.model_validate(await core.execute(c.GetArray(who, array_id)))
 
     @r.get("/jobs")
     async def jobs(
