@@ -28,9 +28,17 @@ import pydantic
 
 from skyport.errors import ScriptError, ValidationError
 from skyport.models import MPI_IMPLEMENTATIONS, JobSpec, check_env_key, check_relative_path
-from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
+from skyport.units import (
+    DEADLINE_FORMS,
+    DURATION_FORMS,
+    MEM_FORMS,
+    parse_deadline,
+    parse_duration_s,
+    parse_mem_mb,
+)
 
-Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal"]
+Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal",
+               "prefer", "deadline"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,12 @@ OPTIONS: dict[str, Option] = {
         Option("mpi", "mpi", "layout.mpi", "mpi", "MPI implementation"),
         Option("gate", "gate", "gate", "str", "gate to run on"),
         Option("flavor", "flavor", "flavor", "str", "node flavor"),
-        Option("max-price", "max_price", "max_price_per_hour", "float", "max price per hour"),
+        Option("max-price", "max_price", "max_price_per_hour", "float",
+               "highest price per node-hour (the gates' price list, e.g. 0.50)"),
+        Option("prefer", "prefer", "prefer", "prefer",
+               "time (default): earliest start; cost: cheapest gate meeting --deadline"),
+        Option("deadline", "deadline", "deadline", "deadline",
+               "end by then: 2026-12-24T18:00 (local) or +6h from submission"),
         Option("input", "inputs", "inputs", "url", "input URL (repeatable)", repeatable=True),
         Option("output", "outputs", "outputs", "path",
                "output: a file, a directory (dir/) or a glob (repeatable)", repeatable=True),
@@ -99,6 +112,8 @@ TEXT_ALLOWED: dict[Kind, str] = {
     "url": "a URL, or a path to a file here",
     "mpi": "one of " + ", ".join(MPI_IMPLEMENTATIONS),
     "signal": "SIG[@seconds], e.g. SIGUSR1@60",
+    "prefer": "time or cost",
+    "deadline": DEADLINE_FORMS,
 }
 """What a value written as text may be, per kind."""
 
@@ -113,6 +128,8 @@ PYTHON_ALLOWED: dict[Kind, str] = {
     "url": "a list of URLs, or paths to files here",
     "mpi": TEXT_ALLOWED["mpi"],
     "signal": TEXT_ALLOWED["signal"],
+    "prefer": TEXT_ALLOWED["prefer"],
+    "deadline": DEADLINE_FORMS,
 }
 """What the decorator takes, per kind."""
 
@@ -127,6 +144,8 @@ PYTHON_TYPES: dict[Kind, str] = {
     "url": "Sequence[str]",
     "mpi": "str",
     "signal": "str",
+    "prefer": "str",
+    "deadline": "str",
 }
 """The decorator's annotation of each kind (its generated signature shows these)."""
 
@@ -252,6 +271,16 @@ def _signal(text: str, base_dir: Path | None) -> str:
     return f"{name}@{before_s}"
 
 
+def _prefer(text: str, base_dir: Path | None) -> str:
+    if text not in ("time", "cost"):
+        raise ValueError(text)
+    return text
+
+
+def _deadline(text: str, base_dir: Path | None) -> str:
+    return parse_deadline(text)
+
+
 _PARSERS = {
     "int": _int,
     "float": _float,
@@ -263,6 +292,8 @@ _PARSERS = {
     "url": _url,
     "mpi": _mpi,
     "signal": _signal,
+    "prefer": _prefer,
+    "deadline": _deadline,
 }
 
 

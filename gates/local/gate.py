@@ -100,7 +100,8 @@ class LocalGate(Gate):
 
     def flavors(self) -> list[Flavor]:
         return [Flavor(name=FLAVOR, cpus=self.total_cpus, mem_mb=self.total_mem_mb,
-                       gpus=len(self.gpu_ids), price_per_hour=0.0, boot_s=self.cfg.boot_s,
+                       gpus=len(self.gpu_ids), price_per_hour=self.cfg.price_per_hour,
+                       boot_s=self.cfg.boot_s,
                        max_nodes=self.cfg.max_nodes)]
 
     def capacity(self) -> Capacity:
@@ -309,7 +310,9 @@ class LocalGate(Gate):
             state, reason = "running", ""
         return ClusterInfo(cluster_id=record.cluster_id, job_id=record.job_id, gate=self.name,
                            flavor=record.flavor, state=state, nodes=nodes,
-                           created_at=record.created_at, price_per_hour=0.0, reason=reason)
+                           created_at=record.created_at,
+                           price_per_hour=self.cfg.price_per_hour * len(record.nodes),
+                           reason=reason)
 
 
 _DETACH = (

@@ -734,9 +734,11 @@ class CoreService:
     async def schedule_pass(self) -> None:
         self._passes += 1
         pools = []
+        flavors: dict[str, list[Flavor]] = {}
         for name, gate in sorted(self.gates.items()):
             try:
-                pools.append(pool_of(name, await gate.capacity(), await gate.flavors()))
+                flavors[name] = list(await gate.flavors())
+                pools.append(pool_of(name, await gate.capacity(), flavors[name]))
             except Exception:
                 continue  # a sick gate gets no work this pass
         now = time.time()
@@ -750,6 +752,7 @@ class CoreService:
             self.machine.warm.holding(),
             pools,
             lambda job: self.machine.allowed_gates(job, gates, now),
+            flavors,
         )
         charges, self._charges = self._charges, []
         plan = await self.planner(snapshot, charges)
