@@ -95,10 +95,13 @@ def parse_deadline(text: str) -> str:
         return f"+{parse_duration_s(value[1:])}s"
     if not value or not value[0].isdigit():
         raise ValueError(text)
-    when = datetime.fromisoformat(value)
-    if when.tzinfo is None:
-        when = when.astimezone()  # local time
-    return when.astimezone(UTC).isoformat()
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            when = when.astimezone()  # local time
+        return when.astimezone(UTC).isoformat()
+    except OverflowError as exc:  # a year at the edge of the calendar
+        raise ValueError(text) from exc
 
 
 def deadline_at(deadline: str, submitted_s: float) -> float:

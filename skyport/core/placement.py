@@ -21,7 +21,9 @@ from skyport.gate import Flavor, cheapest_flavor
 from skyport.models import JobSpec
 from skyport.units import deadline_at
 
-__all__ = ["checked_for_placement", "estimated_cost", "job_flavor", "node_prices"]
+MAX_AHEAD_S = 366 * 86400  # as far as a time limit may reach
+
+__all__ = ["MAX_AHEAD_S", "checked_for_placement", "estimated_cost", "job_flavor", "node_prices"]
 
 
 def job_flavor(spec: JobSpec, flavors: Sequence[Flavor]) -> Flavor | None:
@@ -61,6 +63,9 @@ def checked_for_placement(spec: JobSpec, now_s: float,
         if at <= now_s:
             raise ValidationError("deadline", spec.deadline,
                                   f"a time in the future; it is now {_iso(now_s)}")
+        if at > now_s + MAX_AHEAD_S:
+            raise ValidationError("deadline", spec.deadline,
+                                  f"at most 366 days ahead, by {_iso(now_s + MAX_AHEAD_S)}")
         spec = spec.model_copy(update={"deadline": _iso(at)})
     if spec.max_price_per_hour is None and spec.deadline is None:
         return spec

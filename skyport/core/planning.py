@@ -57,6 +57,18 @@ def build_snapshot(now: float, queued: Sequence[Job], holding: Sequence[Job],
     )
 
 
+def deadline_lapses_at(snapshot: Snapshot) -> float | None:
+    """When the first queued job's deadline can no longer be met, even on the fastest pool
+    (the Core plans again then, so that such a job ends with its reason without waiting
+    for some other change)."""
+    fastest = min((p.boot_s for p in snapshot.pools), default=0.0)
+    # just after: the engine refuses a job only once now + boot + hold is past its deadline;
+    # one already past is this pass's business (or waits for a sick gate), not a reason to spin
+    lapses = [at for j in snapshot.queued if j.deadline_s is not None
+              and (at := j.deadline_s - j.est_runtime_s - fastest + 0.5) > snapshot.now_s]
+    return min(lapses, default=None)
+
+
 def _queued(j: Job, allowed: tuple[str, ...],
             flavors: Mapping[str, Sequence[Flavor]]) -> QueuedJob:
     spec = j.spec

@@ -75,7 +75,7 @@ from skyport.core.messages import (
     WakeIdle,
     WriteLatest,
 )
-from skyport.core.planning import build_snapshot, pool_of, reap
+from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap
 from skyport.core.views import CoreViews
 from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
@@ -180,6 +180,7 @@ class CoreService:
         self._waiting: dict[str, Waiting] = {}  # why each queued job waits, from the last plan
         self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
+        self._replan_at: float | None = None  # a queued job's deadline lapses then
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -693,6 +694,8 @@ class CoreService:
             except TimeoutError:
                 pass
             try:
+                if self._replan_at is not None and time.time() >= self._replan_at:
+                    self._dirty.set()
                 if self._dirty.is_set():
                     self._dirty.clear()
                     await self.schedule_pass()
@@ -754,6 +757,7 @@ class CoreService:
             lambda job: self.machine.allowed_gates(job, gates, now),
             flavors,
         )
+        self._replan_at = deadline_lapses_at(snapshot)
         charges, self._charges = self._charges, []
         plan = await self.planner(snapshot, charges)
         self._plan = {e.job_id: e for e in plan.entries}

@@ -171,3 +171,19 @@ def test_unknown_preference_is_unplaceable_with_the_allowed_values() -> None:
     job = QueuedJob("j", "u", 0.0, 1, 60.0, prefer="fastest")
     table = plan(_snap(job), load_policy("fcfs"))
     assert "allowed: 'time' or 'cost'" in table.unplaceable[0].reason
+
+
+def test_a_cost_job_waiting_for_its_cheap_pool_says_so() -> None:
+    from skyport.timetable.reasons import RESOURCES, wait_reasons
+
+    busy = (RunningJob("r", "u", "cheap", 8, 0.0, 3600.0),)
+    job = QueuedJob("j", "u", 0.0, 4, 3600.0, prefer=COST, deadline_s=4 * 3600.0)
+    snapshot = _snap(job, running=busy)
+    reason = wait_reasons(snapshot, plan(snapshot, load_policy("easy")))["j"]
+    assert reason.code == RESOURCES and "0 free now" in reason.detail
+    assert "on cheap (prefer=cost" in reason.detail
+    # capped under the fast pool's price, a time job waits for cheap too: not "Priority"
+    capped = replace(job, prefer=TIME, deadline_s=None, max_price_per_hour=0.5)
+    snapshot = _snap(capped, running=busy)
+    reason = wait_reasons(snapshot, plan(snapshot, load_policy("easy")))["j"]
+    assert reason.code == RESOURCES
