@@ -339,9 +339,28 @@ def _start_in_order(
 
 def _shadow(board: _Board, head: QueuedJob) -> tuple[int, float, int]:
     """The head's reservation: ``(pool index, shadow time, processors spare at the shadow)``."""
-    options = [(k, *_earliest_on(board, k, head.procs)) for k in board.choices(head)]
-    k, shadow, spare = options[_pick(board, head, [(k, start) for k, start, _ in options])]
-    return k, shadow, spare
+    choices = board.choices(head)
+    if head.prefer == COST:
+        options = [(k, *_earliest_on(board, k, head.procs)) for k in choices]
+        k, shadow, spare = options[_pick(board, head, [(k, start) for k, start, _ in options])]
+        return k, shadow, spare
+    # the earliest shadow, the first in preference order on ties (inline: every EASY pass)
+    best: tuple[float, int, int] | None = None
+    need = head.procs
+    for k in choices:
+        avail = board.free[k]
+        at = board.now_s if avail >= need else None
+        for end, procs in sorted(board.releases[k]):
+            if at is not None and end > at:
+                break
+            avail += procs
+            if at is None and avail >= need:
+                at = end
+        assert at is not None  # the pool's capacity is >= need by construction
+        if best is None or at < best[0]:
+            best = (at, k, avail - need)
+    assert best is not None
+    return best[1], best[0], best[2]
 
 
 def _backfill(

@@ -82,11 +82,13 @@ class QueuedJob:
     flavor a gate would give it); elsewhere it is ``procs / nodes`` processors at the
     pool's ``price_per_hour`` (unknown counts as 0)."""
 
-    @property
-    def constrained(self) -> bool:
-        """Whether the job sets a price cap, a preference or a deadline."""
-        return (self.max_price_per_hour is not None or self.prefer != TIME
-                or self.deadline_s is not None)
+    constrained: bool = field(init=False, repr=False, compare=False)
+    """Whether the job sets a price cap, a preference or a deadline (kept, not computed on
+    each read: the engine asks it of every queued job at every pass of a replay)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constrained", self.max_price_per_hour is not None
+                           or self.prefer != TIME or self.deadline_s is not None)
 
     def node_price(self, pool: Pool) -> float:
         """This job's price per node-hour on ``pool``."""
