@@ -84,12 +84,16 @@ def _queued(j: Job, allowed: tuple[str, ...],
     )
     if spec.max_price_per_hour is None and spec.prefer == TIME and spec.deadline is None:
         return job  # placed as every job always was
+    prices = node_prices(spec, flavors)
+    # priced only where a flavor holds it: a gate where none does is no bargain
+    fitting = tuple(g for g in (allowed or sorted(flavors)) if g in dict(prices))
     return replace(
         job,
+        allowed_pools=fitting or allowed,
         max_price_per_hour=spec.max_price_per_hour,
         prefer=spec.prefer,
         deadline_s=deadline_at(spec.deadline, job.submit_s) if spec.deadline else None,
-        node_prices=node_prices(spec, flavors),
+        node_prices=prices,
     )
 
 

@@ -344,21 +344,13 @@ def _shadow(board: _Board, head: QueuedJob) -> tuple[int, float, int]:
         options = [(k, *_earliest_on(board, k, head.procs)) for k in choices]
         k, shadow, spare = options[_pick(board, head, [(k, start) for k, start, _ in options])]
         return k, shadow, spare
-    # the earliest shadow, the first in preference order on ties (inline: every EASY pass)
+    # the earliest shadow, the first in preference order on ties (a plain loop: every EASY
+    # pass of a replay comes here)
     best: tuple[float, int, int] | None = None
-    need = head.procs
     for k in choices:
-        avail = board.free[k]
-        at = board.now_s if avail >= need else None
-        for end, procs in sorted(board.releases[k]):
-            if at is not None and end > at:
-                break
-            avail += procs
-            if at is None and avail >= need:
-                at = end
-        assert at is not None  # the pool's capacity is >= need by construction
+        at, spare = _earliest_on(board, k, head.procs)
         if best is None or at < best[0]:
-            best = (at, k, avail - need)
+            best = (at, k, spare)
     assert best is not None
     return best[1], best[0], best[2]
 

@@ -98,3 +98,28 @@ def test_deadline_forms() -> None:
     for bad in ("", "+", "+-5m", "soon", "0001-01-01T00:00", "+1e9s"):
         with pytest.raises(ValueError):
             parse_deadline(bad)
+
+
+def test_the_snapshot_prices_constrained_jobs_on_their_own_flavor() -> None:
+    from skyport.core.planning import build_snapshot, pool_of
+    from skyport.gate import Capacity, Flavor
+    from skyport.models import Job
+
+    flavors = {
+        "big": [Flavor("small", 2, 1024, price_per_hour=0.2), Flavor("large", 8, 4096,
+                                                                     price_per_hour=0.6)],
+        "tiny": [Flavor("t", 2, 1024, price_per_hour=0.1)],  # holds no 4-core node
+    }
+    pools = [pool_of(g, Capacity(16, 16), f) for g, f in flavors.items()]
+    now = datetime.now(UTC)
+
+    def job(i: str, **placement: object) -> Job:
+        return Job(id=i, owner="u", spec=spec(**placement), state=S.QUEUED, submitted_at=now)
+
+    snap = build_snapshot(now.timestamp(), [job("plain"), job("capped", max_price_per_hour=1.0,
+                                                              deadline="+2h")],
+                          [], [], pools, lambda j: (), flavors)
+    plain, capped = snap.queued
+    assert (plain.node_prices, plain.allowed_pools, plain.constrained) == ((), (), False)
+    assert capped.node_prices == (("big", 0.6),) and capped.allowed_pools == ("big",)
+    assert capped.deadline_s == pytest.approx(now.timestamp() + 7200)
