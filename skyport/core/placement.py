@@ -77,7 +77,7 @@ def checked_for_placement(spec: JobSpec, now_s: float,
     if cap is not None:
         within = [(g, f) for g, f in offers if f.price_per_hour <= cap]
         if not within:
-            gate, f = min(offers, key=lambda o: o.__getitem__(1).price_per_hour)
+            gate, f = min(offers, key=lambda o: o[1].price_per_hour)
             raise ValidationError(
                 "max_price_per_hour", cap,
                 f"at least {f.price_per_hour:g} per node-hour: the cheapest flavor that fits "
@@ -86,7 +86,7 @@ def checked_for_placement(spec: JobSpec, now_s: float,
     if spec.deadline is not None:
         at = datetime.fromisoformat(spec.deadline).timestamp()
         limit = spec.resources.time_limit_s
-        gate, f = min(offers, key=lambda o: o.__getitem__(1).boot_s)
+        gate, f = min(offers, key=lambda o: o[1].boot_s)
         if now_s + f.boot_s + limit > at:
             within_cap = " within --max-price" if cap is not None else ""
             raise ValidationError(
