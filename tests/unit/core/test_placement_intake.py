@@ -123,3 +123,19 @@ def test_the_snapshot_prices_constrained_jobs_on_their_own_flavor() -> None:
     assert (plain.node_prices, plain.allowed_pools, plain.constrained) == ((), (), False)
     assert capped.node_prices == (("big", 0.6),) and capped.allowed_pools == ("big",)
     assert capped.deadline_s == pytest.approx(now.timestamp() + 7200)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("prefer", "cheapest"), ("deadline", "tomorrow"), ("deadline", "+1e9s"),
+    ("deadline", "2026-12-24T18:00\nX"), ("deadline", "9" * 5000), ("max_price_per_hour", -1),
+    ("max_price_per_hour", "Infinity"),
+])
+def test_hostile_placement_fields_on_the_wire_are_refused(cp: TestControlPlane, field: str,
+                                                          value: object) -> None:
+    body = spec().model_dump(mode="json")
+    body[field] = value
+    c = cp.client()
+    with pytest.raises(ValidationError) as info:
+        c._json("POST", "/v1/jobs", json={"spec": body})
+    assert field in str(info.value)
+    assert c.jobs() == []
