@@ -740,8 +740,9 @@ class CoreService:
         flavors: dict[str, list[Flavor]] = {}
         for name, gate in sorted(self.gates.items()):
             try:
-                flavors[name] = list(await gate.flavors())
-                pools.append(pool_of(name, await gate.capacity(), flavors[name]))
+                offered = list(await gate.flavors())
+                pools.append(pool_of(name, await gate.capacity(), offered))
+                flavors[name] = offered
             except Exception:
                 continue  # a sick gate gets no work this pass
         now = time.time()
