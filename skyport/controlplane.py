@@ -33,6 +33,10 @@ from skyport.errors import ConfigError, ConflictError, ControlPlaneError
 
 log = logging.getLogger("skyport.controlplane")
 START_TIMEOUT_S = 120.0
+# what a new state directory plans with (README, "Scheduling policy"; benchmarks/RESULTS.md):
+# EASY backfilling, candidates shortest first. The oldest job always holds a reservation no
+# backfilled job may delay, so no job starves; an existing directory keeps its own policy.
+DEFAULT_POLICY = "easy-sjf"
 STOP_TIMEOUT_S = 60.0
 
 
@@ -44,7 +48,7 @@ def init_state(
     local_gpus: list[int] | None = None,
     storage: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    policy: str = "fcfs",
+    policy: str = DEFAULT_POLICY,
     port: int | None = None,
     gates: list[GateEntry] | None = None,
 ) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
+from skyport.units import DEADLINE_FORMS, parse_deadline
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MPI_IMPLEMENTATIONS = ("mpich", "openmpi")
@@ -126,6 +128,13 @@ class JobSpec(BaseModel):
     gate: str | None = None
     flavor: str | None = None
     max_price_per_hour: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """Highest price per node-hour of the flavor it runs on, in the gates' currency."""
+    prefer: Literal["time", "cost"] = "time"
+    """How the planner chooses among gates: the earliest start, or the cheapest that
+    meets ``deadline`` (``skyport.timetable.engine``)."""
+    deadline: str | None = None
+    """When the job must have ended: an ISO time in UTC (``+<seconds>s`` until submission
+    makes it absolute; ``skyport.units.parse_deadline``)."""
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
@@ -194,6 +203,16 @@ class JobSpec(BaseModel):
             if len(v) > 200:
                 raise ValueError(f"name {v[:20]!r}... is {len(v)} characters: at most 200")
         return v
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return parse_deadline(v)
+        except ValueError:
+            raise ValueError(f"deadline {v[:40]!r}: {DEADLINE_FORMS}") from None
 
     @field_validator("signal")
     @classmethod

@@ -31,10 +31,17 @@ from skyport.dependencies import ALLOWED as DEPENDENCY_ALLOWED
 from skyport.dependencies import format_conditions, parse_dependency
 from skyport.errors import ScriptError, ValidationError
 from skyport.models import MPI_IMPLEMENTATIONS, JobSpec, check_env_key, check_relative_path
-from skyport.units import DURATION_FORMS, MEM_FORMS, parse_duration_s, parse_mem_mb
+from skyport.units import (
+    DEADLINE_FORMS,
+    DURATION_FORMS,
+    MEM_FORMS,
+    parse_deadline,
+    parse_duration_s,
+    parse_mem_mb,
+)
 
 Kind = Literal["int", "float", "str", "duration", "mem", "env", "path", "url", "mpi", "signal",
-               "dependency", "array"]
+               "dependency", "array", "prefer", "deadline"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,12 @@ OPTIONS: dict[str, Option] = {
         Option("mpi", "mpi", "layout.mpi", "mpi", "MPI implementation"),
         Option("gate", "gate", "gate", "str", "gate to run on"),
         Option("flavor", "flavor", "flavor", "str", "node flavor"),
-        Option("max-price", "max_price", "max_price_per_hour", "float", "max price per hour"),
+        Option("max-price", "max_price", "max_price_per_hour", "float",
+               "highest price per node-hour (the gates' price list, e.g. 0.50)"),
+        Option("prefer", "prefer", "prefer", "prefer",
+               "time (default): earliest start; cost: cheapest gate meeting --deadline"),
+        Option("deadline", "deadline", "deadline", "deadline",
+               "end by then: 2026-12-24T18:00 (local) or +6h from submission"),
         Option("input", "inputs", "inputs", "url", "input URL (repeatable)", repeatable=True),
         Option("output", "outputs", "outputs", "path",
                "output: a file, a directory (dir/) or a glob (repeatable)", repeatable=True),
@@ -112,6 +124,8 @@ TEXT_ALLOWED: dict[Kind, str] = {
     "signal": "SIG[@seconds], e.g. SIGUSR1@60",
     "dependency": DEPENDENCY_ALLOWED,
     "array": ARRAY_ALLOWED,
+    "prefer": "time or cost",
+    "deadline": DEADLINE_FORMS,
 }
 """What a value written as text may be, per kind."""
 
@@ -128,6 +142,8 @@ PYTHON_ALLOWED: dict[Kind, str] = {
     "signal": TEXT_ALLOWED["signal"],
     "dependency": DEPENDENCY_ALLOWED,
     "array": ARRAY_ALLOWED,
+    "prefer": TEXT_ALLOWED["prefer"],
+    "deadline": DEADLINE_FORMS,
 }
 """What the decorator takes, per kind."""
 
@@ -144,6 +160,8 @@ PYTHON_TYPES: dict[Kind, str] = {
     "signal": "str",
     "dependency": "str",
     "array": "str",
+    "prefer": "str",
+    "deadline": "str",
 }
 """The decorator's annotation of each kind (its generated signature shows these)."""
 
@@ -274,12 +292,24 @@ def _dependency(text: str, base_dir: Path | None) -> str:
         return format_conditions(parse_dependency(text))
     except ValueError as exc:
         raise _Bad(str(exc)) from exc
+
+
 def _array(text: str, base_dir: Path | None) -> str:
     try:
         parse_array(text)
     except ArraySyntaxError as exc:
         raise _Bad(str(exc)) from exc
     return "".join(text.split())
+
+
+def _prefer(text: str, base_dir: Path | None) -> str:
+    if text not in ("time", "cost"):
+        raise ValueError(text)
+    return text
+
+
+def _deadline(text: str, base_dir: Path | None) -> str:
+    return parse_deadline(text)
 
 
 _PARSERS = {
@@ -295,6 +325,8 @@ _PARSERS = {
     "signal": _signal,
     "dependency": _dependency,
     "array": _array,
+    "prefer": _prefer,
+    "deadline": _deadline,
 }
 
 

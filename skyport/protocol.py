@@ -212,6 +212,10 @@ class TimetableEntry(Answer):
     nodes: int
     procs: int
     reason: str | None = None  # why a queued job waits (``Job.wait_reason``)
+    flavor: str | None = None  # the flavor its gate gives (or gave) it
+    est_cost: float | None = None  # nodes x price per node-hour x time limit in hours
+    prefer: str | None = None  # "time" or "cost" (own jobs)
+    deadline: str | None = None  # when it must have ended, ISO (own jobs)
 
 
 class TimetableView(Answer):

@@ -72,3 +72,42 @@ def format_duration(seconds: float | None) -> str:
     m, s = divmod(s, 60)
     core = f"{h:02d}:{m:02d}:{s:02d}"
     return f"{days}-{core}" if days else core
+
+
+DEADLINE_FORMS = (
+    "a date and time (ISO 8601, e.g. 2026-12-24T18:00, local time unless it names a "
+    "zone), or + and a duration from submission (e.g. +6h, +30m, +1d)"
+)
+
+
+def parse_deadline(text: str) -> str:
+    """A deadline as the spec keeps it: ``+<seconds>s`` (from submission) or an ISO time in UTC.
+
+    A date and time without a zone is this machine's local time (the user's,
+    at the client). The relative form is made absolute at submission
+    (:func:`deadline_at`), so that ``+6h`` means six hours after the control
+    plane took the job.
+    """
+    from datetime import UTC, datetime
+
+    value = text.strip()
+    if value.startswith("+"):
+        return f"+{parse_duration_s(value[1:])}s"
+    if not value or not value[0].isdigit():
+        raise ValueError(text)
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            when = when.astimezone()  # local time
+        return when.astimezone(UTC).isoformat()
+    except OverflowError as exc:  # a year at the edge of the calendar
+        raise ValueError(text) from exc
+
+
+def deadline_at(deadline: str, submitted_s: float) -> float:
+    """The epoch time of a deadline kept by :func:`parse_deadline`, given the submit time."""
+    from datetime import datetime
+
+    if deadline.startswith("+"):
+        return submitted_s + parse_duration_s(deadline[1:])
+    return datetime.fromisoformat(deadline).timestamp()

@@ -5,6 +5,9 @@
   python -m benchmarks.timetable --trace T.swf --policy conservative --overcommit
   python -m benchmarks.timetable compare --trace T.swf [--trace ...] --out results/ [--windows 10]
   python -m benchmarks.timetable speed --trace T.swf [--queued 10000 --running 1000 --repeats 3]
+  python -m benchmarks.timetable multigate --trace T.swf --policy easy \
+      [--pools cheap:100:0.03:600,fast:100:0.10:60] [--prefer cost] [--slack 5 | --baseline] \
+      [--windows 3 --window-len 1024 --seed 1] [--json]
 
 Bad input gives a one-line error on stderr and exit status 2.
 """
@@ -52,6 +55,16 @@ def _policy(text: str) -> str:
     return text
 
 
+def _slack(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        _fail(f"--slack: {text!r} is not a number; give a number >= 1")
+    if not value >= 1 or value == float("inf"):
+        _fail(f"--slack: {text} is not allowed; give a number >= 1")
+    return value
+
+
 def _parser(command: str) -> _Parser:
     parser = _Parser(prog=f"python -m benchmarks.timetable{' ' + command if command else ''}")
     parser.add_argument("--trace", action="append", required=True, help="SWF trace file")
@@ -63,7 +76,19 @@ def _parser(command: str) -> _Parser:
             action="store_true",
             help="treat processors of jobs past their requested time as free (not the product)",
         )
-    if command in ("", "compare"):
+    if command == "multigate":
+        from benchmarks.timetable.multigate import DEFAULT_POOLS
+
+        parser.add_argument("--policy", type=_policy, default="easy")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument("--pools", default=DEFAULT_POOLS,
+                            help="name:capacity:price per processor-hour:boot_s, comma-separated")
+        parser.add_argument("--prefer", choices=("time", "cost"), default="cost")
+        parser.add_argument("--slack", type=_slack, default=None,
+                            help="deadline = submit + fastest boot + SLACK x requested time")
+        parser.add_argument("--baseline", action="store_true",
+                            help="the fastest pool alone, no preference, no deadline")
+    if command in ("", "compare", "multigate"):
         parser.add_argument("--windows", type=_positive("--windows"), default=0)
         parser.add_argument("--window-len", type=_positive("--window-len"), default=1024)
         parser.add_argument("--seed", type=int, default=1)
@@ -81,7 +106,7 @@ def _parser(command: str) -> _Parser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in ("compare", "speed") else ""
+    command = argv[0] if argv and argv[0] in ("compare", "speed", "multigate") else ""
     args = _parser(command).parse_args(argv[1:] if command else argv)
     try:
         traces = [read_swf(path) for path in args.trace]
@@ -98,9 +123,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if len(traces) != 1:
             _fail(f"--trace: given {len(traces)} times; a single run takes exactly one trace")
+        result: dict[str, Any]
+        if command == "multigate":
+            from benchmarks.timetable.multigate import parse_pools, run_multigate
+
+            result = run_multigate(
+                traces[0], args.policy, parse_pools(args.pools), prefer=args.prefer,
+                slack=args.slack, baseline=args.baseline, windows=args.windows,
+                window_len=args.window_len, seed=args.seed)
+            print(json.dumps(result) if args.json else "\n".join(
+                f"{k:>24}  {v:.6g}" if isinstance(v, float) else f"{k:>24}  {v}"
+                for k, v in result.items()))
+            return 0
         from benchmarks.timetable.run import run_policy
 
-        result: dict[str, Any] = run_policy(
+        result = run_policy(
             traces[0],
             args.policy,
             windows=args.windows,

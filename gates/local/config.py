@@ -41,8 +41,8 @@ class LocalGateConfig(GateConfig):
     kill_grace_s: float = Field(3.0, ge=0, le=60)
     boot_s: float = Field(1.0, ge=0)
     price_per_hour: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="what one node costs per hour (budgets "
-        "and cost reports count it; 0: free)")
+        0.0, ge=0, allow_inf_nan=False, description="price of one node-hour of its flavor, "
+        "for the planner's --max-price and --prefer=cost, budgets and cost reports (0: free)")
     idle_timeout_s: float = Field(
         0.0, ge=0, le=86400, description="keep a finished job's cluster this long for the "
         "next job of the same owner and shape; 0 (default): delete it at once")

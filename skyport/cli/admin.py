@@ -64,7 +64,8 @@ def _gpu_list(text: str | None) -> list[int] | None:
     metavar="URL",
     help="fsspec URL for job files (default: file:// under the state directory)",
 )
-@click.option("--policy", default=None, metavar="NAME", help="scheduling policy (default fcfs)")
+@click.option("--policy", default=None, metavar="NAME",
+              help="scheduling policy (default easy-sjf: EASY backfilling)")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),

@@ -120,8 +120,18 @@ def timetable_cmd(out: Output, picture: str | None) -> None:
     state_w = max((len(e.state) for e in entries), default=0)
     width = max(20, min(120, columns - label_w - state_w - 5))
 
+    placed = [
+        (e.job_id, e.state.value, e.gate or "-", e.flavor or "-",
+         "-" if e.est_cost is None else f"{e.est_cost:.4f}", e.prefer or "-",
+         e.deadline or "-")
+        for e in data.entries if e.job_id
+    ]
+
     def text() -> str:
         lines = [f"policy: {data.policy}", render.gantt(entries, now, width=width)]
+        if placed:
+            lines += ["", render.table(("JOB", "STATE", "GATE", "FLAVOR", "EST. COST", "PREFER",
+                                        "DEADLINE"), placed)]
         if written is not None:
             lines.append(f"wrote {written}")
         return "\n".join(lines)

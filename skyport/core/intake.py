@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from skyport.config import InputPolicy, SubmitLimits
 from skyport.core.arrays import submit_array
 from skyport.core.dependencies import DependencyDesk
 from skyport.core.inputs import InputSource, check_input_url
+from skyport.core.placement import checked_for_placement
 from skyport.errors import ConflictError, NotFoundError, ValidationError
+from skyport.gate import Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
 from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
@@ -67,7 +70,7 @@ class JobIntake:
             raise ValidationError("array", spec.array,
                                   "no array here: submit arrays with POST /v1/arrays "
                                   "(skyport submit and Client.submit_array do)")
-        await self._validate(spec, who.username)
+        spec = await self._validate(spec, who.username)
         payload = None
         if spec.kind == "function":
             if not payload_b64:
@@ -108,20 +111,29 @@ class JobIntake:
                 except NotFoundError:
                     return job_id
 
-    async def _validate(self, spec: JobSpec, owner: str) -> None:
+    async def _validate(self, spec: JobSpec, owner: str) -> JobSpec:
+        """The spec as it is queued (its deadline made absolute); ValidationError if refused."""
         if spec.gate is not None and spec.gate not in self.gates:
             raise ValidationError("gate", spec.gate, "one of: " + ", ".join(sorted(self.gates)))
         candidates = [spec.gate] if spec.gate else sorted(self.gates)
         r = spec.resources
         reasons = []
+        # a price cap or a deadline is checked against every gate that fits, else one will do
+        placing = spec.max_price_per_hour is not None or spec.deadline is not None
+        fitting: dict[str, list[Flavor]] = {}
+        fits = False
         for name in candidates:
             why = await self.gates[name].can_ever_fit(
                 r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor
             )
             if why is None:
-                break
+                fits = True
+                if not placing:
+                    break
+                fitting[name] = list(await self.gates[name].flavors())
+                continue
             reasons.append(why)
-        else:
+        if not fits:
             raise ValidationError(
                 "resources",
                 f"{r.nodes} nodes x {r.cpus_per_node} cpus, {r.gpus_per_node} gpus"
@@ -130,6 +142,8 @@ class JobIntake:
                 "no gate can ever run this: " + " | ".join(reasons),
             )
         DependencyDesk(self.store, self.storage).check_submitted(spec, owner)
+        if fitting:
+            spec = checked_for_placement(spec, time.time(), fitting)
         inputs = [u for u in spec.inputs if parse_upstream_url(u) is None]
         for url, source in zip(inputs, self.sources(spec, owner), strict=True):
             # only now, with the policy passed, may the answer say whether the file exists
@@ -141,3 +155,4 @@ class JobIntake:
 
             if why := missing_mpi(spec.layout.mpi):
                 raise ValidationError("mpi", spec.layout.mpi, f"an installed MPI: {why}")
+        return spec

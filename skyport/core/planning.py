@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+from skyport.core.placement import node_prices
 from skyport.errors import NotFoundError
 from skyport.gate import Capacity, Flavor
 from skyport.models import Job, JobState
 from skyport.store import JobStore
 from skyport.timetable import Pool, QueuedJob, RunningJob, Snapshot
+from skyport.timetable.snapshot import TIME
+from skyport.units import deadline_at
 
 log = logging.getLogger("skyport.core")
 S = JobState
@@ -25,24 +29,18 @@ def pool_of(name: str, cap: Capacity, flavors: Sequence[Flavor]) -> Pool:
 
 def build_snapshot(now: float, queued: Sequence[Job], holding: Sequence[Job],
                    warm: Sequence[RunningJob], pools: Sequence[Pool],
-                   allowed: Callable[[Job], tuple[str, ...]]) -> Snapshot:
-    """The timetable engine's input: queued jobs, jobs holding capacity, the gates."""
+                   allowed: Callable[[Job], tuple[str, ...]],
+                   flavors: Mapping[str, Sequence[Flavor]] | None = None) -> Snapshot:
+    """The timetable engine's input: queued jobs, jobs holding capacity, the gates.
+
+    ``flavors`` (per gate) price the jobs that set a price cap or prefer cost:
+    each gets its own flavor's price per node-hour on each gate
+    (``skyport.core.placement``).
+    """
     names = {p.name for p in pools}
     return Snapshot(
         now_s=now,
-        queued=tuple(
-            QueuedJob(
-                id=j.id,
-                owner=j.owner,
-                submit_s=j.submitted_at.timestamp(),
-                procs=j.spec.total_cpus,
-                est_runtime_s=float(j.spec.resources.time_limit_s),
-                nodes=j.spec.resources.nodes,
-                priority=j.spec.priority,
-                allowed_pools=allowed(j),
-            )
-            for j in queued
-        ),
+        queued=tuple(_queued(j, allowed(j), flavors or {}) for j in queued),
         running=tuple(
             RunningJob(
                 id=j.id,
@@ -56,6 +54,46 @@ def build_snapshot(now: float, queued: Sequence[Job], holding: Sequence[Job],
             if j.gate in names
         ) + tuple(w for w in warm if w.pool in names),
         pools=tuple(pools),
+    )
+
+
+def deadline_lapses_at(snapshot: Snapshot) -> float | None:
+    """When the first queued job's deadline can no longer be met, even on the fastest pool
+    (the Core plans again then, so that such a job ends with its reason without waiting
+    for some other change)."""
+    fastest = min((p.boot_s for p in snapshot.pools), default=0.0)
+    # just after: the engine refuses a job only once now + boot + hold is past its deadline;
+    # one already past is this pass's business (or waits for a sick gate), not a reason to spin
+    lapses = [at for j in snapshot.queued if j.deadline_s is not None
+              and (at := j.deadline_s - j.est_runtime_s - fastest + 0.5) > snapshot.now_s]
+    return min(lapses, default=None)
+
+
+def _queued(j: Job, allowed: tuple[str, ...],
+            flavors: Mapping[str, Sequence[Flavor]]) -> QueuedJob:
+    spec = j.spec
+    job = QueuedJob(
+        id=j.id,
+        owner=j.owner,
+        submit_s=j.submitted_at.timestamp(),
+        procs=spec.total_cpus,
+        est_runtime_s=float(spec.resources.time_limit_s),
+        nodes=spec.resources.nodes,
+        priority=spec.priority,
+        allowed_pools=allowed,
+    )
+    if spec.max_price_per_hour is None and spec.prefer == TIME and spec.deadline is None:
+        return job  # placed as every job always was
+    prices = node_prices(spec, flavors)
+    # priced only where a flavor holds it: a gate where none does is no bargain
+    fitting = tuple(g for g in (allowed or sorted(flavors)) if g in dict(prices))
+    return replace(
+        job,
+        allowed_pools=fitting or allowed,
+        max_price_per_hour=spec.max_price_per_hour,
+        prefer=spec.prefer,
+        deadline_s=deadline_at(spec.deadline, job.submit_s) if spec.deadline else None,
+        node_prices=prices,
     )
 
 

@@ -80,7 +80,7 @@ from skyport.core.messages import (
     WakeIdle,
     WriteLatest,
 )
-from skyport.core.planning import build_snapshot, pool_of, reap
+from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap
 from skyport.core.views import CoreViews
 from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
@@ -186,6 +186,7 @@ class CoreService:
         self._throttled: dict[str, str] = {}  # array tasks past their %N, last pass
         self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
+        self._replan_at: float | None = None  # a queued job's deadline lapses then
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -750,6 +751,8 @@ class CoreService:
             except TimeoutError:
                 pass
             try:
+                if self._replan_at is not None and time.time() >= self._replan_at:
+                    self._dirty.set()
                 if self._dirty.is_set():
                     self._dirty.clear()
                     await self.schedule_pass()
@@ -791,9 +794,12 @@ class CoreService:
     async def schedule_pass(self) -> None:
         self._passes += 1
         pools = []
+        flavors: dict[str, list[Flavor]] = {}
         for name, gate in sorted(self.gates.items()):
             try:
-                pools.append(pool_of(name, await gate.capacity(), await gate.flavors()))
+                offered = list(await gate.flavors())
+                pools.append(pool_of(name, await gate.capacity(), offered))
+                flavors[name] = offered
             except Exception:
                 continue  # a sick gate gets no work this pass
         now = time.time()
@@ -817,7 +823,9 @@ class CoreService:
             self.machine.warm.holding(),
             pools,
             lambda job: self.machine.allowed_gates(job, gates, now),
+            flavors,
         )
+        self._replan_at = deadline_lapses_at(snapshot)
         charges, self._charges = self._charges, []
         plan = await self.planner(snapshot, charges)
         self._plan = {e.job_id: e for e in plan.entries}

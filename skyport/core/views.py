@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from skyport.core.placement import estimated_cost, job_flavor
 from skyport.errors import NotFoundError
+from skyport.gate import Flavor
 from skyport.models import Job
 from skyport.models import JobState as S
 from skyport.pki import Identity
@@ -81,16 +83,28 @@ class CoreViews:
         now = time.time()
         entries = []
         planned = self._plan()
+        offered: dict[str, list[Flavor] | None] = {}
         for job in self.store.list(states=[s for s in S if not s.is_terminal()]):
             limit = job.spec.resources.time_limit_s
+            flavor: str | None = None
+            cost: float | None = None
             if job.state == S.QUEUED:
                 plan = planned.get(job.id)
                 if plan is None or job.held:  # a held job is out of the plan at once
                     continue
                 start, gate = plan.start_s, plan.pool or None
+                if gate is not None:
+                    if gate not in offered:
+                        offered[gate] = await self._flavors(gate)
+                    f = job_flavor(job.spec, offered[gate] or [])
+                    if f is not None:
+                        flavor, cost = f.name, estimated_cost(job.spec, f.price_per_hour)
             else:
                 start = (job.started_at or job.submitted_at).timestamp()
                 gate = job.gate
+                flavor = job.flavor
+                if job.price_per_hour is not None:  # the whole cluster's price
+                    cost = job.price_per_hour * limit / 3600.0
             own = who is None or who.is_admin or job.owner == who.username
             entries.append(
                 {
@@ -105,9 +119,20 @@ class CoreViews:
                     "nodes": job.spec.resources.nodes,
                     "procs": job.spec.total_cpus,
                     "reason": (self._reason(job) or (None,))[0] if own else None,
+                    "flavor": flavor,
+                    "est_cost": cost if own else None,
+                    "prefer": job.spec.prefer if own else None,
+                    "deadline": job.spec.deadline if own else None,
                 }
             )
         return {"now": now, "policy": self.policy_name, "entries": entries}
+
+    async def _flavors(self, gate: str) -> list[Flavor] | None:
+        try:
+            return list(await self.gates[gate].flavors())
+        except Exception as exc:  # a sick gate: no flavor or cost shown
+            log.warning("gate %s did not list its flavors: %s", gate, exc)
+            return None
 
     async def clusters(self, who: Identity) -> list[dict[str, Any]]:
         """Every gate's clusters (a user sees those of their own jobs) with cost so far."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,7 +40,7 @@ from skyport.registry import PluginRegistry
 __all__ = [
     "BUILTIN_GATES", "CLUSTER_ID_RE", "Capacity", "ClusterInfo", "ClusterRequest",
     "ClusterState", "Flavor", "Gate", "GateCapabilities", "GateConfig", "GateFeature",
-    "NodeInfo", "gate_class", "known_gate_types", "make_gate", "never_fits",
+    "NodeInfo", "cheapest_flavor", "gate_class", "known_gate_types", "make_gate", "never_fits",
 ]
 
 ClusterState = Literal["creating", "running", "failed", "gone"]
@@ -280,19 +280,34 @@ class Gate(abc.ABC):
         flavor: str | None = None,
     ) -> Flavor:
         """The cheapest flavor that holds one node of the request."""
-        fits = [
-            f
-            for f in self.flavors()
-            if (flavor is None or f.name == flavor)
-            and f.cpus >= cpus_per_node
-            and f.gpus >= gpus_per_node
-            and (mem_mb is None or f.mem_mb >= mem_mb)
-            and f.max_nodes >= nodes
-        ]
-        if not fits:
+        best = cheapest_flavor(self.flavors(), cpus_per_node, gpus_per_node, mem_mb, nodes,
+                               flavor)
+        if best is None:
             raise never_fits(self, nodes, cpus_per_node, gpus_per_node, mem_mb, flavor) \
                 or GateError(f"gate {self.name}: no flavor fits")
-        return min(fits, key=lambda f: (f.price_per_hour, f.cpus, f.gpus, f.mem_mb))
+        return best
+
+
+def cheapest_flavor(
+    flavors: Sequence[Flavor],
+    cpus_per_node: int,
+    gpus_per_node: int,
+    mem_mb: int | None,
+    nodes: int,
+    flavor: str | None = None,
+) -> Flavor | None:
+    """The cheapest of ``flavors`` that holds one node of the request (what
+    ``Gate.pick_flavor`` gives, and what the planner prices a job at); None if none does."""
+    fits = [
+        f
+        for f in flavors
+        if (flavor is None or f.name == flavor)
+        and f.cpus >= cpus_per_node
+        and f.gpus >= gpus_per_node
+        and (mem_mb is None or f.mem_mb >= mem_mb)
+        and f.max_nodes >= nodes
+    ]
+    return min(fits, key=lambda f: (f.price_per_hour, f.cpus, f.gpus, f.mem_mb), default=None)
 
 
 # a cluster id becomes folder, node and actor names: keep it to safe characters

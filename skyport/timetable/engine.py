@@ -15,7 +15,17 @@ Conventions:
   ``boot_s + est_runtime_s`` from its planned start;
 * among pools, a job takes the one with the earliest start, ties going to the
   lowest ``price_per_hour`` (unknown counts as 0), then the shortest
-  ``boot_s``, then the order of ``Snapshot.pools``.
+  ``boot_s``, then the order of ``Snapshot.pools``;
+* a job with a price cap (``QueuedJob.max_price_per_hour``) may use only the
+  pools where its price per node-hour is at or under the cap;
+* a job that prefers ``COST`` takes, among those, the cheapest pool whose
+  planned end (start + boot + estimate) meets its deadline (any pool when it
+  has none), ties going to the earlier start; when no pool meets the deadline
+  in this pass, the pool where it would end first. Its pool is chosen each
+  time the job is considered, against what is planned so far, and the
+  discipline (strict, EASY, conservative) is then applied on that pool alone;
+* a job with a deadline that no pool it may use could meet even if it started
+  now (now + boot + estimate is past it) is unplaceable, with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from functools import lru_cache
 from skyport.timetable.errors import InvalidSnapshotError
 from skyport.timetable.policy import Discipline, Policy
 from skyport.timetable.profile import MIN_HOLD_S, AvailabilityProfile, Slot
-from skyport.timetable.snapshot import JobId, Pool, QueuedJob, Snapshot
+from skyport.timetable.snapshot import COST, TIME, JobId, Pool, QueuedJob, Snapshot
 from skyport.timetable.timetable import Placement, PlacementKind, Timetable, Unplaceable
 
 __all__ = ["plan"]
@@ -138,6 +148,7 @@ def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceab
         job
         for job in queued
         if not job.allowed_pools and 0 < job.procs <= smallest and job.est_runtime_s >= 0
+        and not job.constrained
     ]
     if len(placeable) == len(queued):
         # Every job may use every pool: the common case, one comprehension.
@@ -147,7 +158,8 @@ def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceab
     unplaceable: list[Unplaceable] = []
     for waiting in queued:
         procs = waiting.procs
-        if not waiting.allowed_pools and 0 < procs <= smallest and waiting.est_runtime_s >= 0:
+        if (not waiting.allowed_pools and 0 < procs <= smallest and waiting.est_runtime_s >= 0
+                and not waiting.constrained):
             placeable.append(waiting)
             continue
         reason = _why_unplaceable(waiting, pools, index)
@@ -155,9 +167,15 @@ def _board(snapshot: Snapshot) -> tuple[_Board, list[QueuedJob], tuple[Unplaceab
             unplaceable.append(Unplaceable(waiting.id, reason))
             continue
         allowed = set(waiting.allowed_pools) if waiting.allowed_pools else set(index)
-        special[waiting.id] = tuple(
+        choices = tuple(
             k for k in every_pool if pools[k].name in allowed and pools[k].capacity >= procs
         )
+        if waiting.constrained:
+            choices, reason = _constrain(waiting, choices, pools, now)
+            if reason is not None:
+                unplaceable.append(Unplaceable(waiting.id, reason))
+                continue
+        special[waiting.id] = choices
         placeable.append(waiting)
     board = _Board(now, pools, free, releases, list(boot), every_pool, special)
     return board, placeable, tuple(unplaceable)
@@ -210,6 +228,76 @@ def _why_unplaceable(job: QueuedJob, pools: tuple[Pool, ...], index: dict[str, i
     return None
 
 
+def _constrain(
+    job: QueuedJob, choices: tuple[int, ...], pools: tuple[Pool, ...], now: float
+) -> tuple[tuple[int, ...], str | None]:
+    """The pools left to a job by its price cap and deadline, or why none is."""
+    if job.prefer not in (TIME, COST):
+        return (), f"prefer={job.prefer!r}; allowed: {TIME!r} or {COST!r}"
+    cap = job.max_price_per_hour
+    if cap is not None:
+        within = tuple(k for k in choices if job.node_price(pools[k]) <= cap)
+        if not within:
+            cheapest = min(choices, key=lambda k: job.node_price(pools[k]))
+            return (), (
+                f"max_price_per_hour={cap:g} is below every pool that fits: the cheapest, "
+                f"{pools[cheapest].name}, costs {job.node_price(pools[cheapest]):g} per "
+                "node-hour"
+            )
+        choices = within
+    if job.deadline_s is not None:
+        hold = _hold(job)
+        fastest = min(choices, key=lambda k: pools[k].boot_s)
+        need = pools[fastest].boot_s + hold
+        if now + need > job.deadline_s:
+            left = max(job.deadline_s - now, 0.0)
+            return (), (
+                f"deadline cannot be met: {left:.0f} s remain, and the fastest pool it may "
+                f"use, {pools[fastest].name}, needs {need:.0f} s (boot "
+                f"{pools[fastest].boot_s:.0f} s + time limit {hold:.0f} s)"
+            )
+    return choices, None
+
+
+def _pick(board: _Board, job: QueuedJob, starts: Sequence[tuple[int, float]]) -> int:
+    """Which of ``starts`` (``(pool index, planned start)``, in preference order) to take.
+
+    ``TIME``: the earliest start (the first in preference order on ties).
+    ``COST``: the cheapest whose planned end meets the deadline, else the earliest end.
+    """
+    if job.prefer != COST:
+        return min(range(len(starts)), key=lambda i: starts[i][1])
+    hold, boot, deadline = _hold(job), board.boot, job.deadline_s
+    ends = [start + boot[k] + hold for k, start in starts]
+    meets = [i for i in range(len(starts)) if deadline is None or ends[i] <= deadline]
+    if not meets:
+        return min(range(len(starts)), key=lambda i: ends[i])
+    pools = board.pools
+    return min(meets, key=lambda i: (job.node_price(pools[starts[i][0]]), starts[i][1]))
+
+
+def _earliest_on(board: _Board, k: int, need: int) -> tuple[float, int]:
+    """When ``need`` processors are first free on pool ``k`` (releases only), and the
+    processors spare then."""
+    avail = board.free[k]
+    shadow = board.now_s if avail >= need else None
+    for end, procs in sorted(board.releases[k]):
+        if shadow is not None and end > shadow:
+            break
+        avail += procs
+        if shadow is None and avail >= need:
+            shadow = end
+    assert shadow is not None  # the pool's capacity is >= need by construction
+    return shadow, avail - need
+
+
+def _cost_pool(board: _Board, job: QueuedJob) -> int:
+    """The pool a ``COST`` job takes in this pass, against what is planned so far."""
+    choices = board.choices(job)
+    starts = [(k, _earliest_on(board, k, job.procs)[0]) for k in choices]
+    return starts[_pick(board, job, starts)][0]
+
+
 # -- disciplines ---------------------------------------------------------------
 
 
@@ -236,7 +324,8 @@ def _start_in_order(
         return tuple(starts), pos
     for job in ordered:
         procs = job.procs
-        for k in board.choices(job):
+        choices = (_cost_pool(board, job),) if job.prefer == COST else board.choices(job)
+        for k in choices:
             if procs <= free[k]:
                 free[k] -= procs
                 board.releases[k].append((now + boot[k] + _hold(job), procs))
@@ -250,20 +339,18 @@ def _start_in_order(
 
 def _shadow(board: _Board, head: QueuedJob) -> tuple[int, float, int]:
     """The head's reservation: ``(pool index, shadow time, processors spare at the shadow)``."""
+    choices = board.choices(head)
+    if head.prefer == COST:
+        options = [(k, *_earliest_on(board, k, head.procs)) for k in choices]
+        k, shadow, spare = options[_pick(board, head, [(k, start) for k, start, _ in options])]
+        return k, shadow, spare
+    # the earliest shadow, the first in preference order on ties (a plain loop: every EASY
+    # pass of a replay comes here)
     best: tuple[float, int, int] | None = None
-    need = head.procs
-    for k in board.choices(head):
-        avail = board.free[k]
-        shadow = board.now_s if avail >= need else None
-        for end, procs in sorted(board.releases[k]):
-            if shadow is not None and end > shadow:
-                break
-            avail += procs
-            if shadow is None and avail >= need:
-                shadow = end
-        assert shadow is not None  # the pool's capacity is >= need by construction
-        if best is None or shadow < best[0]:
-            best = (shadow, k, avail - need)
+    for k in choices:
+        at, spare = _earliest_on(board, k, head.procs)
+        if best is None or at < best[0]:
+            best = (at, k, spare)
     assert best is not None
     return best[1], best[0], best[2]
 
@@ -298,7 +385,8 @@ def _backfill(
         return tuple(started)
     for job in candidates:
         procs = job.procs
-        for k in board.choices(job):
+        choices = (_cost_pool(board, job),) if job.prefer == COST else board.choices(job)
+        for k in choices:
             if procs > free[k]:
                 continue
             end = now + boot[k] + _hold(job)
@@ -347,7 +435,12 @@ def _easy_reserving(
     backfilled: list[Placement] = []
     for job in policy.backfill_order(snapshot, rest):
         procs = job.procs
-        for k in board.choices(job):
+        choices = board.choices(job)
+        if job.prefer == COST:
+            starts_on = [(k, AvailabilityProfile.start_of(
+                profiles[k].earliest(procs, boot[k] + _hold(job)))) for k in choices]
+            choices = (starts_on[_pick(board, job, starts_on)][0],)
+        for k in choices:
             if procs > free[k]:
                 continue
             hold = boot[k] + _hold(job)
@@ -425,14 +518,11 @@ def _reserve_in_order(
         return out
     boot = board.boot
     for n, job in enumerate(jobs):
-        best: tuple[float, int, Slot] | None = None
+        options: list[tuple[int, float, Slot]] = []
         for k in board.choices(job):
             slot = profiles[k].earliest(job.procs, boot[k] + job.est_runtime_s, floor)
-            start = AvailabilityProfile.start_of(slot)
-            if best is None or start < best[0]:
-                best = (start, k, slot)
-        assert best is not None
-        start, k, slot = best
+            options.append((k, AvailabilityProfile.start_of(slot), slot))
+        k, start, slot = options[_pick(board, job, [(k, start) for k, start, _ in options])]
         profiles[k].reserve(slot, boot[k] + job.est_runtime_s, job.procs)
         if monotone:
             floor = start

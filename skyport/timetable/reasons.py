@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from skyport.timetable.snapshot import JobId, Snapshot
+from skyport.timetable.snapshot import COST, JobId, Snapshot
 from skyport.timetable.timetable import Placement, Timetable
 
 __all__ = ["RESOURCES", "PRIORITY", "IMPOSSIBLE", "UNPLANNED", "WaitReason", "wait_reasons"]
@@ -50,6 +50,7 @@ def wait_reasons(snapshot: Snapshot, table: Timetable,
     """
     now = snapshot.now_s
     free = {p.name: p.capacity for p in snapshot.pools}
+    by_name = {p.name: p for p in snapshot.pools}
     for r in snapshot.running:
         if r.pool in free:
             free[r.pool] -= r.procs
@@ -67,10 +68,17 @@ def wait_reasons(snapshot: Snapshot, table: Timetable,
             out[job.id] = WaitReason(IMPOSSIBLE, impossible[job.id])
             continue
         pools = job.allowed_pools or tuple(free)
-        most_free = max((free.get(name, 0) for name in pools), default=0)
         entry = planned.get(job.id)
+        cap = job.max_price_per_hour
+        if cap is not None:  # free cores over its price cap are not free to it
+            pools = tuple(n for n in pools if n in by_name and job.node_price(by_name[n]) <= cap)
+        if job.prefer == COST and entry is not None:  # it waits for the pool it chose
+            pools = (entry.pool,)
+        most_free = max((free.get(name, 0) for name in pools), default=0)
         when = f"; planned start in {_span(entry.start_s - now)} on {entry.pool}" \
             if entry is not None else ""
+        if job.prefer == COST and entry is not None:
+            when += " (prefer=cost: the cheapest pool that meets its deadline)"
         if job.procs > most_free:
             out[job.id] = WaitReason(
                 RESOURCES, f"needs {job.procs} cores, {max(most_free, 0)} free now{when}")

@@ -47,7 +47,7 @@ def _until(client, job_id: str, check, what: str, timeout: float = 60) -> Job:  
 
 
 def test_reasons_hold_release_and_a_gate_removed(fresh_controlplane) -> None:
-    cp = fresh_controlplane()
+    cp = fresh_controlplane(policy="fcfs")  # "Priority" below is FCFS keeping cores for "wide"
     with cp.client() as c:
         blocker = c.submit(build_spec(_script(
             "--cpus-per-node=6", "for i in $(seq 600); do sleep 0.2; done"))).id

@@ -285,6 +285,10 @@ def test_timetable_text_json_and_picture(one_node: CliPlane, tmp_path: Path) -> 
     assert "▒" in rows[1]
     # the queued job is marked with why it waits: the first one holds the node
     assert rows[1].startswith(f"{second} post [Resources]")
+    # below the chart: each of your jobs' gate, flavor and estimated cost
+    placed = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert "EST." in placed["JOB"] and placed[second][1:3] == ["QUEUED", "memory"]
+    assert placed[second][3].startswith("mem-")
     assert "┴" in text
     out = tmp_path / "plan.png"
     result = run("timetable", "--output", str(out), "--json")

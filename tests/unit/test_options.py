@@ -34,6 +34,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "gate": ("local", "local"),
     "flavor": ("c8", "c8"),
     "max-price": ("2.5", 2.5),
+    "prefer": ("cost", "cost"),
+    "deadline": ("+6h", "+6h"),
     "input": ("s3://data/forcing.nc", ["s3://data/forcing.nc"]),
     "output": ("out/history.nc", ["out/history.nc"]),
     "env": ("OMP_PLACES=cores", {"OMP_PLACES": "cores"}),
@@ -69,7 +71,7 @@ def job_spec(**arguments: Any) -> JobSpec:
 def test_the_table_has_every_directive_once_and_samples_for_each() -> None:
     assert list(SAMPLES) == list(OPTIONS)
     arguments = [o.argument for o in OPTIONS.values()]
-    assert len(set(arguments)) == len(arguments) == 21
+    assert len(set(arguments)) == len(arguments) == 23
     fields = [o.field for o in OPTIONS.values()]
     assert len(set(fields)) == len(fields)  # an error about a field names one option
     for opt in OPTIONS.values():  # every target is a field of the spec
@@ -177,6 +179,10 @@ def test_three_doors_give_the_same_spec(
         ("input", "", [""]),
         ("priority", "5000", 5000),
         ("name", "two words", "two words"),
+        ("prefer", "fastest", "fastest"),
+        ("deadline", "tomorrow", "tomorrow"),
+        ("deadline", "+0s", "+0s"),
+        ("deadline", "2026-13-45T99:00", "2026-13-45T99:00"),
     ],
 )
 def test_a_bad_value_is_the_same_error_at_every_door(

@@ -271,6 +271,8 @@ EXPECTED = {
     "gate": "local",
     "flavor": "c32",
     "max_price_per_hour": 2.75,
+    "prefer": "time",
+    "deadline": None,
     "inputs": ["s3://data/forcing.nc", "https://example.org/grid.nc"],
     "outputs": ["out/history.nc", "out/restart"],
     "env": {"OMP_PLACES": "cores", "RUN_LABEL": "test run"},
