@@ -77,6 +77,7 @@ from skyport.core.messages import (
 )
 from skyport.core.planning import build_snapshot, pool_of, reap
 from skyport.core.views import CoreViews
+from skyport.core.waiters import JobWaiters
 from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
     AuthenticationError,
@@ -181,6 +182,8 @@ class CoreService:
         self._sick: set[str] = set()  # gates that did not answer the last planning pass
         self._dirty = asyncio.Event()
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
+        self.waiters = JobWaiters()  # pushed waits: every committed change wakes its waiters
+        store.on_change.append(lambda job_id, _state: self.waiters.notify(job_id))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._passes = 0
@@ -395,6 +398,18 @@ class CoreService:
 
     async def get(self, who: Identity, job_id: str) -> Job:
         return self._visible(who, job_id)
+
+    async def wait_job(self, who: Identity, job_id: str, timeout_s: float,
+                       since: JobState | None = None) -> Job:
+        """The job once it is terminal or has left ``since``; as it is after ``timeout_s``."""
+        job = self._visible(who, job_id)
+        deadline = time.monotonic() + timeout_s
+        # no await between reading the job and registering the waiter: no change is missed
+        while not (job.state.is_terminal() or (since is not None and job.state != since)):
+            if not await self.waiters.wait(job_id, deadline - time.monotonic()):
+                break
+            job = self._visible(who, job_id)
+        return job
 
     async def jobs(
         self, who: Identity, all_users: bool = False, states: list[JobState] | None = None,
