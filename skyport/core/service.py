@@ -702,6 +702,7 @@ class CoreService:
 
     async def _loop(self) -> None:
         last_tick = last_reap = 0.0
+        burst = False
         while True:
             try:
                 await asyncio.wait_for(self._dirty.wait(), timeout=1.0)
@@ -709,8 +710,12 @@ class CoreService:
                 pass
             try:
                 if self._dirty.is_set():
+                    if burst:  # more came in during the last pass: let the burst gather
+                        await asyncio.sleep(self.settings.replan_interval_s)
                     self._dirty.clear()
+                    # planned on the change itself: an isolated submission waits for no timer
                     await self.schedule_pass()
+                    burst = self._dirty.is_set()
                 now = time.monotonic()
                 if now - last_tick >= 1.0:
                     last_tick = now
@@ -725,8 +730,6 @@ class CoreService:
                 raise
             except Exception:
                 log.exception("core loop pass failed; going on")
-            # batch: whatever arrives during this pause is planned together
-            await asyncio.sleep(self.settings.replan_interval_s)
 
     async def _tick(self) -> None:
         listed: dict[str, ClusterInfo] | None = None
