@@ -376,6 +376,17 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [self._job(r, []) for r in rows]
 
+    def counts_by_state(self, owner: str | None = None) -> dict[JobState, int]:
+        """How many jobs (``owner``'s, or anyone's) are in each state, in one query."""
+        sql = "SELECT state, COUNT(*) FROM jobs"
+        args: builtins.list[Any] = []
+        if owner is not None:
+            sql += " WHERE owner = ?"
+            args.append(owner)
+        with self._lock:
+            rows = self._db.execute(sql + " GROUP BY state", args).fetchall()
+        return {JobState(r[0]): int(r[1]) for r in rows}
+
     def count(self, *, owner: str | None = None,
               states: Iterable[JobState] | None = None) -> int:
         """How many jobs ``owner`` has in ``states`` (None: anyone's, any state)."""

@@ -276,3 +276,19 @@ def test_a_store_written_before_restart_bookkeeping_gains_its_columns(db_path: P
     db.close()
     job = JobStore(db_path).get("j")
     assert (job.lost_attempts, job.checkpoint_version) == ([], 0)
+
+
+def test_counts_by_state_match_the_jobs_listed(store: JobStore) -> None:
+    spec = JobSpec(script="#!/bin/bash\ntrue\n")
+    for i in range(5):
+        store.add(f"a{i}", "alice", spec)
+    store.add("b0", "bob", spec)
+    store.transition("a0", JobState.CANCELLED, "by hand")
+    store.transition("a1", JobState.SCHEDULED, "planned")
+    assert store.counts_by_state("alice") == {
+        JobState.QUEUED: 3, JobState.CANCELLED: 1, JobState.SCHEDULED: 1}
+    assert store.counts_by_state("bob") == {JobState.QUEUED: 1}
+    assert store.counts_by_state("nobody") == {}
+    everyone = store.counts_by_state()
+    assert everyone == {s: sum(1 for j in store.list() if j.state is s) for s in everyone}
+    assert sum(everyone.values()) == 6
