@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from skyport.pki import Identity
 from skyport.runtime.contract import PAYLOAD_FILE as PAYLOAD_INPUT
 from skyport.storage import JobStorage
 from skyport.store import JobStore
+
+FIT_MEMORY_S = 60.0  # a gate's "this shape can run here" is asked again after this long
+FIT_MEMORY_MAX = 4096  # shapes remembered at most (forgotten all at once past that)
 
 
 class JobIntake:
@@ -36,6 +40,9 @@ class JobIntake:
         protocols = storage.fs.protocol
         self._storage_protocols = tuple(protocols) if isinstance(protocols, tuple) \
             else (protocols,)
+        # a gate's "yes, this shape fits" (a Ray round trip per submission otherwise);
+        # refusals are never remembered
+        self._fits_at: dict[tuple[Any, ...], float] = {}
 
     def sources(self, spec: JobSpec, owner: str) -> list[InputSource]:
         """The job's inputs as ``owner`` may read them; ValidationError names the first refused."""
@@ -90,6 +97,20 @@ class JobIntake:
             except NotFoundError:
                 return job_id
 
+    async def _can_ever_fit(self, gate: str, spec: JobSpec) -> str | None:
+        r = spec.resources
+        key = (gate, r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor)
+        now = time.monotonic()
+        if now - self._fits_at.get(key, -FIT_MEMORY_S) < FIT_MEMORY_S:
+            return None
+        why: str | None = await self.gates[gate].can_ever_fit(
+            r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor)
+        if why is None:
+            if len(self._fits_at) >= FIT_MEMORY_MAX:
+                self._fits_at.clear()
+            self._fits_at[key] = now
+        return why
+
     async def _validate(self, spec: JobSpec, owner: str) -> None:
         if spec.gate is not None and spec.gate not in self.gates:
             raise ValidationError("gate", spec.gate, "one of: " + ", ".join(sorted(self.gates)))
@@ -97,9 +118,7 @@ class JobIntake:
         r = spec.resources
         reasons = []
         for name in candidates:
-            why = await self.gates[name].can_ever_fit(
-                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor
-            )
+            why = await self._can_ever_fit(name, spec)
             if why is None:
                 break
             reasons.append(why)
