@@ -525,18 +525,8 @@ def _read_url(state: StateDir) -> str:
 
 
 def _ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-    try:
-        # One place decides the client's TLS policy; imported here so that
-        # ``import skyport`` stays light.
-        from skyport.api.tls import client_ssl_context
-    except ImportError:  # pragma: no cover - server extras missing on a client-only host
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-            ctx.load_cert_chain(str(cert), str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise PkiError(f"cannot build TLS client context from {ca}, {cert}: {exc}") from exc
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
+    from skyport.client.tls import client_ssl_context  # one place decides the TLS policy
+
     return client_ssl_context(ca, cert, key)
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from skyport import pki
+from skyport.config import StateDir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -32,3 +37,18 @@ def test_httpx_still_works_after_its_command_line_is_left_out() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "204"
+
+
+def test_connecting_loads_no_server_stack(tmp_path: Path) -> None:
+    """A command's client context needs the standard library's ssl only, not uvicorn."""
+    state = StateDir(tmp_path / "home")
+    state.pki.mkdir(parents=True)
+    state.run.mkdir(parents=True)
+    pki.init_ca(state.pki)
+    pki.issue_user_cert(state.pki, "admin", role="admin")
+    state.address_path.write_text(json.dumps({"url": "https://127.0.0.1:9"}))
+    code = ("import sys, skyport.client as c; c.connect(sys.argv[1], 'admin'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[2:])))")
+    out = subprocess.run([sys.executable, "-c", code, str(state.root), *NEVER, "cryptography"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
