@@ -144,6 +144,10 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+SPEC_MEMORY_ENTRIES = 1024  # distinct spec texts kept parsed (then forgotten all at once)
+SPEC_MEMORY_MAX_CHARS = 16 * 1024  # a longer spec (a big script) is parsed every time
+
+
 class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -157,6 +161,7 @@ class JobStore:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         self._lock = threading.RLock()
+        self._specs: dict[str, JobSpec] = {}  # spec text -> parsed (``_spec``)
         # called after every committed state change, e.g. so the Core re-plans:
         # whoever changed a job need not remember to say so
         self.on_change: list[Callable[[str, JobState], None]] = []
@@ -412,12 +417,26 @@ class JobStore:
             Event(time=_dt(r["time"]), state=JobState(r["state"]), reason=r["reason"]) for r in rows
         ]
 
-    @staticmethod
-    def _job(row: sqlite3.Row, events: builtins.list[Event]) -> Job:
+    def _spec(self, text: str) -> JobSpec:
+        """The parsed spec; identical texts share one (frozen) ``JobSpec``.
+
+        Parsing every queued job's spec was most of a planning pass, a listing
+        and a bulk cancel; jobs submitted from one script have the same spec.
+        """
+        spec = self._specs.get(text)
+        if spec is None:
+            spec = JobSpec.model_validate_json(text)
+            if len(text) <= SPEC_MEMORY_MAX_CHARS:
+                if len(self._specs) >= SPEC_MEMORY_ENTRIES:
+                    self._specs.clear()
+                self._specs[text] = spec
+        return spec
+
+    def _job(self, row: sqlite3.Row, events: builtins.list[Event]) -> Job:
         return Job(
             id=row["id"],
             owner=row["owner"],
-            spec=JobSpec.model_validate_json(row["spec"]),
+            spec=self._spec(row["spec"]),
             state=JobState(row["state"]),
             reason=row["reason"],
             exit_code=row["exit_code"],

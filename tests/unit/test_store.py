@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from skyport.errors import ConflictError, NotFoundError
 from skyport.models import JobSpec, JobState
@@ -292,3 +293,25 @@ def test_counts_by_state_match_the_jobs_listed(store: JobStore) -> None:
     everyone = store.counts_by_state()
     assert everyone == {s: sum(1 for j in store.list() if j.state is s) for s in everyone}
     assert sum(everyone.values()) == 6
+
+
+def test_identical_specs_are_parsed_once_and_shared(store: JobStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import skyport.store as store_module
+
+    monkeypatch.setattr(store_module, "SPEC_MEMORY_ENTRIES", 2)
+    same = JobSpec(name="same", script="#!/bin/bash\ntrue\n")
+    big = JobSpec(name="big", script="#!/bin/bash\n" + "# x\n" * 5000)
+    for i in range(3):
+        store.add(f"s{i}", "alice", same)
+    store.add("big0", "alice", big)
+    store.add("big1", "alice", big)
+    jobs = {j.id: j for j in store.list()}
+    assert jobs["s0"].spec == same and jobs["s0"].spec is jobs["s2"].spec
+    assert jobs["big0"].spec == big and jobs["big0"].spec is not jobs["big1"].spec
+    with pytest.raises(ValidationError):  # shared, hence frozen
+        jobs["s0"].spec.name = "changed"  # type: ignore[misc]
+    for i in range(5):  # many distinct specs: the memory stays bounded
+        store.add(f"d{i}", "alice", JobSpec(name=f"d{i}", script="#!/bin/bash\ntrue\n"))
+    assert [store.get(f"d{i}").spec.name for i in range(5)] == [f"d{i}" for i in range(5)]
+    assert len(store._specs) <= 2
