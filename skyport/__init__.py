@@ -24,7 +24,7 @@ import sys
 # httpx imports its own command line (rich, pygments, click) unless that fails; it is
 # never used here and was a third of the start-up of every `skyport` command and agent
 if "httpx" not in sys.modules:
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from skyport.client import Client, connect  # noqa: E402
 from skyport.decorator import JobFunction, JobHandle, job  # noqa: E402

@@ -464,7 +464,7 @@ class Client:
             step = LONG_POLL_S if deadline is None else \
                 max(0.0, min(LONG_POLL_S, deadline - time.monotonic()))
             asked = time.monotonic()
-            job = self.call("GET", f"/v1/jobs/{_seg(job_id)}/wait", Job,
+            job: Job = self.call("GET", f"/v1/jobs/{_seg(job_id)}/wait", Job,
                             params={"timeout_s": round(step, 3)},
                             timeout=httpx.Timeout(DEFAULT_TIMEOUT_S + step))
             if job.state.is_terminal():
