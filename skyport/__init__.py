@@ -19,10 +19,17 @@ The public Python API::
 Importing ``skyport`` loads the client only (httpx, pydantic), never Ray.
 """
 
-from skyport.client import Client, connect
-from skyport.decorator import JobFunction, JobHandle, job
-from skyport.errors import JobFailedError, SkyportError
-from skyport.runtime.context import JobContext, context
+import sys
+
+# httpx imports its own command line (rich, pygments, click) unless that fails; it is
+# never used here and was a third of the start-up of every `skyport` command and agent
+if "httpx" not in sys.modules:
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+from skyport.client import Client, connect  # noqa: E402
+from skyport.decorator import JobFunction, JobHandle, job  # noqa: E402
+from skyport.errors import JobFailedError, SkyportError  # noqa: E402
+from skyport.runtime.context import JobContext, context  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -190,13 +190,19 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+SPEC_MEMORY_ENTRIES = 1024  # distinct spec texts kept parsed (then forgotten all at once)
+SPEC_MEMORY_MAX_CHARS = 16 * 1024  # a longer spec (a big script) is parsed every time
+
+
 class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a transaction is on disk when commit returns, so a job is acknowledged
+        # only once it would survive a power cut (WAL's NORMAL loses the last commits)
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
         for name, decl in _ADDED_COLUMNS.items():
@@ -205,6 +211,7 @@ class JobStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array ON jobs(array_id)")
         self._array_specs: dict[str, JobSpec] = {}  # an array's spec never changes
         self._lock = threading.RLock()
+        self._specs: dict[str, JobSpec] = {}  # spec text -> parsed (``_spec``)
         # called after every committed state change, e.g. so the Core re-plans:
         # whoever changed a job need not remember to say so
         self.on_change: list[Callable[[str, JobState], None]] = []
@@ -545,6 +552,17 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [self._job(r, []) for r in rows]
 
+    def counts_by_state(self, owner: str | None = None) -> dict[JobState, int]:
+        """How many jobs (``owner``'s, or anyone's) are in each state, in one query."""
+        sql = "SELECT state, COUNT(*) FROM jobs"
+        args: builtins.list[Any] = []
+        if owner is not None:
+            sql += " WHERE owner = ?"
+            args.append(owner)
+        with self._lock:
+            rows = self._db.execute(sql + " GROUP BY state", args).fetchall()
+        return {JobState(r[0]): int(r[1]) for r in rows}
+
     def count(self, *, owner: str | None = None,
               states: Iterable[JobState] | None = None) -> int:
         """How many jobs ``owner`` has in ``states`` (None: anyone's, any state)."""
@@ -596,13 +614,28 @@ class JobStore:
                     del self._array_specs[next(iter(self._array_specs))]
             return spec
 
+    def _spec(self, text: str) -> JobSpec:
+        """The parsed spec; identical texts share one (frozen) ``JobSpec``.
+
+        Parsing every queued job's spec was most of a planning pass, a listing
+        and a bulk cancel; jobs submitted from one script have the same spec.
+        """
+        spec = self._specs.get(text)
+        if spec is None:
+            spec = JobSpec.model_validate_json(text)
+            if len(text) <= SPEC_MEMORY_MAX_CHARS:
+                if len(self._specs) >= SPEC_MEMORY_ENTRIES:
+                    self._specs.clear()
+                self._specs[text] = spec
+        return spec
+
     def _job(self, row: sqlite3.Row, events: builtins.list[Event]) -> Job:
         array_id = row["array_id"]
         return Job(
             id=row["id"],
             owner=row["owner"],
             spec=self._array_spec(array_id) if array_id else
-            JobSpec.model_validate_json(row["spec"]),
+            self._spec(row["spec"]),
             state=JobState(row["state"]),
             reason=row["reason"],
             exit_code=row["exit_code"],

@@ -38,6 +38,7 @@ from skyport.api.routes.launches import launches_router
 from skyport.api.routes.uploads import uploads_router
 from skyport.core.commands import CorePort, LocalCore
 from skyport.core.service import CoreService
+from skyport.core.waiters import JobWaiters
 from skyport.errors import SkyportError, ValidationError
 from skyport.protocol import ErrorBody
 from skyport.storage import JobStorage
@@ -154,8 +155,9 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
         err = ValidationError(loc, _shown(first.get("input")), msg)
         return _AsciiJSON(err.to_dict(), status_code=422)
 
-    app.include_router(jobs_router(port, storage, version))
-    app.include_router(agents_router(port, storage))
+    log_events = app.state.log_events = JobWaiters()  # logs -f waits for the next append
+    app.include_router(jobs_router(port, storage, version, log_events))
+    app.include_router(agents_router(port, storage, log_events))
     app.include_router(launches_router(port))
     app.include_router(checkpoints_router(port))
     app.include_router(idle_router(port))

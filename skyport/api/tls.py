@@ -63,6 +63,7 @@ from cryptography import x509
 from starlette.requests import HTTPConnection
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from skyport.client.tls import client_ssl_context  # the client's, without uvicorn
 from skyport.errors import ControlPlaneError, PkiError, SkyportError
 from skyport.pki import Identity, ca_cert_path, identity_from_cert, server_cert_paths
 
@@ -387,29 +388,3 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- client side
-
-
-def client_ssl_context(
-    ca_path: Path, cert_path: Path | None = None, key_path: Path | None = None
-) -> ssl.SSLContext:
-    """An SSL context for httpx: trust only our CA, present the user certificate if given.
-
-    Hostname checking stays on: the server certificate carries 127.0.0.1,
-    localhost and the hostnames given to ``issue_server_cert``. Use it as
-    ``httpx.Client(verify=client_ssl_context(...))``.
-    """
-    if key_path is not None and cert_path is None:
-        raise PkiError(f"key_path {key_path} given without cert_path (give both, or neither)")
-    try:
-        # cafile only: the system's trust store must not vouch for our server.
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_path))
-        if cert_path is not None:
-            ctx.load_cert_chain(str(cert_path), str(key_path) if key_path is not None else None)
-    except FileNotFoundError as exc:
-        raise PkiError(f"cannot build TLS client context: {exc.filename} is missing") from exc
-    except ssl.SSLError as exc:
-        raise PkiError(
-            f"cannot build TLS client context from {ca_path}, {cert_path}: {exc}"
-        ) from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx

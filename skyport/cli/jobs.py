@@ -20,7 +20,8 @@ from skyport.protocol import ArrayView
 from skyport.script import build_spec, cli_directives
 from skyport.units import format_duration
 
-FOLLOW_POLL_S = 1.0  # how often ``logs -f`` asks for more
+FOLLOW_POLL_S = 1.0  # how often ``logs -f`` asks for more when the server cannot wait
+FOLLOW_WAIT_S = 10.0  # how long the server may hold one ``logs -f`` call
 
 
 def _now() -> datetime:
@@ -207,7 +208,9 @@ def logs_cmd(out: Output, job_id: str, use_stderr: bool, follow: bool) -> None:
     state = JobState.QUEUED
     size = 0
     while True:
-        chunk = client.logs(job_id, stream, offset)
+        asked = time.monotonic()
+        # following: the server holds the call until the next append or state report
+        chunk = client.logs(job_id, stream, offset, wait_s=FOLLOW_WAIT_S if follow else 0.0)
         state, size = chunk.state, chunk.size
         if chunk.data:
             offset += len(chunk.data)
@@ -217,8 +220,8 @@ def logs_cmd(out: Output, job_id: str, use_stderr: bool, follow: bool) -> None:
                 click.echo(chunk.data, nl=False)
         if offset >= chunk.size and (not follow or chunk.state.is_terminal()):
             break
-        if not chunk.data:
-            time.sleep(FOLLOW_POLL_S)
+        if not chunk.data and time.monotonic() - asked < FOLLOW_POLL_S:
+            time.sleep(FOLLOW_POLL_S)  # answered at once with nothing new: a busy server
     if out.json:
         out.emit(
             {

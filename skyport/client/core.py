@@ -77,6 +77,7 @@ DEFAULT_USER = "admin"
 DEFAULT_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 900.0  # a large file's last part to its answer (storage assembling it)
 LOG_STREAMS = ("stdout", "stderr")
+LONG_POLL_S = 25.0  # the server's bound on one long-poll (skyport.core.waiters.MAX_WAIT_S)
 
 # Used only when an error response carries no ``{"error", "message"}`` body.
 _STATUS_ERRORS: dict[int, type[SkyportError]] = {
@@ -352,14 +353,25 @@ class Client:
         return self.call("POST", f"/v1/debug/jobs/{_seg(job_id)}/preempt", PreemptAnswer,
                          params={"notice_s": notice_s})
 
-    def logs(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
-        """Log bytes from ``offset`` (at most 1 MiB), the stream's size and the job's state."""
+    def logs(self, job_id: str, stream: str = "stdout", offset: int = 0,
+             wait_s: float = 0.0) -> LogChunk:
+        """Log bytes from ``offset`` (at most 1 MiB), the stream's size and the job's state.
+
+        ``wait_s`` (at most ``LONG_POLL_S``): with nothing past ``offset`` yet and the
+        job not ended, the server waits up to that long for the next append or state
+        report (``skyport logs -f``)."""
         if stream not in LOG_STREAMS:
             raise ValidationError("stream", stream, "one of " + ", ".join(LOG_STREAMS))
         if offset < 0:
             raise ValidationError("offset", offset, "a byte offset >= 0")
+        if not 0 <= wait_s <= LONG_POLL_S:
+            raise ValidationError("wait_s", wait_s, f"seconds from 0 to {LONG_POLL_S}")
+        params: dict[str, Any] = {"offset": offset}
+        if wait_s:
+            params["wait_s"] = wait_s
         response = self._request(
-            "GET", f"/v1/jobs/{_seg(job_id)}/logs/{stream}", params={"offset": offset}
+            "GET", f"/v1/jobs/{_seg(job_id)}/logs/{stream}", params=params,
+            timeout=httpx.Timeout(DEFAULT_TIMEOUT_S + wait_s),
         )
         try:
             size = int(response.headers.get("X-Skyport-Log-Size", offset + len(response.content)))
@@ -493,26 +505,30 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Job:
         """Block until the job is terminal and return it.
 
-        Polls every ``poll_s`` seconds, backing off to at most 5 s between
-        polls for long waits.  Raises ``WaitTimeoutError`` after ``timeout``
-        seconds (the job itself is not touched).
+        Long-polls ``GET /v1/jobs/{id}/wait``: the server answers as soon as the
+        job ends (the Core wakes the call on the transition), or after at most
+        ``LONG_POLL_S``, and the client asks again.  A server with too many
+        waiters answers at once; the client then sleeps ``poll_s`` between
+        calls.  Raises ``WaitTimeoutError`` after ``timeout`` seconds (the job
+        itself is not touched).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_s
         while True:
-            job = self.job(job_id)
+            step = LONG_POLL_S if deadline is None else \
+                max(0.0, min(LONG_POLL_S, deadline - time.monotonic()))
+            asked = time.monotonic()
+            job: Job = self.call("GET", f"/v1/jobs/{_seg(job_id)}/wait", Job,
+                            params={"timeout_s": round(step, 3)},
+                            timeout=httpx.Timeout(DEFAULT_TIMEOUT_S + step))
             if job.state.is_terminal():
                 return job
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeoutError(
-                        f"job {job_id} is still {job.state.value} after waiting {timeout} s"
-                    )
-                time.sleep(min(interval, left))
-            else:
-                time.sleep(interval)
-            interval = min(interval * 1.5, max(poll_s, 5.0))
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise WaitTimeoutError(
+                    f"job {job_id} is still {job.state.value} after waiting {timeout} s"
+                )
+            if now - asked < step / 2:  # answered early, not terminal: the server is busy
+                time.sleep(poll_s if deadline is None else min(poll_s, deadline - now))
 
 
 def connect(
@@ -562,18 +578,8 @@ def _read_url(state: StateDir) -> str:
 
 
 def _ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-    try:
-        # One place decides the client's TLS policy; imported here so that
-        # ``import skyport`` stays light.
-        from skyport.api.tls import client_ssl_context
-    except ImportError:  # pragma: no cover - server extras missing on a client-only host
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-            ctx.load_cert_chain(str(cert), str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise PkiError(f"cannot build TLS client context from {ca}, {cert}: {exc}") from exc
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
+    from skyport.client.tls import client_ssl_context  # one place decides the TLS policy
+
     return client_ssl_context(ca, cert, key)
 
 

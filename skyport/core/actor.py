@@ -101,7 +101,8 @@ class SchedulerActor:
         return self.service.policy_name
 
 
-@ray.remote(num_cpus=0, max_concurrency=64)  # type: ignore[call-overload]  # no max_concurrency in Ray's stubs
+# room for skyport.core.waiters.MAX_WAITERS pushed waits beside every other call
+@ray.remote(num_cpus=0, max_concurrency=512)  # type: ignore[call-overload]  # no max_concurrency in Ray's stubs
 class CoreActor:
     """Async actor: agent and user calls interleave with the lifecycle loop."""
 

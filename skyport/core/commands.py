@@ -88,6 +88,17 @@ class GetJob(Command):
 
 
 @dataclass(frozen=True)
+class WaitJob(Command):
+    """Until the job is terminal or no longer in ``since``, at most ``timeout_s`` (pushed)."""
+
+    handler = "wait_job"
+    who: Identity
+    job_id: str
+    timeout_s: float
+    since: JobState | None = None
+
+
+@dataclass(frozen=True)
 class ListJobs(Command):
     handler = "jobs"
     who: Identity

@@ -27,6 +27,9 @@ from skyport.runtime.contract import parse_upstream_url
 from skyport.storage import JobStorage
 from skyport.store import ArrayRecord, JobStore
 
+FIT_MEMORY_S = 60.0  # a gate's "this shape can run here" is asked again after this long
+FIT_MEMORY_MAX = 4096  # shapes remembered at most (forgotten all at once past that)
+
 
 class JobIntake:
     def __init__(self, store: JobStore, storage: JobStorage, gates: Mapping[str, Any],
@@ -42,6 +45,9 @@ class JobIntake:
         protocols = storage.fs.protocol
         self._storage_protocols = tuple(protocols) if isinstance(protocols, tuple) \
             else (protocols,)
+        # a gate's "yes, this shape fits" (a Ray round trip per submission otherwise);
+        # refusals are never remembered
+        self._fits_at: dict[tuple[Any, ...], float] = {}
 
     def sources(self, spec: JobSpec, owner: str) -> list[InputSource]:
         """The job's inputs as ``owner`` may read them; ValidationError names the first refused."""
@@ -111,6 +117,20 @@ class JobIntake:
                 except NotFoundError:
                     return job_id
 
+    async def _can_ever_fit(self, gate: str, spec: JobSpec) -> str | None:
+        r = spec.resources
+        key = (gate, r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor)
+        now = time.monotonic()
+        if now - self._fits_at.get(key, -FIT_MEMORY_S) < FIT_MEMORY_S:
+            return None
+        why: str | None = await self.gates[gate].can_ever_fit(
+            r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor)
+        if why is None:
+            if len(self._fits_at) >= FIT_MEMORY_MAX:
+                self._fits_at.clear()
+            self._fits_at[key] = now
+        return why
+
     async def _validate(self, spec: JobSpec, owner: str) -> JobSpec:
         """The spec as it is queued (its deadline made absolute); ValidationError if refused."""
         if spec.gate is not None and spec.gate not in self.gates:
@@ -123,9 +143,7 @@ class JobIntake:
         fitting: dict[str, list[Flavor]] = {}
         fits = False
         for name in candidates:
-            why = await self.gates[name].can_ever_fit(
-                r.nodes, r.cpus_per_node, r.gpus_per_node, r.mem_mb, spec.flavor
-            )
+            why = await self._can_ever_fit(name, spec)
             if why is None:
                 fits = True
                 if not placing:

@@ -82,6 +82,7 @@ from skyport.core.messages import (
 )
 from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap
 from skyport.core.views import CoreViews
+from skyport.core.waiters import JobWaiters
 from skyport.core.warm import MAX_WAIT_S
 from skyport.errors import (
     AuthenticationError,
@@ -188,6 +189,8 @@ class CoreService:
         self._dirty = asyncio.Event()
         self._replan_at: float | None = None  # a queued job's deadline lapses then
         store.on_change.append(lambda _job_id, _state: self._dirty.set())
+        self.waiters = JobWaiters()  # pushed waits: every committed change wakes its waiters
+        store.on_change.append(lambda job_id, _state: self.waiters.notify(job_id))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._passes = 0
@@ -441,6 +444,18 @@ class CoreService:
 
     async def get(self, who: Identity, job_id: str) -> Job:
         return self._visible(who, job_id)
+
+    async def wait_job(self, who: Identity, job_id: str, timeout_s: float,
+                       since: JobState | None = None) -> Job:
+        """The job once it is terminal or has left ``since``; as it is after ``timeout_s``."""
+        job = self._visible(who, job_id)
+        deadline = time.monotonic() + timeout_s
+        # no await between reading the job and registering the waiter: no change is missed
+        while not (job.state.is_terminal() or (since is not None and job.state != since)):
+            if not await self.waiters.wait(job_id, deadline - time.monotonic()):
+                break
+            job = self._visible(who, job_id)
+        return job
 
     async def jobs(
         self, who: Identity, all_users: bool = False, states: list[JobState] | None = None,
@@ -745,6 +760,7 @@ class CoreService:
 
     async def _loop(self) -> None:
         last_tick = last_reap = 0.0
+        burst = False
         while True:
             try:
                 await asyncio.wait_for(self._dirty.wait(), timeout=1.0)
@@ -754,8 +770,12 @@ class CoreService:
                 if self._replan_at is not None and time.time() >= self._replan_at:
                     self._dirty.set()
                 if self._dirty.is_set():
+                    if burst:  # more came in during the last pass: let the burst gather
+                        await asyncio.sleep(self.settings.replan_interval_s)
                     self._dirty.clear()
+                    # planned on the change itself: an isolated submission waits for no timer
                     await self.schedule_pass()
+                    burst = self._dirty.is_set()
                 now = time.monotonic()
                 if now - last_tick >= 1.0:
                     last_tick = now
@@ -770,8 +790,6 @@ class CoreService:
                 raise
             except Exception:
                 log.exception("core loop pass failed; going on")
-            # batch: whatever arrives during this pause is planned together
-            await asyncio.sleep(self.settings.replan_interval_s)
 
     async def _tick(self) -> None:
         listed: dict[str, ClusterInfo] | None = None

@@ -40,10 +40,9 @@ class CoreViews:
 
     async def status(self, who: Identity | None = None) -> dict[str, Any]:
         """Job counts by state: a user's own jobs (an admin's: everyone's), and gates."""
-        counts: dict[str, int] = {}
         owner = None if who is None or who.is_admin else who.username
-        for job in self.store.list(owner=owner):
-            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+        # counted by the store: reading every job (10,000 of them) took most of a second
+        counts = {s.value: n for s, n in self.store.counts_by_state(owner).items()}
         return {
             "policy": self.policy_name,
             "started_at": self.started_at.isoformat(),

@@ -36,6 +36,7 @@ def _plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> Cl
 
     monkeypatch.setattr("skyport.cli.app.client_factory", factory)
     monkeypatch.setattr(jobs_module, "FOLLOW_POLL_S", 0)
+    monkeypatch.setattr(jobs_module, "FOLLOW_WAIT_S", 0.0)  # the pushed follow: its own test
     return cp
 
 
@@ -199,14 +200,15 @@ def test_logs_and_follow(cp: CliPlane, monkeypatch: pytest.MonkeyPatch) -> None:
     real = cp.client().logs
     calls = {"n": 0}
 
-    def feeding_logs(self: Any, jid: str, stream: str = "stdout", offset: int = 0) -> Any:
+    def feeding_logs(self: Any, jid: str, stream: str = "stdout", offset: int = 0,
+                     wait_s: float = 0.0) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             agents.write(stdout=b"two\n")
         if calls["n"] == 4:
             agents.write(stdout=b"three\n")
             agents.exit(0)
-        return real.__func__(self, jid, stream, offset)  # type: ignore[attr-defined]
+        return real.__func__(self, jid, stream, offset, wait_s)  # type: ignore[attr-defined]
 
     monkeypatch.setattr("skyport.client.core.Client.logs", feeding_logs)
     result = run("logs", job_id, "-f")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ from skyport.errors import (
     SkyportError,
     ValidationError,
 )
-from skyport.models import Job, JobSpec, JobState
+from skyport.models import JobSpec, JobState
 from skyport.protocol import CapacityView, WhoAmI
 
 SPEC = JobSpec(name="hello", script="#!/bin/bash\necho hi\n")
@@ -209,25 +210,24 @@ def test_fetch_refuses_a_path_that_escapes_dest(tmp_path: Path) -> None:
     assert not (tmp_path / "evil").exists()
 
 
+def until(condition: Callable[[], bool], limit_s: float = 60.0) -> None:
+    """Until ``condition()`` holds (a hang guard, not a speed bound)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.005)
+
+
 def test_wait_returns_the_terminal_job(client: Client, cp: TestControlPlane) -> None:
     job = client.submit(SPEC)
-    polled = threading.Event()
 
-    def run_once_polled() -> None:  # the job ends while wait() is polling
-        polled.wait()
+    def run_once_waited_on() -> None:  # the job ends while wait() is held by the server
+        until(lambda: cp.service.waiters.waiting == 1)
         cp.run(job.id)
 
-    runner = threading.Thread(target=run_once_polled)
+    runner = threading.Thread(target=run_once_waited_on)
     runner.start()
-    real_job = client.job
-
-    def job_and_note(job_id: str) -> Job:
-        got = real_job(job_id)
-        polled.set()
-        return got
-
-    client.job = job_and_note  # type: ignore[method-assign]
-    done = client.wait(job.id, poll_s=0.01)
+    done = client.wait(job.id)
     runner.join()
     assert done.state is JobState.SUCCEEDED
     assert [e.state for e in done.events][-3:] == [

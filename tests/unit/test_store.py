@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from skyport.errors import ConflictError, NotFoundError
 from skyport.models import JobSpec, JobState
@@ -276,3 +277,48 @@ def test_a_store_written_before_restart_bookkeeping_gains_its_columns(db_path: P
     db.close()
     job = JobStore(db_path).get("j")
     assert (job.lost_attempts, job.checkpoint_version) == ([], 0)
+
+
+def test_counts_by_state_match_the_jobs_listed(store: JobStore) -> None:
+    spec = JobSpec(script="#!/bin/bash\ntrue\n")
+    for i in range(5):
+        store.add(f"a{i}", "alice", spec)
+    store.add("b0", "bob", spec)
+    store.transition("a0", JobState.CANCELLED, "by hand")
+    store.transition("a1", JobState.SCHEDULED, "planned")
+    assert store.counts_by_state("alice") == {
+        JobState.QUEUED: 3, JobState.CANCELLED: 1, JobState.SCHEDULED: 1}
+    assert store.counts_by_state("bob") == {JobState.QUEUED: 1}
+    assert store.counts_by_state("nobody") == {}
+    everyone = store.counts_by_state()
+    assert everyone == {s: sum(1 for j in store.list() if j.state is s) for s in everyone}
+    assert sum(everyone.values()) == 6
+
+
+def test_identical_specs_are_parsed_once_and_shared(store: JobStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import skyport.store as store_module
+
+    monkeypatch.setattr(store_module, "SPEC_MEMORY_ENTRIES", 2)
+    same = JobSpec(name="same", script="#!/bin/bash\ntrue\n")
+    big = JobSpec(name="big", script="#!/bin/bash\n" + "# x\n" * 5000)
+    for i in range(3):
+        store.add(f"s{i}", "alice", same)
+    store.add("big0", "alice", big)
+    store.add("big1", "alice", big)
+    jobs = {j.id: j for j in store.list()}
+    assert jobs["s0"].spec == same and jobs["s0"].spec is jobs["s2"].spec
+    assert jobs["big0"].spec == big and jobs["big0"].spec is not jobs["big1"].spec
+    with pytest.raises(ValidationError):  # shared, hence frozen
+        jobs["s0"].spec.name = "changed"  # type: ignore[misc]
+    for i in range(5):  # many distinct specs: the memory stays bounded
+        store.add(f"d{i}", "alice", JobSpec(name=f"d{i}", script="#!/bin/bash\ntrue\n"))
+    assert [store.get(f"d{i}").spec.name for i in range(5)] == [f"d{i}" for i in range(5)]
+    assert len(store._specs) <= 2
+
+
+def test_a_commit_is_on_disk_when_it_returns(store: JobStore) -> None:
+    # a job is acknowledged after its commit: WAL with synchronous=NORMAL would let a
+    # power cut take back commits already acknowledged; FULL (2) syncs each one
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -17,6 +17,7 @@ from skyport.api.files import ranged_download, streamed_upload
 from skyport.checkpoint import LATEST
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
+from skyport.core.waiters import JobWaiters
 from skyport.errors import PermissionDeniedError, ValidationError
 from skyport.models import Job
 from skyport.protocol import (
@@ -39,8 +40,11 @@ AGENT_WRITABLE = ("outputs/", "checkpoints/")
 Stream = Literal["stdout", "stderr"]
 
 
-def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
+def agents_router(core: CorePort, storage: JobStorage,
+                  log_events: JobWaiters | None = None) -> APIRouter:
+    """``log_events``: woken on each log append and state report (``logs -f`` waits on it)."""
     r = APIRouter(prefix="/agent/v1/jobs/{job_id}")
+    events = log_events if log_events is not None else JobWaiters()
 
     @r.post("/nodes/{rank}/hello")
     async def hello(job_id: str, rank: int, body: HelloBody, token: Bearer) -> HelloAnswer:
@@ -55,13 +59,17 @@ def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
 
     @r.post("/state")
     async def agent_state(job_id: str, body: StateBody, token: Bearer) -> Job:
-        return await core.execute(c.AgentState(job_id, token, body.state, body.reason))
+        job: Job = await core.execute(c.AgentState(job_id, token, body.state, body.reason))
+        events.notify(job_id)
+        return job
 
     @r.post("/exit")
     async def agent_exit(job_id: str, body: ExitBody, token: Bearer) -> Job:
-        return await core.execute(
+        job: Job = await core.execute(
             c.AgentExit(job_id, token, body.exit_code, body.timed_out, body.reason,
                         tuple(body.output_problems)))
+        events.notify(job_id)
+        return job
 
     @r.get("/inputs")
     async def agent_inputs(job_id: str, token: Bearer) -> list[str]:
@@ -108,7 +116,9 @@ def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
         data = await request.body()
         if len(data) > MAX_LOG_CHUNK:
             raise ValidationError("body", f"{len(data)} bytes", f"at most {MAX_LOG_CHUNK} bytes")
-        return SizeAnswer(size=storage.append(job_id, f"logs/{stream}", offset, data))
+        size = storage.append(job_id, f"logs/{stream}", offset, data)
+        events.notify(job_id)
+        return SizeAnswer(size=size)
 
     return r
 

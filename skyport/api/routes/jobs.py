@@ -11,6 +11,7 @@ from skyport.api.deps import User
 from skyport.api.files import ranged_download
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
+from skyport.core.waiters import MAX_WAIT_S, JobWaiters
 from skyport.models import Job, JobState, SubmitRequest
 from skyport.protocol import (
     ArraySubmitRequest,
@@ -40,8 +41,11 @@ def _without_script(job: Job) -> Job:
     return job.model_copy(update={"spec": spec})
 
 
-def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
+def jobs_router(core: CorePort, storage: JobStorage, version: str,
+                log_events: JobWaiters | None = None) -> APIRouter:
+    """``log_events``: woken by the agent routes on each log append and state report."""
     r = APIRouter(prefix="/v1")
+    log_events = log_events if log_events is not None else JobWaiters()
 
     @r.get("/whoami")
     async def whoami(who: User) -> WhoAmI:
@@ -85,6 +89,16 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     async def job(job_id: str, who: User) -> Job:
         return await core.execute(c.GetJob(who, job_id))
 
+    @r.get("/jobs/{job_id}/wait")
+    async def wait(
+        job_id: str, who: User,
+        timeout_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = MAX_WAIT_S,
+        since: JobState | None = None,
+    ) -> Job:
+        """Long-poll: the job once it is terminal (or no longer in ``since``), else as it is
+        after ``timeout_s``; the Core wakes the call on the job's transition."""
+        return await core.execute(c.WaitJob(who, job_id, timeout_s, since))
+
     @r.post("/jobs/cancel")
     async def cancel_many(body: CancelRequest, who: User) -> CancelAnswer:
         """Cancel many jobs in one call and one transaction (``skyport cancel --all`` ...)."""
@@ -107,11 +121,18 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str) -> APIRouter:
     @r.get("/jobs/{job_id}/logs/{stream}")
     async def logs(
         job_id: str, stream: Stream, who: User,
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
     ) -> Response:
+        """Log bytes from ``offset``; ``wait_s``: with nothing new yet, wait up to that long
+        for the agent's next append or state report (``skyport logs -f``)."""
         job: Job = await core.execute(c.GetJob(who, job_id))
         rel = f"logs/{stream}"
         size = storage.size(job_id, rel)
+        if offset >= size and wait_s > 0 and not job.state.is_terminal():
+            await log_events.wait(job_id, wait_s)
+            job = await core.execute(c.GetJob(who, job_id))
+            size = storage.size(job_id, rel)
         # past the end there is nothing to read (a seek far past it fails on some systems)
         data = storage.read_from(job_id, rel, offset) if offset < size else b""
         return Response(
