@@ -205,6 +205,7 @@ class AgentHello(Command):
     token: str = dataclasses.field(repr=False)
     rank: int
     node_name: str
+    facts: Any = None  # skyport.protocol.NodeFacts, when the agent sent them
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ class LaunchCreate(Command):
     argv: list[str]
     env: dict[str, str]
     cwd: str
+    op: str = "run"
 
 
 @dataclass(frozen=True)
