@@ -6,6 +6,11 @@ environment: ``SKYPORT_NODE_*``, ``CUDA_VISIBLE_DEVICES``); a ``LogPump``
 sends its output to ``/launches/{id}/output/...`` and its exit code goes to
 ``/launches/{id}/exit``.  A cancel, the end of the job, or ``stop()`` kills
 the launch's process group.
+
+A launch with an ``op`` other than ``run`` is not a command: it is work node
+0's agent asks of this agent (stage this node's files in or its outputs out,
+fetch broadcast files; ``skyport.agent.nodes``), done by the agent itself,
+its message and exit code sent back the same way.
 """
 
 from __future__ import annotations

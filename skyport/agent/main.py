@@ -1,8 +1,11 @@
 """The agent's flow on one node (``PROTOCOL.md``).
 
-Every node says hello and heartbeats in a background thread.  Node 0 waits
-for ``action: run``, stages the script and the inputs in, runs the payload,
-streams its logs, stages the outputs out and reports the exit.  Other nodes
+Every node says hello (with its node's facts) and heartbeats in a background
+thread.  Node 0 waits for ``action: run``, stages the script and the inputs
+into its own directory while every other node's agent does the same into its
+own (the nodes share nothing: ``skyport.agent.nodes``), runs the payload,
+streams its logs, stages its outputs and every other node's out and reports
+the exit.  Other nodes
 heartbeat until ``stop`` or until the job is terminal.  ``stop`` (or losing
 the control plane for longer than the client retries) kills the payload's
 process group and ends the agent.

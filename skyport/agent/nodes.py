@@ -96,8 +96,15 @@ def parse_fetch(entry: str) -> tuple[int, str]:
     if not sep or not mode_text or len(mode_text) > 4 or \
             any(c not in "01234567" for c in mode_text):
         raise ValidationError("fetch", entry, "MODE:PATH with an octal mode")
-    check_relative_path(path, "fetch")
-    return int(mode_text, 8) & 0o755, path
+    return int(mode_text, 8) & 0o755, _relative(path, "fetch")
+
+
+def _relative(path: str, field: str) -> str:
+    try:
+        return check_relative_path(path, field)
+    except ValueError as exc:
+        raise ValidationError(field, path, "a relative path inside the working directory "
+                              f"({exc})") from None
 
 
 class NodeOps:
@@ -247,4 +254,4 @@ class NodeOps:
             raise ValidationError("file", given, "an existing file on this node") from None
         if not stat.S_ISREG(st.st_mode):
             raise ValidationError("file", given, "a regular file (not a folder or device)")
-        return check_relative_path(rel.as_posix(), "file"), real, st.st_mode & 0o755
+        return _relative(rel.as_posix(), "file"), real, st.st_mode & 0o755
