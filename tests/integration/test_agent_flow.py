@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
 from skyport.agent.main import Agent, AgentSettings
+from skyport.core.launches import LaunchRegistry
 from skyport.errors import ConflictError, ControlPlaneError
 from skyport.models import Job, JobSpec, JobState
 from skyport.protocol import HelloAnswer
@@ -39,6 +41,7 @@ class FakeControlPlane:
         self.exit: dict[str, Any] | None = None
         self.flaky = flaky  # the first N requests fail to connect
         self.lock = threading.Lock()
+        self.launches = LaunchRegistry()
 
     def job(self) -> Job:
         """The job as the real API answers it (``skyport.protocol``)."""
@@ -95,6 +98,8 @@ class FakeControlPlane:
                     return httpx.Response(404, json={"error": "NotFoundError",
                                                      "message": f"no {name}"})
                 return httpx.Response(200, content=self.files[name])
+            if parts[0] == "launches" or path.endswith("/launches"):
+                return self._launch(request, parts, body)
             if parts[0] == "logs":
                 offset = int(request.url.params["offset"])
                 log = self.logs[parts[1]]
@@ -102,6 +107,40 @@ class FakeControlPlane:
                 log[offset:offset + len(body)] = body
                 return httpx.Response(200, json={"size": len(log)})
             return httpx.Response(404, json={"error": "NotFoundError", "message": path})
+
+
+    def _launch(self, request: httpx.Request, parts: list[str], body: bytes) -> httpx.Response:
+        """The launch calls over the real registry (node 0 asks node k to stage in/out)."""
+        reg, q = self.launches, request.url.params
+        if parts[0] == "nodes":  # node k's poll: what to start (no long-poll here)
+            claimed = reg.claim("j1", int(parts[1]))
+            if not claimed["start"] and not claimed["cancel"]:
+                time.sleep(0.02)
+            stop = self.state in TERMINAL
+            return httpx.Response(200, json={**claimed, "stop": stop})
+        if len(parts) == 1:
+            b = json.loads(body)
+            made = reg.create("j1", b["node"], self.num_nodes, b["argv"], b.get("env", {}),
+                              b.get("cwd", ""), b.get("op", "run"))
+            return httpx.Response(201, json={"launch_id": made.id})
+        launch_id = parts[1]
+        if parts[-2:-1] == ["output"]:
+            size = reg.append("j1", launch_id, int(q["node"]), parts[-1], int(q["offset"]),
+                              body)
+            return httpx.Response(200, json={"size": size})
+        if parts[-1] == "exit":
+            b = json.loads(body)
+            reg.finish("j1", launch_id, b["node"], b["exit_code"])
+            return httpx.Response(200, json={})
+        if parts[-1] == "cancel":
+            reg.cancel("j1", launch_id)
+            return httpx.Response(200, json={})
+        got = reg.read("j1", launch_id, {s: int(q.get(s, 0)) for s in ("stdout", "stderr")})
+        if got["exit_code"] is None:
+            time.sleep(0.02)
+        return httpx.Response(200, json={**got, "stdout": base64.b64encode(got["stdout"])
+                                         .decode(), "stderr": base64.b64encode(got["stderr"])
+                                         .decode()})
 
 
 def make_agent(tmp_path: Path, cp: FakeControlPlane, rank: int = 0,
