@@ -225,6 +225,7 @@ class Agent:
                                     self._node_names, allow_peer=self.isolation.allows_peer,
                                     workdir=self.workdir)
         self._socket.requests["bcast"] = self.nodes.handle_bcast
+        self._socket.requests["check"] = self.nodes.handle_check
         self._socket.start()
         # launch logs live here, not in the working directory: the payload owns that one
         # and could put a symbolic link where the agent (root) then writes

@@ -36,6 +36,7 @@ from skyport.agent.client import AgentClient
 from skyport.agent.isolation import Isolation
 from skyport.agent.transfer import stage_in, stage_out
 from skyport.errors import ControlPlaneError, SkyportError, ValidationError
+from skyport.launch.bcast import check_command
 from skyport.models import JobSpec, check_relative_path
 from skyport.runtime.contract import RESULTS_DIR
 
@@ -200,8 +201,8 @@ class NodeOps:
         except SkyportError as exc:
             return 255, f"{op} not run: {exc}"
 
-    def _ask(self, node: int, op: str, argv: Sequence[str]) -> tuple[int, str]:
-        launch_id = self.client.launch_create(node, list(argv), "", op)
+    def _ask(self, node: int, op: str, argv: Sequence[str], cwd: str = "") -> tuple[int, str]:
+        launch_id = self.client.launch_create(node, list(argv), cwd, op)
         offsets = {"stdout": 0, "stderr": 0}
         text = b""
         while True:
@@ -213,6 +214,36 @@ class NodeOps:
                 offsets[s] = base + len(raw)
             if got.exit_code is not None:
                 return got.exit_code, text.decode(errors="replace").strip()
+
+    # -- node 0 (or any node): ``$SKYPORT_MPIEXEC``'s check, over the launch socket ---------
+
+    def handle_check(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"type": "check", "paths": [...], "cwd": ...}`` -> ``{"missing": {node: [path,
+        ...]}}`` for every other node that lacks some (run there as a launch, in the same
+        directory of its own, as the payload's user: what its ranks would see)."""
+        paths = request.get("paths")
+        if not isinstance(paths, list) or not paths or len(paths) > MAX_BCAST_FILES or \
+                not all(isinstance(p, str) and p and len(p) <= 4096 and "\0" not in p
+                        for p in paths):
+            return {"error": f"paths: 1 to {MAX_BCAST_FILES} paths are needed"}
+        cwd = launch_cwd(str(request.get("cwd") or ""), self.workdir)
+        argv = ["/bin/sh", "-c", check_command(paths)]
+        others = [k for k in range(self.num_nodes) if k != self.rank]
+        if not others:
+            return {"missing": {}}
+        try:
+            with ThreadPoolExecutor(len(others), thread_name_prefix="check-nodes") as pool:
+                answers = list(pool.map(lambda k: (k, *self._ask(k, "run", argv, cwd)),
+                                        others))
+        except SkyportError as exc:
+            return {"error": f"the check could not run: {exc}"}
+        missing = {}
+        for k, code, text in answers:
+            if code != 0:
+                missing[str(k)] = [f"(the check failed: {text[-300:]})"]
+            elif text:
+                missing[str(k)] = text.splitlines()
+        return {"missing": missing}
 
     # -- node 0 (or any node): ``skyport bcast`` over the launch socket ------------------
 

@@ -8,8 +8,9 @@ job needs no token and no node opens a port.  ``$SKYPORT_MPIEXEC --bcast``
 does the same for its program before it starts the ranks.
 
 ``missing_on_nodes`` is the check ``$SKYPORT_MPIEXEC`` makes before it starts
-ranks: the files a command needs that are not on some node, found by running
-``test -e`` there through the rsh relay.
+ranks: the files a command needs that are not on some node, found by the
+agent running ``check_command`` there (MPICH's launcher would otherwise wait
+forever for a rank that could not start).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import json
 import os
 import shlex
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BcastError", "bcast", "main", "missing_on_nodes", "needed_files"]
+__all__ = ["BcastError", "bcast", "check_command", "main", "missing_on_nodes", "needed_files",
+           "program_inside"]
 
 
 class BcastError(RuntimeError):
@@ -71,7 +71,7 @@ def needed_files(cmd: Sequence[str], cwd: str) -> list[str]:
     return need
 
 
-def _check_command(files: Sequence[str]) -> str:
+def check_command(files: Sequence[str]) -> str:
     tests = []
     for f in files:
         q = shlex.quote(f)
@@ -82,26 +82,18 @@ def _check_command(files: Sequence[str]) -> str:
     return "; ".join(tests) + "; true"
 
 
-def missing_on_nodes(files: Sequence[str], hosts: Sequence[str], rsh: str,
-                     timeout_s: float = 600.0) -> dict[str, list[str]]:
-    """``{host: [file, ...]}`` for every host that lacks some of ``files`` (run there in
-    the same working directory, through the rsh relay)."""
-    command = _check_command(files)
+def missing_on_nodes(files: Sequence[str], cwd: str | None = None,
+                     env: dict[str, str] | None = None) -> dict[int, list[str]]:
+    """``{node rank: [file, ...]}`` for every other node that lacks some of ``files``.
 
-    def one(host: str) -> tuple[str, list[str]]:
-        try:
-            done = subprocess.run([rsh, host, command], capture_output=True, text=True,
-                                  timeout=timeout_s, check=False, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return host, [f"(the check could not run: {exc})"]
-        if done.returncode != 0:
-            return host, [f"(the check could not run: {done.stderr.strip()[-300:]})"]
-        return host, [line for line in done.stdout.splitlines() if line.strip()]
-
-    if not hosts:
-        return {}
-    with ThreadPoolExecutor(min(len(hosts), 16)) as pool:
-        return {h: m for h, m in pool.map(one, hosts) if m}
+    The node agent runs ``check_command`` on each other node, in the same
+    directory of that node's own, as a launch: what its ranks would see.
+    """
+    answer = _ask_agent({"type": "check", "paths": list(files), "cwd": cwd or os.getcwd()},
+                        dict(os.environ) if env is None else env)
+    if "error" in answer:
+        raise BcastError(str(answer["error"]))
+    return {int(k): [str(f) for f in v] for k, v in dict(answer.get("missing", {})).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,7 @@ def rank_cwd_of(cwd: str, workdir: str) -> str:
     return cwd
 
 
-def _share(cmd: Sequence[str], nodes: Sequence[str], rsh: str, env: Mapping[str, str],
+def _share(cmd: Sequence[str], nodes: Sequence[str], env: Mapping[str, str],
            bcast_it: bool, check: bool) -> str | None:
     """Broadcast the program (``--bcast``) and check that what the command needs is on
     every other node: on machines that share nothing, a rank that cannot find its
@@ -123,13 +123,15 @@ def _share(cmd: Sequence[str], nodes: Sequence[str], rsh: str, env: Mapping[str,
             return f"--bcast {cmd[0]}: {exc}"
     if not check:
         return None
-    here = env.get("SKYPORT_NODE_NAME", "")
-    others = [n for n in nodes if n != here]
-    missing = missing_on_nodes(needed_files(cmd, cwd), others, rsh)
-    if not missing:
+    try:
+        missing = missing_on_nodes(needed_files(cmd, cwd), cwd, dict(env))
+    except BcastError as exc:
+        return f"checking the nodes for {cmd[0]}: {exc}"
+    names = [*nodes, *[f"node-{k}" for k in range(len(nodes), 1 + max(missing, default=0))]]
+    where = "; ".join(f"node {k} ({names[k]}) has no {', '.join(files)}"
+                      for k, files in sorted(missing.items()))
+    if not where:
         return None
-    where = "; ".join(f"node {nodes.index(h)} ({h}) has no {', '.join(files)}"
-                      for h, files in missing.items())
     return (f"{where}. The nodes share no files: copy what this node made with "
             f"'skyport bcast FILE', or run '$SKYPORT_MPIEXEC --bcast {shlex.join(cmd[:1])} ...'"
             ", or stage it to every node with --input")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = mpich_mpiexec() if args.mpi == "mpich" else openmpi_mpirun()
     assert launcher is not None  # missing_mpi said it is there
     if args.bcast or not args.no_check:
-        problem = _share(cmd, nodes, rsh, env, args.bcast, not args.no_check)
+        problem = _share(cmd, nodes, env, args.bcast, not args.no_check)
         if problem:
             print(f"skyport mpiexec: {problem}", file=sys.stderr)
             return 2

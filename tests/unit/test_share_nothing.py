@@ -158,7 +158,7 @@ def test_the_pre_launch_check_asks_each_node_for_the_program_and_files(
     (tmp_path / "in.dat").write_text("x")
     assert bcast_mod.needed_files(["./prog", "-n", "in.dat", "nope.dat"], str(tmp_path)) == \
         ["./prog", "in.dat"]
-    command = bcast_mod._check_command(["./my prog", "python3"])
+    command = bcast_mod.check_command(["./my prog", "python3"])
     assert command == ("[ -e './my prog' ] || echo './my prog'; [ -e python3 ] || command -v "
                        "python3 >/dev/null 2>&1 || echo python3; true")
 
