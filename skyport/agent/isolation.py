@@ -20,9 +20,10 @@ trust, so it runs in one of two ways (``Isolation.mode``):
 
 ``sandbox``
     The agent is not root: the payload runs under bubblewrap (``bwrap``),
-    with ``hide`` (the state directory) and ``/tmp`` replaced by empty
-    folders, its working directory and the agent's runtime folder (launch
-    socket, hostfile, shims) bound back in, and a PID namespace of its own
+    with ``hide`` (the state directory) replaced by an empty folder and
+    ``/tmp`` by the node's own temporary folder (``tmp``: shared by the node's
+    processes, by no other node), its working directory and the agent's
+    runtime folder (launch socket, hostfile, shims) bound back in, and a PID namespace of its own
     (it cannot see, signal or read the memory of any process outside).
 
 ``none``
