@@ -182,6 +182,35 @@ def test_node0_runs_the_job_end_to_end(tmp_path: Path) -> None:
     assert bytes(cp.logs["stderr"]) == b"oops\n"
 
 
+@pytest.mark.parametrize("output_node", ["all", "0"])
+def test_every_node_stages_in_and_node_k_outputs_come_back_under_nodes_k(
+        tmp_path: Path, output_node: str) -> None:
+    cp = FakeControlPlane(spec("cat in.txt > o.txt\n", outputs=("o.txt", "only-k.txt"),
+                               output_node=output_node), num_nodes=2,
+                          inputs={"in.txt": b"data"})
+    node0, node1 = make_agent(tmp_path, cp, rank=0), make_agent(tmp_path, cp, rank=1)
+    # what a rank on node 1 would have written there (the script runs on node 0)
+    (tmp_path / "n1" / "only-k.txt").write_text("from node 1")
+    results: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda a=a, r=r: results.__setitem__(r, a.run()))
+               for r, a in ((0, node0), (1, node1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {0: 0, 1: 0}
+    assert (tmp_path / "n1" / "in.txt").read_bytes() == b"data"  # staged to node 1 too
+    assert (tmp_path / "n1" / "script.sh").exists()
+    assert cp.files["outputs/o.txt"] == b"data"
+    assert cp.exit is not None
+    if output_node == "all":
+        assert cp.files["outputs/nodes/1/only-k.txt"] == b"from node 1"
+        assert "outputs/nodes/1/o.txt" not in cp.files  # node 1 has none: no problem
+        assert cp.exit["output_problems"] == ["missing outputs: only-k.txt"]  # node 0's
+    else:
+        assert not any(k.startswith("outputs/nodes/") for k in cp.files)
+
+
 def test_node0_waits_for_every_node_and_reports_a_timeout(tmp_path: Path) -> None:
     cp = FakeControlPlane(spec("trap '' TERM\nsleep 60\n",
                                resources={"time_limit_s": 1}), num_nodes=2)
