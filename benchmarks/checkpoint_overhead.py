@@ -81,6 +81,19 @@ def wait_running(client: Client, job_id: str, attempt: int, timeout: float = 180
                     lambda j: j.state == JobState.RUNNING and j.restarts == attempt, timeout)
 
 
+def wait_counting(client: Client, job_id: str, attempt: int, timeout: float = 180) -> int:
+    """Wait until rank 0 of attempt ``attempt`` says where it starts; the latest checkpoint
+    version then (0: none)."""
+    deadline = time.monotonic() + timeout
+    while f"attempt {attempt} starts".encode() not in client.logs(job_id).data:
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job_id}: attempt {attempt} did not start counting "
+                               f"after {timeout}s: {client.job(job_id).events}")
+        time.sleep(0.2)
+    latest = client.checkpoints(job_id).latest
+    return latest.version if latest is not None else 0
+
+
 def wait_checkpointed(client: Client, job_id: str, version: int,
                       timeout: float = 120) -> CheckpointRecord:
     """Wait until checkpoint ``version`` (or a later one) of ``job_id`` is stored."""
@@ -110,12 +123,15 @@ def kill_and_preempt(client: Client, rng: random.Random) -> Scenario:
     plain = client.submit(counter_spec("counter-plain"))
     job = client.submit(counter_spec("counter-failures"))
     wait_running(client, job.id, 0)
-    wait_checkpointed(client, job.id, 1)  # the first periodic checkpoint is stored
+    # the ranks count (their start-up is slow on a loaded machine), and a checkpoint taken
+    # since holds some of it
+    wait_checkpointed(client, job.id, wait_counting(client, job.id, 0) + 1)
     time.sleep(rng.uniform(0, 3))
     killed_at = time.time()
     client.debug_kill_node(job.id)  # node 1
     wait_running(client, job.id, 1)
-    wait_checkpointed(client, job.id, 2, timeout=120)  # this attempt has stored a checkpoint
+    # this attempt counts and has stored a checkpoint
+    wait_checkpointed(client, job.id, wait_counting(client, job.id, 1) + 1, timeout=120)
     time.sleep(rng.uniform(0, 3))
     preempted_at = time.time()
     client.debug_preempt(job.id, notice_s=10)

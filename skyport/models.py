@@ -137,6 +137,9 @@ class JobSpec(BaseModel):
     makes it absolute; ``skyport.units.parse_deadline``)."""
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    # where --output paths are collected: every node ("all": node k's are stored under
+    # nodes/<k>/; what node k lacks is no problem) or node 0 alone ("0")
+    output_node: Literal["all", "0"] = "all"
     env: dict[str, str] = Field(default_factory=dict)
     priority: int = Field(0, ge=-1000, le=1000)
     # checkpoints and restarts (skyport.checkpoint, skyport.core.recovery)

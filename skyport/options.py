@@ -90,6 +90,8 @@ OPTIONS: dict[str, Option] = {
         Option("input", "inputs", "inputs", "url", "input URL (repeatable)", repeatable=True),
         Option("output", "outputs", "outputs", "path",
                "output: a file, a directory (dir/) or a glob (repeatable)", repeatable=True),
+        Option("output-node", "output_node", "output_node", "str",
+               "outputs from 'all' nodes (node k's under nodes/<k>/; default) or node '0'"),
         Option("env", "env", "env", "env", "KEY=VALUE (repeatable)", repeatable=True),
         Option("priority", "priority", "priority", "int", "priority, -1000..1000"),
         Option("checkpoint-every", "checkpoint_every", "checkpoint_every_s", "duration",

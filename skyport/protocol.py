@@ -43,6 +43,9 @@ __all__ = [
     "HeartbeatAnswer",
     "HelloAnswer",
     "HelloBody",
+    "GpuFact",
+    "LaunchOp",
+    "NodeFacts",
     "IdleGrant",
     "IdleNext",
     "Job",
@@ -269,11 +272,37 @@ class PreemptAnswer(Answer):
 # -- agents: /agent/v1/jobs/{job_id} -------------------------------------------------
 
 
+class GpuFact(Body):
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field("", max_length=200)
+    memory_mb: int = Field(0, ge=0)
+
+
+class NodeFacts(Body):
+    """What a node offers, as its agent found it at hello (``skyport.agent.facts``).
+
+    ``mpi`` maps an implementation (``mpich``, ``openmpi``) to the version the
+    node has, or to ``None`` when it has none: the Core decides from these, not
+    from its own host, whether the job's layout can run (``core.machine``).
+    """
+
+    model_config = ConfigDict(extra="ignore")  # a newer agent may report more
+    cores: int = Field(0, ge=0, le=1 << 20)
+    mem_mb: int = Field(0, ge=0)
+    gpus: list[GpuFact] = Field(default_factory=list, max_length=1024)
+    mpi: dict[Annotated[str, Field(max_length=40)],
+              Annotated[str, Field(max_length=200)] | None] = Field(
+        default_factory=dict, max_length=16)
+    python: str = Field("", max_length=100)
+    skyport: str = Field("", max_length=100)
+
+
 class HelloBody(Body):
     model_config = ConfigDict(extra="ignore")  # older agents send more; none is needed
     node_name: str = Field(min_length=1, max_length=200)
     hostname: str = ""
     pid: int = 0
+    facts: NodeFacts | None = None  # older agents send none: the Core then checks nothing
 
 
 class HelloAnswer(Answer):
@@ -338,11 +367,20 @@ class ExitBody(Body):
 # -- launches: node 0 runs commands on node k ---------------------------------------------
 
 
+LaunchOp = Literal["run", "stage_in", "stage_out", "fetch"]
+"""What node k's agent does with a launch: ``run`` its argv as the payload's user; or,
+itself, with the job token: ``stage_in`` the script and inputs, ``stage_out`` its
+outputs (under ``outputs/nodes/<k>/``), ``fetch`` broadcast files (argv: ``MODE:PATH``
+each, read from ``bcast/PATH``).  Node 0's agent alone asks for the last three."""
+
+
 class LaunchBody(Body):
     node: int = Field(ge=0)
     argv: list[str] = Field(min_length=1, max_length=4096)
     env: dict[str, str] = Field(default_factory=dict)
+    # relative: inside the node's own working directory (each node resolves it in its own)
     cwd: str = Field("", max_length=4096)
+    op: LaunchOp = "run"
 
 
 class LaunchExitBody(Body):
@@ -365,6 +403,7 @@ class LaunchOrder(Answer):
     argv: list[str]
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str = ""
+    op: LaunchOp = "run"
 
 
 class LaunchPoll(Answer):

@@ -5,4 +5,4 @@
 #SKYPORT --input=hybrid.c
 set -e
 mpicc -fopenmp -O2 -o hybrid hybrid.c
-$SKYPORT_MPIEXEC ./hybrid
+$SKYPORT_MPIEXEC --bcast ./hybrid  # the nodes share no files: copy it to each

@@ -4,4 +4,4 @@
 #SKYPORT --input=pi.c
 set -e
 mpicc -O2 -o pi pi.c -lm
-$SKYPORT_MPIEXEC ./pi 20000000
+$SKYPORT_MPIEXEC --bcast ./pi 20000000  # built here only: copied to every node

@@ -37,6 +37,7 @@ from skyport.protocol import (
     LaunchCreated,
     LaunchPoll,
     LaunchRead,
+    NodeFacts,
     NodeNames,
     PartAnswer,
     SizeAnswer,
@@ -98,9 +99,12 @@ class AgentClient:
 
     # -- protocol calls ---------------------------------------------------------
 
-    def hello(self, rank: int, node_name: str, hostname: str, pid: int) -> HelloAnswer:
-        return self._call(HelloAnswer, "POST", f"/nodes/{rank}/hello",
-                          json={"node_name": node_name, "hostname": hostname, "pid": pid})
+    def hello(self, rank: int, node_name: str, hostname: str, pid: int,
+              facts: NodeFacts | None = None) -> HelloAnswer:
+        body: dict[str, Any] = {"node_name": node_name, "hostname": hostname, "pid": pid}
+        if facts is not None:
+            body["facts"] = facts.model_dump()
+        return self._call(HelloAnswer, "POST", f"/nodes/{rank}/hello", json=body)
 
     def heartbeat(self, rank: int) -> HeartbeatAnswer:
         return self._call(HeartbeatAnswer, "POST", f"/nodes/{rank}/heartbeat", json={})
@@ -199,9 +203,11 @@ class AgentClient:
     def node_names(self) -> list[str]:
         return self._call(NodeNames, "GET", "/nodes").node_names
 
-    def launch_create(self, node: int, argv: list[str], cwd: str) -> str:
-        return self._call(LaunchCreated, "POST", "/launches",
-                          json={"node": node, "argv": argv, "cwd": cwd}).launch_id
+    def launch_create(self, node: int, argv: list[str], cwd: str, op: str = "run") -> str:
+        body: dict[str, Any] = {"node": node, "argv": argv, "cwd": cwd}
+        if op != "run":  # an older control plane knows no ops: a plain launch says none
+            body["op"] = op
+        return self._call(LaunchCreated, "POST", "/launches", json=body).launch_id
 
     def launch_poll(self, rank: int, wait_s: float) -> LaunchPoll:
         return self._call(LaunchPoll, "POST", f"/nodes/{rank}/launches",

@@ -20,9 +20,10 @@ trust, so it runs in one of two ways (``Isolation.mode``):
 
 ``sandbox``
     The agent is not root: the payload runs under bubblewrap (``bwrap``),
-    with ``hide`` (the state directory) and ``/tmp`` replaced by empty
-    folders, its working directory and the agent's runtime folder (launch
-    socket, hostfile, shims) bound back in, and a PID namespace of its own
+    with ``hide`` (the state directory) replaced by an empty folder and
+    ``/tmp`` by the node's own temporary folder (``tmp``: shared by the node's
+    processes, by no other node), its working directory and the agent's
+    runtime folder (launch socket, hostfile, shims) bound back in, and a PID namespace of its own
     (it cannot see, signal or read the memory of any process outside).
 
 ``none``
@@ -49,12 +50,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["NO_ISOLATION", "Isolation", "IsolationMode", "bwrap_path", "give_tree",
+__all__ = ["NO_ISOLATION", "PRIVATE_TMP", "Isolation", "IsolationMode", "bwrap_path", "give_tree",
            "make_undumpable", "resolves_inside"]
 
 log = logging.getLogger(__name__)
 
 IsolationMode = Literal["none", "user", "sandbox"]
+PRIVATE_TMP = "tmp"
+"""The node's own temporary folder inside the agent's runtime folder: the payload's,
+its ``TMPDIR``, and its ``/tmp`` under bubblewrap."""
 _PR_SET_DUMPABLE = 4
 
 
@@ -68,6 +72,7 @@ class Isolation:
     uid: int = -1
     gid: int = -1
     hide: tuple[str, ...] = ()
+    tmp: str = ""  # this node's temporary folder: the payload's /tmp under bubblewrap
 
     def __post_init__(self) -> None:
         if self.mode == "user" and (self.uid <= 0 or self.gid <= 0):
@@ -97,14 +102,15 @@ class Isolation:
                 raise OSError("isolation 'sandbox' needs bubblewrap (bwrap), "
                               "which is not installed")
             cmd = [bwrap, "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
-                   "--unshare-pid", "--tmpfs", "/tmp"]
+                   "--unshare-pid", *self._tmp_view()]
             for path in self.hide:
                 cmd += ["--tmpfs", path]
             for bound in dict.fromkeys(Path(b).resolve() for b in (cwd, *binds)):
                 cmd += ["--bind", str(bound), str(bound)]
             return [*cmd, "--chdir", str(cwd), "--", *argv]
         if self._wrapped_user():
-            cmd = [str(bwrap_path()), "--bind", "/", "/", "--dev-bind", "/dev", "/dev"]
+            cmd = [str(bwrap_path()), "--bind", "/", "/", "--dev-bind", "/dev", "/dev",
+                   *self._tmp_view()]
             hidden = [Path(h).resolve() for h in self.hide]
             for hidden_path in hidden:
                 cmd += ["--perms", "0711", "--tmpfs", str(hidden_path)]
@@ -119,6 +125,13 @@ class Isolation:
                     "--reuid", str(self.uid), "--regid", str(self.gid), "--clear-groups",
                     "--no-new-privs", "--", *argv]
         return list(argv)
+
+    def _tmp_view(self) -> list[str]:
+        """``/tmp`` as the payload sees it: the node's own folder, shared by every process
+        of the node and by no other node (an empty one per process without it)."""
+        if self.tmp:
+            return ["--bind", str(Path(self.tmp).resolve()), "/tmp"]
+        return ["--tmpfs", "/tmp"] if self.mode == "sandbox" else []
 
     def popen_kwargs(self) -> dict[str, Any]:
         """``subprocess.Popen`` arguments that drop to the payload's user (``user`` mode
@@ -140,7 +153,12 @@ class Isolation:
         """
         if self.mode != "user":
             return
-        for path in [folder, *folder.rglob("*")]:
+        paths = [folder]
+        for top, dirs, files in os.walk(folder):
+            if Path(top) == folder and PRIVATE_TMP in dirs:
+                dirs.remove(PRIVATE_TMP)  # the payload's own: never touched
+            paths += [Path(top, n) for n in (*dirs, *files)]
+        for path in paths:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
                 continue

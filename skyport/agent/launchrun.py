@@ -6,6 +6,11 @@ environment: ``SKYPORT_NODE_*``, ``CUDA_VISIBLE_DEVICES``); a ``LogPump``
 sends its output to ``/launches/{id}/output/...`` and its exit code goes to
 ``/launches/{id}/exit``.  A cancel, the end of the job, or ``stop()`` kills
 the launch's process group.
+
+A launch with an ``op`` other than ``run`` is not a command: it is work node
+0's agent asks of this agent (stage this node's files in or its outputs out,
+fetch broadcast files; ``skyport.agent.nodes``), done by the agent itself,
+its message and exit code sent back the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from skyport.agent.client import AgentClient
 from skyport.agent.isolation import NO_ISOLATION, Isolation
+from skyport.agent.nodes import resolve_cwd
 from skyport.agent.payload import LogPump, Payload
 from skyport.errors import ConflictError, NotFoundError, SkyportError
 from skyport.protocol import LaunchOrder
@@ -30,7 +36,8 @@ class LaunchRunner:
     def __init__(self, client: AgentClient, rank: int, workdir: Path, cores: tuple[int, ...],
                  env: Callable[[], dict[str, str]], *, poll_wait_s: float = 10.0,
                  grace_s: float = 3.0, logdir: Path | None = None,
-                 isolation: Isolation = NO_ISOLATION, binds: tuple[Path, ...] = ()) -> None:
+                 isolation: Isolation = NO_ISOLATION, binds: tuple[Path, ...] = (),
+                 ops: Callable[[str, list[str]], tuple[int, str]] | None = None) -> None:
         self.client = client
         self.rank = rank
         self.workdir = workdir
@@ -47,6 +54,8 @@ class LaunchRunner:
         self._logdir = logdir or workdir / ".skyport-launches"
         self.isolation = isolation
         self.binds = binds
+        # the agent's own work for node 0 (skyport.agent.nodes: stage in/out, fetch)
+        self.ops = ops
 
     def start(self) -> None:
         self._logdir.mkdir(exist_ok=True, mode=0o700, parents=True)
@@ -78,13 +87,29 @@ class LaunchRunner:
                 self._threads.append(t)
                 t.start()
 
+    def _run_op(self, order: LaunchOrder) -> None:
+        """Not a command: the agent's own work, asked for by node 0's agent."""
+        self.served += 1
+        log.info("launch %s: %s %s", order.launch_id, order.op, order.argv[:5])
+        code, message = (2, "this agent runs no ops") if self.ops is None else \
+            self.ops(order.op, list(order.argv))
+        log.info("launch %s (%s) ended with %d %s", order.launch_id, order.op, code, message)
+        try:
+            if message:
+                self.client.launch_output(order.launch_id, self.rank, "stderr", 0,
+                                          message.encode())
+            self.client.launch_exit(order.launch_id, self.rank, code)
+        except SkyportError as exc:
+            log.info("launch %s: answer not delivered (%s)", order.launch_id, exc)
+
     def _run_one(self, order: LaunchOrder) -> None:
+        if order.op != "run":
+            self._run_op(order)
+            return
         launch_id = order.launch_id
         argv = list(order.argv)
-        cwd = Path(order.cwd)
-        if not cwd.is_dir() or (self.isolation.mode == "sandbox"
-                                and not cwd.resolve().is_relative_to(self.workdir.resolve())):
-            cwd = self.workdir  # a sandbox binds this node's folder only
+        # relative: in this node's own working directory; a sandbox binds only that one
+        cwd = resolve_cwd(order.cwd, self.workdir, inside_only=self.isolation.mode == "sandbox")
         env = {**self.env(), **order.env}
         files = {s: self._logdir / f"{launch_id}.{s}" for s in ("stdout", "stderr")}
         payload = Payload(argv, cwd=cwd, env=env, stdout_path=files["stdout"],

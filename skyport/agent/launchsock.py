@@ -5,7 +5,8 @@ directory of its own; the path reaches the payload as
 ``SKYPORT_LAUNCH_SOCKET``).  A relay (``skyport.launch.rsh``) connects, sends
 ``{"host", "argv", "cwd"}``; the agent maps the host name to a node rank,
 creates the launch through the REST API with the job token (which the relay
-never sees), and streams the output and exit code back as JSON lines.  If the
+never sees; a working directory inside the node's travels relative to it, so
+node k runs it in its own), and streams the output and exit code back as JSON lines.  If the
 relay goes away first, the launch is cancelled and node k kills it.
 
 Only processes of the agent's own user, or of its payload's user when the
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from skyport.agent.client import AgentClient
+from skyport.agent.nodes import launch_cwd
 from skyport.errors import SkyportError
 
 __all__ = ["LaunchSocket"]
@@ -38,8 +40,10 @@ log = logging.getLogger(__name__)
 class LaunchSocket:
     def __init__(self, client: AgentClient, path: Path,
                  node_names: Callable[[], list[str]], read_wait_s: float = 10.0,
-                 allow_peer: Callable[[int], bool] | None = None) -> None:
+                 allow_peer: Callable[[int], bool] | None = None,
+                 workdir: Path | None = None) -> None:
         self.client = client
+        self.workdir = workdir  # a cwd inside it travels relative (skyport.agent.nodes)
         self.path = path
         self.node_names = node_names
         self.read_wait_s = read_wait_s
@@ -110,6 +114,8 @@ class LaunchSocket:
                               + ", ".join(names)})
             return
         node = names.index(host)
+        if self.workdir is not None:
+            cwd = launch_cwd(cwd, self.workdir)
         launch_id = self.client.launch_create(node, argv, cwd)
         self.served += 1
         log.info("launch %s on node %d (%s): %s", launch_id, node, host, argv[-1][:200])

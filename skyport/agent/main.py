@@ -1,8 +1,11 @@
 """The agent's flow on one node (``PROTOCOL.md``).
 
-Every node says hello and heartbeats in a background thread.  Node 0 waits
-for ``action: run``, stages the script and the inputs in, runs the payload,
-streams its logs, stages the outputs out and reports the exit.  Other nodes
+Every node says hello (with its node's facts) and heartbeats in a background
+thread.  Node 0 waits for ``action: run``, stages the script and the inputs
+into its own directory while every other node's agent does the same into its
+own (the nodes share nothing: ``skyport.agent.nodes``), runs the payload,
+streams its logs, stages its outputs and every other node's out and reports
+the exit.  Other nodes
 heartbeat until ``stop`` or until the job is terminal.  ``stop`` (or losing
 the control plane for longer than the client retries) kills the payload's
 process group and ends the agent.
@@ -26,14 +29,18 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.checkpointer import Checkpointer
 from skyport.agent.client import AgentClient
+from skyport.agent.facts import node_facts
+from skyport.agent.isolation import PRIVATE_TMP
 from skyport.agent.launchrun import LaunchRunner
 from skyport.agent.launchsock import LaunchSocket
+from skyport.agent.nodes import NodeOps
 from skyport.agent.payload import LogPump, Payload, PayloadResult
 from skyport.agent.procfs import kill_own_processes, own_processes
 from skyport.agent.transfer import stage_in, stage_out
@@ -87,6 +94,7 @@ def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str],
     ``bin`` goes first on ``PATH`` so that the wheel's ``mpiexec``/``mpicc`` are found.
     """
     env = {**{k: v for k, v in base.items() if is_allowed(k)}, **spec.env}
+    env["HOME"] = boot.workdir  # each node's own (the nodes share nothing)
     env.update(boot.payload_isolation().env(Path(boot.workdir)))
     bindirs = [os.path.dirname(sys.executable)]
     if spec.layout.mpi == "openmpi":  # its mpicc/mpirun first, for this job only
@@ -143,7 +151,7 @@ class Agent:
                  b.node_name, b.node_rank, b.num_nodes, list(b.cores), list(b.gpus))
         try:
             hello = self.client.hello(b.node_rank, b.node_name, socket.gethostname(),
-                                      os.getpid())
+                                      os.getpid(), node_facts())
         except SkyportError as exc:
             log.error("hello failed: %s", exc)
             return 1
@@ -199,14 +207,27 @@ class Agent:
         """A Unix socket for the rsh relay, and a runner for launches aimed at this node."""
         self._runtime = Path(tempfile.mkdtemp(prefix="sp-launch-"))  # 0700, short path
         shims = write_shims(self._runtime / "bin", sys.executable)
+        tmp = self._runtime / PRIVATE_TMP  # this node's TMPDIR, gone with the agent
+        tmp.mkdir(mode=0o700)
+        if self.isolation.mode == "user":
+            os.chown(tmp, self.isolation.uid, self.isolation.gid)
+        self.isolation = replace(self.isolation, tmp=str(tmp))
         self._launch_vars = {
             "SKYPORT_LAUNCH_SOCKET": str(self._runtime / "launch.sock"),
             "SKYPORT_RSH": shims["skyport-rsh"],
             "SKYPORT_MPIEXEC": shims["skyport-mpiexec"],
             "SKYPORT_HOSTFILE": str(self._runtime / "hostfile"),
+            "TMPDIR": str(tmp),
         }
+        self.nodes = NodeOps(self.client, self.boot.node_rank, self.boot.num_nodes,
+                             self.workdir, self.isolation,
+                             lambda: self.isolation.give(self.workdir, keep=AGENT_FILES))
+        self.nodes.spec = spec
         self._socket = LaunchSocket(self.client, self._runtime / "launch.sock",
-                                    self._node_names, allow_peer=self.isolation.allows_peer)
+                                    self._node_names, allow_peer=self.isolation.allows_peer,
+                                    workdir=self.workdir)
+        self._socket.requests["bcast"] = self.nodes.handle_bcast
+        self._socket.requests["check"] = self.nodes.handle_check
         self._socket.start()
         # launch logs live here, not in the working directory: the payload owns that one
         # and could put a symbolic link where the agent (root) then writes
@@ -215,7 +236,8 @@ class Agent:
             lambda: payload_env(self.boot, spec, dict(os.environ), self._launch_env()),
             grace_s=self.settings.grace_s, logdir=self._runtime / "launches",
             # a launch may run in node 0's folder (its cwd): this node's stays visible too
-            isolation=self.isolation, binds=(self._runtime, self.workdir))
+            isolation=self.isolation, binds=(self._runtime, self.workdir),
+            ops=self.nodes.run_op)
         self._runner.start()
         self.isolation.share_runtime(self._runtime)
 
@@ -326,7 +348,13 @@ class Agent:
         return 0
 
     def _stage_in(self) -> None:
-        stage_in(self.client, self.workdir, self._progress(JobState.STAGING_IN))
+        """The script and the inputs into every node's own directory, all at once."""
+        with ThreadPoolExecutor(1, thread_name_prefix="stage-in-nodes") as pool:
+            asked = pool.submit(self.nodes.on_others, "stage_in", ["stage_in"])
+            stage_in(self.client, self.workdir, self._progress(JobState.STAGING_IN))
+            others = asked.result()
+        if others:
+            raise ValueError("on other nodes: " + "; ".join(others))
 
     def _progress(self, state: JobState) -> Callable[[str], object]:
         """Where staging progress goes: an event of the job, in its current state."""
@@ -363,8 +391,14 @@ class Agent:
 
         Any problem makes the Core end the job FAILED (``ExitBody.output_problems``).
         """
-        return list(stage_out(self.client, self.workdir, spec.outputs,
-                              self._progress(JobState.STAGING_OUT)).problems)
+        everywhere = bool(spec.outputs) and spec.output_node == "all"
+        with ThreadPoolExecutor(1, thread_name_prefix="stage-out-nodes") as pool:
+            asked = pool.submit(self.nodes.on_others, "stage_out", ["stage_out"]) \
+                if everywhere else None  # every node's outputs, at once
+            mine = list(stage_out(self.client, self.workdir, spec.outputs,
+                                  self._progress(JobState.STAGING_OUT)).problems)
+            others = asked.result() if asked is not None else []
+        return mine + [f"outputs of {p}" for p in others]
 
 
 def install_signal_handlers(agent: Agent) -> None:

@@ -144,8 +144,14 @@ def stage_in(client: AgentClient, workdir: Path, report: Callable[[str], object]
 def stage_out(client: AgentClient, workdir: Path, outputs: Iterable[str],
               report: Callable[[str], object], parallel: int = PARALLEL, *,
               attempts: int = 3, backoff_s: float = 2.0,
-              sleep: Callable[[float], None] = time.sleep) -> StageOutResult:
+              sleep: Callable[[float], None] = time.sleep,
+              stored_as: Callable[[str], str] = lambda rel: f"outputs/{rel}",
+              required: bool = True) -> StageOutResult:
     """Upload every declared output, in parallel; what was saved and what went wrong.
+
+    ``stored_as`` names each file under the job's prefix (node k's go under
+    ``outputs/nodes/<k>/``, ``skyport.agent.nodes``); ``required=False``: a
+    declared output this node does not have is no problem.
 
     A control plane unreachable past the client's retries raises
     ``ControlPlaneError`` (the agent then has no one to report to).
@@ -158,7 +164,7 @@ def stage_out(client: AgentClient, workdir: Path, outputs: Iterable[str],
     def one(rel: str, path: Path) -> str | None:
         for attempt in range(1, attempts + 1):
             try:
-                client.put_file(f"outputs/{rel}", path, progress.add)
+                client.put_file(stored_as(rel), path, progress.add)
             except ControlPlaneError:
                 raise
             except StorageError as exc:  # the storage's trouble may pass: try again
@@ -187,7 +193,7 @@ def stage_out(client: AgentClient, workdir: Path, outputs: Iterable[str],
         log.warning("refused outputs that resolve outside the working directory: %s", refused)
         problems.append("outputs refused (symbolic links out of the working directory): "
                         + ", ".join(refused))
-    if missing:
+    if missing and required:
         problems.append("missing outputs: " + ", ".join(missing))
     if failed:
         problems.append("outputs not saved: " + ", ".join(failed))

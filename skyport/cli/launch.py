@@ -1,4 +1,5 @@
-"""``skyport mpiexec -- CMD``: inside a job, start its ranks (as ``$SKYPORT_MPIEXEC`` does)."""
+"""Inside a job: ``skyport mpiexec -- CMD`` starts its ranks (as ``$SKYPORT_MPIEXEC`` does);
+``skyport bcast FILE...`` copies files to every node."""
 
 from __future__ import annotations
 
@@ -19,3 +20,16 @@ def mpiexec(args: tuple[str, ...]) -> None:
     from skyport.launch.mpiexec import main
 
     raise SystemExit(main(list(args)))
+
+
+@cli.command("bcast")
+@click.argument("files", nargs=-1, required=True)
+def bcast(files: tuple[str, ...]) -> None:
+    """Copy FILES of this node's working directory to the same paths on every node.
+
+    Like Slurm's ``sbcast``; run it inside a Sky Port job (the nodes share no
+    files: what the script makes on node 0 is only there until it is copied).
+    """
+    from skyport.launch.bcast import main
+
+    raise SystemExit(main(list(files)))

@@ -267,6 +267,7 @@ class AgentHello(Command):
     token: str = dataclasses.field(repr=False)
     rank: int
     node_name: str
+    facts: Any = None  # skyport.protocol.NodeFacts, when the agent sent them
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ class LaunchCreate(Command):
     argv: list[str]
     env: dict[str, str]
     cwd: str
+    op: str = "run"
 
 
 @dataclass(frozen=True)

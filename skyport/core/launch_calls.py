@@ -61,10 +61,11 @@ class LaunchDesk:
         return {"node_names": self._node_names(job)}
 
     async def create(
-        self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str
+        self, job_id: str, token: str, node: int, argv: list[str], env: dict[str, str], cwd: str,
+        op: str = "run",
     ) -> dict[str, Any]:
         job = await self._launch_job(job_id, token)
-        launch = self.launches.create(job_id, node, job.nodes, argv, env, cwd)
+        launch = self.launches.create(job_id, node, job.nodes, argv, env, cwd, op)
         self._launch_notify(job_id)
         return {"launch_id": launch.id}
 

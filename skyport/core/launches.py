@@ -29,6 +29,7 @@ MAX_OUTPUT_BYTES = 8 * 1024 * 1024
 """Unread output kept per launch and stream; beyond it the oldest bytes are dropped."""
 
 Stream = Literal["stdout", "stderr"]
+OPS = ("run", "stage_in", "stage_out", "fetch")  # skyport.protocol.LaunchOp
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 
@@ -40,6 +41,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: str
+    op: str = "run"  # skyport.protocol.LaunchOp
     state: Literal["pending", "running", "done"] = "pending"
     exit_code: int | None = None
     cancelled: bool = False
@@ -50,7 +52,8 @@ class Launch:
 
     def order(self) -> dict[str, Any]:
         """What node k's agent needs to start it."""
-        return {"launch_id": self.id, "argv": self.argv, "env": self.env, "cwd": self.cwd}
+        return {"launch_id": self.id, "argv": self.argv, "env": self.env, "cwd": self.cwd,
+                "op": self.op}
 
     def size(self, stream: str) -> int:
         return self.bases[stream] + len(self.buffers[stream])
@@ -87,8 +90,11 @@ class LaunchRegistry:
     # -- node 0's side -------------------------------------------------------------
 
     def create(
-        self, job_id: str, node: int, num_nodes: int, argv: list[str], env: dict[str, str], cwd: str
+        self, job_id: str, node: int, num_nodes: int, argv: list[str], env: dict[str, str],
+        cwd: str, op: str = "run",
     ) -> Launch:
+        if op not in OPS:
+            raise ValidationError("op", op, "one of " + ", ".join(OPS))
         if not 0 <= node < num_nodes:
             raise ValidationError("node", node, f"a node rank 0..{num_nodes - 1}")
         if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
@@ -106,6 +112,7 @@ class LaunchRegistry:
             argv=list(argv),
             env=dict(env),
             cwd=cwd,
+            op=op,
         )
         launches[launch.id] = launch
         self._changed(job_id)

@@ -84,10 +84,10 @@ from skyport.core.warm import WarmBook
 from skyport.errors import ConflictError, PermissionDeniedError, ValidationError
 from skyport.gate import ClusterInfo, ClusterRequest
 from skyport.models import Job, JobState
-from skyport.protocol import CheckpointOrder, HeartbeatAnswer, IdleGrant
+from skyport.protocol import CheckpointOrder, HeartbeatAnswer, IdleGrant, NodeFacts
 from skyport.store import WarmCluster
 
-__all__ = ["LOST_TAG", "JobMachine", "MachineSettings"]
+__all__ = ["LOST_TAG", "JobMachine", "MachineSettings", "needs_mpi", "nodes_lack"]
 
 S = JobState
 LOST_TAG = "attempt lost: "  # prefix of the QUEUED event of every restart the policy counts
@@ -112,6 +112,7 @@ class _Live:
     since: float
     hellos: dict[int, str] = field(default_factory=dict)
     last_seen: dict[int, float] = field(default_factory=dict)
+    facts: dict[int, NodeFacts] = field(default_factory=dict)  # as each agent reported
 
 
 class JobMachine:
@@ -298,6 +299,13 @@ class JobMachine:
         live.hellos[ev.rank] = ev.node_name
         live.last_seen[ev.rank] = now
         out: list[Instruction] = []
+        if ev.facts is not None:
+            live.facts[ev.rank] = ev.facts
+            why = nodes_lack(job, live.facts, live.hellos)
+            if why is not None and job.state in (S.PROVISIONING, S.STAGING_IN):
+                out += self._let_go(job, delete=True)
+                out.append(Transition(job.id, S.FAILED, why, {"token_hash": None}))
+                return out
         if job.state == S.PROVISIONING and len(live.hellos) == job.spec.resources.nodes:
             names = [live.hellos[r] for r in range(job.spec.resources.nodes)]
             out.append(Transition(job.id, S.STAGING_IN, "every node's agent called in",
@@ -689,3 +697,38 @@ class JobMachine:
         return [DropWarm(w.cluster_id), Update(w.from_job, {"token_hash": None}),
                 WakeIdle(w.cluster_id), DeleteCluster(w.gate, w.cluster_id), Replan()]
 
+
+
+MPI_NAMES = {"mpich": "MPICH", "openmpi": "Open MPI"}
+
+
+def needs_mpi(job: Job) -> bool:
+    """Whether the job's layout needs its MPI on every node (a parallel layout, or a
+    non-default MPI asked for by name)."""
+    spec = job.spec
+    return spec.layout.mpi != "mpich" or spec.layout.ranks_per_node > 1 \
+        or spec.resources.nodes > 1
+
+
+def nodes_lack(job: Job, facts: dict[int, NodeFacts], names: dict[int, str]) -> str | None:
+    """Why the nodes that reported cannot run the job's layout, or None.
+
+    The truth is what each node's agent found on its own machine: a node
+    without the job's MPI, or nodes with different versions of it (their
+    daemons would not talk to each other), end the job at once.
+    """
+    if not needs_mpi(job):
+        return None
+    impl = job.spec.layout.mpi
+    label = MPI_NAMES.get(impl, impl)
+    for rank in sorted(facts):
+        if facts[rank].mpi.get(impl) is None:
+            found = ", ".join(f"{MPI_NAMES.get(k, k)} {v}" for k, v in
+                              sorted(facts[rank].mpi.items()) if v) or "no MPI"
+            return (f"node {rank} ({names.get(rank, '?')}) has no {label}, which the job "
+                    f"asks for (--mpi={impl}); its agent found: {found}")
+    versions = {rank: facts[rank].mpi[impl] for rank in sorted(facts)}
+    if len(set(versions.values())) > 1:
+        return (f"the nodes have different {label} versions: " + ", ".join(
+            f"node {r} {v}" for r, v in versions.items()) + "; a job's nodes need one")
+    return None

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from skyport.core.checkpoints import OpenCheckpoint
 from skyport.gate import ClusterInfo, ClusterRequest
 from skyport.models import Job, JobState
+from skyport.protocol import NodeFacts
 from skyport.store import WarmCluster
 
 # -- events: what happened ----------------------------------------------------------
@@ -68,6 +69,7 @@ class AgentHello:
     job: Job
     rank: int
     node_name: str
+    facts: NodeFacts | None = None  # what the node offers (None: an older agent)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ from skyport.gate import Capacity, ClusterInfo, ClusterRequest, Flavor
 from skyport.gate.bootstrapcred import Exchanged, gate_of
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
-from skyport.protocol import ArrayView, HeartbeatAnswer
+from skyport.protocol import ArrayView, HeartbeatAnswer, NodeFacts
 from skyport.scheduler import PlanEntry, SchedulePlan, UsageCharge, Waiting
 from skyport.storage import JobStorage
 from skyport.store import JobStore, StoreChange, utcnow
@@ -634,9 +634,10 @@ class CoreService:
             raise PermissionDeniedError(f"this token does not reach job {job_id}")
         return self._job(job_id)
 
-    async def agent_hello(self, job_id: str, token: str, rank: int, node_name: str) -> dict:
+    async def agent_hello(self, job_id: str, token: str, rank: int, node_name: str,
+                          facts: NodeFacts | None = None) -> dict:
         job = await self.agent_auth(job_id, token)
-        self._run(AgentHello(job, rank, node_name))
+        self._run(AgentHello(job, rank, node_name, facts))
         job = self.store.get(job_id)
         return {"job": job.summary(), "num_nodes": job.spec.resources.nodes,
                 "restart_count": job.restarts}
@@ -734,8 +735,9 @@ class CoreService:
         return await self.launches.nodes(job_id, token)
 
     async def agent_launch_create(self, job_id: str, token: str, node: int, argv: list[str],
-                                  env: dict[str, str], cwd: str) -> dict[str, Any]:
-        return await self.launches.create(job_id, token, node, argv, env, cwd)
+                                  env: dict[str, str], cwd: str,
+                                  op: str = "run") -> dict[str, Any]:
+        return await self.launches.create(job_id, token, node, argv, env, cwd, op)
 
     async def agent_launch_poll(self, job_id: str, token: str, node: int,
                                 wait_s: float) -> dict[str, Any]:

@@ -16,6 +16,8 @@ NODE_LOCAL_VARS = frozenset({
     # each node's own checkpoint directory and agent; SKYPORT_CHECKPOINT_DIR is node 0's alone
     "SKYPORT_NODE_CHECKPOINT_DIR", "SKYPORT_CHECKPOINT_DIR", "SKYPORT_AGENT_PID",
     "PWD", "OLDPWD", "SHLVL", "_",
+    # each node's own HOME and temporary folder (the nodes share nothing)
+    "HOME", "TMPDIR",
 })
 """Set by each node's agent for that node: never copied from node 0 to the ranks."""
 

@@ -3,7 +3,9 @@
 It reads the rank's place on its node from the MPI launcher
 (``MPI_LOCALRANKID`` from Hydra, ``OMPI_COMM_WORLD_LOCAL_RANK`` from Open
 MPI), pins itself to its block of the node's cores (``SKYPORT_NODE_CORES``,
-set by the node's own agent), sets the OpenMP variables, and execs CMD, so
+set by the node's own agent), enters the launch's directory inside its own
+node's working directory (``SKYPORT_RANK_CWD``: the nodes share none), sets
+the OpenMP variables, and execs CMD, so
 the rank keeps this process's pid and parent.  The rank dies with its parent
 (``PR_SET_PDEATHSIG``, kept across exec): the MPI proxy moves it to a session
 of its own, so the node agent's session kill would otherwise miss it.
@@ -18,7 +20,7 @@ import sys
 from skyport.agent.procfs import set_parent_death_signal
 from skyport.launch.layout import omp_env, rank_cores
 
-__all__ = ["local_rank", "main"]
+__all__ = ["local_rank", "main", "rank_dir"]
 
 _LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK",
                     "PMIX_LOCAL_RANK")
@@ -30,6 +32,15 @@ def local_rank(env: dict[str, str]) -> int:
         if env.get(key, "").isdigit():
             return int(env[key])
     return 0
+
+
+def rank_dir(env: dict[str, str]) -> str:
+    """The rank's working directory on its own node: ``SKYPORT_RANK_CWD`` (relative: in
+    this node's ``SKYPORT_WORKDIR``) where it exists there, else the node's directory."""
+    workdir = env.get("SKYPORT_WORKDIR") or os.getcwd()
+    want = env.get("SKYPORT_RANK_CWD", "")
+    path = os.path.join(workdir, want) if want and not want.startswith("/") else want
+    return path if path and os.path.isdir(path) else workdir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, mine)
     except OSError as exc:
         print(f"skyport: cannot bind rank to cores {mine}: {exc}", file=sys.stderr)
+    os.chdir(rank_dir(env))
+    env["PWD"] = os.getcwd()
     env.update(omp_env(threads))
     env["SKYPORT_LOCAL_RANK"] = str(local_rank(env))
     env["SKYPORT_RANK_CORES"] = ",".join(map(str, mine))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.client import AgentClient
 from skyport.agent.main import Agent, AgentSettings
+from skyport.core.launches import LaunchRegistry
 from skyport.errors import ConflictError, ControlPlaneError
 from skyport.models import Job, JobSpec, JobState
 from skyport.protocol import HelloAnswer
@@ -39,6 +41,7 @@ class FakeControlPlane:
         self.exit: dict[str, Any] | None = None
         self.flaky = flaky  # the first N requests fail to connect
         self.lock = threading.Lock()
+        self.launches = LaunchRegistry()
 
     def job(self) -> Job:
         """The job as the real API answers it (``skyport.protocol``)."""
@@ -95,6 +98,8 @@ class FakeControlPlane:
                     return httpx.Response(404, json={"error": "NotFoundError",
                                                      "message": f"no {name}"})
                 return httpx.Response(200, content=self.files[name])
+            if parts[0] == "launches" or path.endswith("/launches"):
+                return self._launch(request, parts, body)
             if parts[0] == "logs":
                 offset = int(request.url.params["offset"])
                 log = self.logs[parts[1]]
@@ -102,6 +107,40 @@ class FakeControlPlane:
                 log[offset:offset + len(body)] = body
                 return httpx.Response(200, json={"size": len(log)})
             return httpx.Response(404, json={"error": "NotFoundError", "message": path})
+
+
+    def _launch(self, request: httpx.Request, parts: list[str], body: bytes) -> httpx.Response:
+        """The launch calls over the real registry (node 0 asks node k to stage in/out)."""
+        reg, q = self.launches, request.url.params
+        if parts[0] == "nodes":  # node k's poll: what to start (no long-poll here)
+            claimed = reg.claim("j1", int(parts[1]))
+            if not claimed["start"] and not claimed["cancel"]:
+                time.sleep(0.02)
+            stop = self.state in TERMINAL
+            return httpx.Response(200, json={**claimed, "stop": stop})
+        if len(parts) == 1:
+            b = json.loads(body)
+            made = reg.create("j1", b["node"], self.num_nodes, b["argv"], b.get("env", {}),
+                              b.get("cwd", ""), b.get("op", "run"))
+            return httpx.Response(201, json={"launch_id": made.id})
+        launch_id = parts[1]
+        if parts[-2:-1] == ["output"]:
+            size = reg.append("j1", launch_id, int(q["node"]), parts[-1], int(q["offset"]),
+                              body)
+            return httpx.Response(200, json={"size": size})
+        if parts[-1] == "exit":
+            b = json.loads(body)
+            reg.finish("j1", launch_id, b["node"], b["exit_code"])
+            return httpx.Response(200, json={})
+        if parts[-1] == "cancel":
+            reg.cancel("j1", launch_id)
+            return httpx.Response(200, json={})
+        got = reg.read("j1", launch_id, {s: int(q.get(s, 0)) for s in ("stdout", "stderr")})
+        if got["exit_code"] is None:
+            time.sleep(0.02)
+        return httpx.Response(200, json={**got, "stdout": base64.b64encode(got["stdout"])
+                                         .decode(), "stderr": base64.b64encode(got["stderr"])
+                                         .decode()})
 
 
 def make_agent(tmp_path: Path, cp: FakeControlPlane, rank: int = 0,
@@ -141,6 +180,35 @@ def test_node0_runs_the_job_end_to_end(tmp_path: Path) -> None:
     assert cp.files["outputs/res/a"] == b"x\n"
     assert bytes(cp.logs["stdout"]) == b"0 1 2 [1,3] v 2\n"
     assert bytes(cp.logs["stderr"]) == b"oops\n"
+
+
+@pytest.mark.parametrize("output_node", ["all", "0"])
+def test_every_node_stages_in_and_node_k_outputs_come_back_under_nodes_k(
+        tmp_path: Path, output_node: str) -> None:
+    cp = FakeControlPlane(spec("cat in.txt > o.txt\n", outputs=("o.txt", "only-k.txt"),
+                               output_node=output_node), num_nodes=2,
+                          inputs={"in.txt": b"data"})
+    node0, node1 = make_agent(tmp_path, cp, rank=0), make_agent(tmp_path, cp, rank=1)
+    # what a rank on node 1 would have written there (the script runs on node 0)
+    (tmp_path / "n1" / "only-k.txt").write_text("from node 1")
+    results: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda a=a, r=r: results.__setitem__(r, a.run()))
+               for r, a in ((0, node0), (1, node1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {0: 0, 1: 0}
+    assert (tmp_path / "n1" / "in.txt").read_bytes() == b"data"  # staged to node 1 too
+    assert (tmp_path / "n1" / "script.sh").exists()
+    assert cp.files["outputs/o.txt"] == b"data"
+    assert cp.exit is not None
+    if output_node == "all":
+        assert cp.files["outputs/nodes/1/only-k.txt"] == b"from node 1"
+        assert "outputs/nodes/1/o.txt" not in cp.files  # node 1 has none: no problem
+        assert cp.exit["output_problems"] == ["missing outputs: only-k.txt"]  # node 0's
+    else:
+        assert not any(k.startswith("outputs/nodes/") for k in cp.files)
 
 
 def test_node0_waits_for_every_node_and_reports_a_timeout(tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ def check_hybrid(admin, job_id: str) -> tuple[str, list[tuple[str, ...]]]:
 
 def test_hybrid_2x2x2_runs_two_ranks_under_each_node_agent(admin, tmp_path: Path) -> None:
     extra = (f"cat > chain.py <<'PY'\n{CHAIN}\nPY\n"
+             'skyport bcast chain.py\n'  # written on node 0 only: the nodes share nothing
              '$SKYPORT_MPIEXEC "$SKYPORT_PYTHON" chain.py\n'
              'echo "hostfile:"; cat "$SKYPORT_HOSTFILE"\n')
     job = admin.submit(hybrid_spec(extra=extra))

@@ -38,6 +38,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "deadline": ("+6h", "+6h"),
     "input": ("s3://data/forcing.nc", ["s3://data/forcing.nc"]),
     "output": ("out/history.nc", ["out/history.nc"]),
+    "output-node": ("0", "0"),
     "env": ("OMP_PLACES=cores", {"OMP_PLACES": "cores"}),
     "priority": ("10", 10),
     "checkpoint-every": ("5m", 300),
@@ -71,7 +72,7 @@ def job_spec(**arguments: Any) -> JobSpec:
 def test_the_table_has_every_directive_once_and_samples_for_each() -> None:
     assert list(SAMPLES) == list(OPTIONS)
     arguments = [o.argument for o in OPTIONS.values()]
-    assert len(set(arguments)) == len(arguments) == 23
+    assert len(set(arguments)) == len(arguments) == 24
     fields = [o.field for o in OPTIONS.values()]
     assert len(set(fields)) == len(fields)  # an error about a field names one option
     for opt in OPTIONS.values():  # every target is a field of the spec
@@ -178,6 +179,7 @@ def test_three_doors_give_the_same_spec(
         ("output", "../escape", ["../escape"]),
         ("input", "", [""]),
         ("priority", "5000", 5000),
+        ("output-node", "2", "2"),
         ("name", "two words", "two words"),
         ("prefer", "fastest", "fastest"),
         ("deadline", "tomorrow", "tomorrow"),

@@ -275,6 +275,7 @@ EXPECTED = {
     "deadline": None,
     "inputs": ["s3://data/forcing.nc", "https://example.org/grid.nc"],
     "outputs": ["out/history.nc", "out/restart"],
+    "output_node": "all",
     "env": {"OMP_PLACES": "cores", "RUN_LABEL": "test run"},
     "priority": 10,
     "checkpoint_every_s": None,

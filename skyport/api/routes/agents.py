@@ -35,8 +35,8 @@ from skyport.storage import JobStorage
 __all__ = ["MAX_LOG_CHUNK", "agents_router", "check_agent_checkpoint_path"]
 
 MAX_LOG_CHUNK = 4 * 1024 * 1024
-AGENT_READABLE = ("script.sh", "inputs/", "checkpoints/")
-AGENT_WRITABLE = ("outputs/", "checkpoints/")
+AGENT_READABLE = ("script.sh", "inputs/", "checkpoints/", "bcast/")
+AGENT_WRITABLE = ("outputs/", "checkpoints/", "bcast/")  # bcast/: skyport.agent.nodes
 Stream = Literal["stdout", "stderr"]
 
 
@@ -48,7 +48,8 @@ def agents_router(core: CorePort, storage: JobStorage,
 
     @r.post("/nodes/{rank}/hello")
     async def hello(job_id: str, rank: int, body: HelloBody, token: Bearer) -> HelloAnswer:
-        got = await core.execute(c.AgentHello(job_id, token, rank, body.node_name))
+        got = await core.execute(c.AgentHello(job_id, token, rank, body.node_name,
+                                                body.facts))
         return HelloAnswer.model_validate(got)
 
     @r.post("/nodes/{rank}/heartbeat")

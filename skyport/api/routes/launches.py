@@ -45,7 +45,7 @@ def launches_router(core: CorePort) -> APIRouter:
         if size > MAX_ARGV_BYTES:
             raise ValidationError("argv", f"{size} bytes", f"at most {MAX_ARGV_BYTES} bytes")
         got = await core.execute(
-            c.LaunchCreate(job_id, token, body.node, body.argv, body.env, body.cwd))
+            c.LaunchCreate(job_id, token, body.node, body.argv, body.env, body.cwd, body.op))
         return LaunchCreated.model_validate(got)
 
     @r.post("/nodes/{rank}/launches")

@@ -58,7 +58,7 @@ from skyport.core.messages import (
 from skyport.errors import ConflictError, PermissionDeniedError, ValidationError
 from skyport.gate import ClusterInfo, NodeInfo
 from skyport.models import Job, JobSpec, JobState, Layout, Resources
-from skyport.protocol import HeartbeatAnswer
+from skyport.protocol import HeartbeatAnswer, NodeFacts
 from skyport.store import WarmCluster
 
 S = JobState
@@ -158,6 +158,45 @@ def test_every_hello_then_staging_in_with_node_names() -> None:
     out = m.handle(AgentHello(job, 0, "n0"), T0)
     assert out == [Transition("a", S.STAGING_IN, "every node's agent called in",
                               {"node_names": ["n0", "n1"]})]
+
+
+def _facts(**mpi: str | None) -> NodeFacts:
+    return NodeFacts(cores=4, mem_mb=1000, mpi=mpi, python="3.11.7", skyport="0.1.0")
+
+
+def test_a_node_without_the_jobs_mpi_fails_the_job_at_hello() -> None:
+    m = machine()
+    job = make_job(S.PROVISIONING, nodes=2, node_names=[])
+    job = job.model_copy(update={"spec": job.spec.model_copy(
+        update={"layout": Layout(mpi="openmpi", ranks_per_node=1)})})
+    assert m.handle(AgentHello(job, 0, "n0", _facts(mpich="5.0.2", openmpi="5.0.3")), T0) == []
+    out = m.handle(AgentHello(job, 1, "n1", _facts(mpich="5.0.2", openmpi=None)), T0)
+    failed = only(out, Transition)
+    assert (failed.state, failed.fields) == (S.FAILED, {"token_hash": None})
+    assert failed.reason == ("node 1 (n1) has no Open MPI, which the job asks for "
+                             "(--mpi=openmpi); its agent found: MPICH 5.0.2")
+    assert only(out, DeleteCluster).cluster_id == "a-0"
+    assert "a" not in m.live  # the cluster is let go
+
+
+def test_nodes_with_different_mpi_versions_are_refused() -> None:
+    m = machine()
+    job = make_job(S.PROVISIONING, nodes=2, node_names=[])
+    m.handle(AgentHello(job, 0, "n0", _facts(mpich="5.0.2")), T0)
+    out = m.handle(AgentHello(job, 1, "n1", _facts(mpich="4.2.0")), T0)
+    assert only(out, Transition).reason == (
+        "the nodes have different MPICH versions: node 0 5.0.2, node 1 4.2.0; a job's "
+        "nodes need one")
+
+
+def test_a_serial_job_needs_no_mpi_and_older_agents_are_not_checked() -> None:
+    m = machine()
+    job = make_job(S.PROVISIONING, nodes=1, node_names=[])
+    out = m.handle(AgentHello(job, 0, "n0", _facts(mpich=None, openmpi=None)), T0)
+    assert transitions(out) == [("a", S.STAGING_IN)]
+    two = make_job(S.PROVISIONING, id="b", nodes=2, node_names=[])
+    m.handle(AgentHello(two, 0, "n0"), T0)  # no facts: nothing to decide on
+    assert transitions(m.handle(AgentHello(two, 1, "n1"), T0)) == [("b", S.STAGING_IN)]
 
 
 def test_hello_from_a_rank_outside_the_job_is_refused() -> None:
