@@ -14,9 +14,11 @@ from fastapi.responses import StreamingResponse
 
 from skyport.api.deps import Bearer
 from skyport.api.files import ranged_download, streamed_upload
+from skyport.api.routes.direct import add_direct_routes
 from skyport.checkpoint import LATEST
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
+from skyport.direct import DirectAccess
 from skyport.errors import PermissionDeniedError, ValidationError
 from skyport.models import Job
 from skyport.protocol import (
@@ -110,6 +112,13 @@ def agents_router(core: CorePort, storage: JobStorage) -> APIRouter:
             raise ValidationError("body", f"{len(data)} bytes", f"at most {MAX_LOG_CHUNK} bytes")
         return SizeAnswer(size=storage.append(job_id, f"logs/{stream}", offset, data))
 
+    def writable(path: str) -> None:
+        _check_prefix(path, AGENT_WRITABLE)
+        check_agent_checkpoint_path(path)
+
+    add_direct_routes(r, core, DirectAccess(storage),
+                      readable=lambda path: _check_prefix(path, AGENT_READABLE),
+                      writable=writable)
     return r
 
 
