@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import fsspec
 
+from benchmarks.memsample import MemorySampler
 from skyport.client import Client, connect
 from skyport.config import StateDir
 from skyport.controlplane import init_state, read_pid, start, stop
@@ -71,64 +71,6 @@ def generate(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _job_pids(job_id: str) -> set[int]:
-    marker = f"SKYPORT_JOB_ID={job_id}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        found.add(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-class Sampler:
-    def __init__(self, sid: int) -> None:
-        self.sid = sid
-        self.job_id = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self.peak_agent = 0
-        self.idle = self.sample()
-        self.peak = self.idle
-
-    def sample(self) -> int:
-        pids = set()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.getsid(int(entry)) == self.sid:
-                        pids.add(int(entry))
-                except OSError:
-                    continue
-        job = _job_pids(self.job_id) if self.job_id else set()
-        self.peak_agent = max(self.peak_agent, sum(_rss(p) for p in job))
-        return sum(_rss(p) for p in pids | job)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.25):
-            self.peak = max(self.peak, self.sample())
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @dataclass(frozen=True)
 class Row:
     size_mb: float
@@ -139,16 +81,19 @@ class Row:
     raw_in: float
     raw_out: float
     peak_growth_mb: float
+    peak_cp_mb: float
     peak_agent_mb: float
 
     def line(self) -> str:
-        return (f"{self.size_mb:>8.0f} {self.upload:>8.0f} {self.stage_in:>9.0f} "
-                f"{self.stage_out:>9.0f} {self.fetch:>7.0f} {self.raw_in:>7.0f} "
-                f"{self.raw_out:>8.0f} {self.peak_growth_mb:>12.0f} {self.peak_agent_mb:>10.0f}")
+        return (f"{self.size_mb:>8.0f} {self.upload:>8.0f} {self.stage_in:>10.0f} "
+                f"{self.stage_out:>11.0f} {self.fetch:>7.0f} {self.raw_in:>8.0f} "
+                f"{self.raw_out:>9.0f} {self.stage_in / self.raw_out:>8.2f} "
+                f"{self.stage_out / self.raw_in:>9.2f} {self.peak_growth_mb:>14.0f} "
+                f"{self.peak_cp_mb:>8.0f} {self.peak_agent_mb:>7.0f}")
 
 
-HEADER = ("  size MB upload/s stage-in/s stage-out/s fetch/s raw-in/s raw-out/s "
-          "peak-growth MB  job MB")
+HEADER = ("  size MB upload/s stage-in/s stage-out/s fetch/s raw-in/s raw-out/s in/raw "
+          "out/raw peak-growth MB   CP MB  job MB")
 
 
 def _between(job: Any, first: JobState, then: set[JobState]) -> float:
@@ -157,7 +102,7 @@ def _between(job: Any, first: JobState, then: set[JobState]) -> float:
     return max((t1 - t0).total_seconds(), 1e-6)
 
 
-def one_size(client: Client, sampler: Sampler, work: Path, size: int, storage_url: str,
+def one_size(client: Client, sampler: MemorySampler, work: Path, size: int, storage_url: str,
              options: dict[str, Any]) -> Row:
     src = work / "big.bin"
     want = generate(src, size)
@@ -197,7 +142,8 @@ def one_size(client: Client, sampler: Sampler, work: Path, size: int, storage_ur
     if digest.hexdigest() != want:
         raise SystemExit(f"the fetched output's sha256 differs from the input's ({job.id})")
     return Row(mb, upload, stage_in, stage_out, fetch, raw_in, raw_out,
-               (sampler.peak - sampler.idle) / 1e6, sampler.peak_agent / 1e6)
+               (sampler.peak - sampler.idle) / 1e6, sampler.peak_cp / 1e6,
+               sampler.peak_job / 1e6)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         raw_url = storage_url or (home / "storage").as_uri()
         with connect(home) as client:
             for size in [parse_size(s) for s in args.sizes.split(",")]:
-                with Sampler(os.getsid(pid)) as sampler:
+                with MemorySampler(os.getsid(pid), 0.25) as sampler:
                     rows.append(one_size(client, sampler, work, size, raw_url, options))
                 if not args.json:
                     print(HEADER if len(rows) == 1 else "", end="\n" if len(rows) == 1 else "")

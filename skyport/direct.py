@@ -24,6 +24,7 @@ agents use the control plane's streaming file routes (``skyport.api.files``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -161,11 +162,13 @@ class DirectAccess:
             written = path
         else:
             written = path + _TMP_SUFFIX
-        got = self._size_of(written)
-        if got != size:
+        got, etag = self._size_of(written)
+        want_etag = _multipart_etag(etags) if upload_id else None
+        if got != size or (want_etag is not None and etag not in (None, want_etag)):
             self._remove(written)
-            raise StorageError(f"the upload of {rel} of job {job_id} holds {got} bytes, "
-                               f"not the {size} announced: not kept")
+            why = (f"holds {got} bytes, not the {size} announced" if got != size else
+                   f"is not made of the parts sent (ETag {etag}, not {want_etag})")
+            raise StorageError(f"the upload of {rel} of job {job_id} {why}: not kept")
         # the record before the move (a reader that sees the file sees its sum); for a
         # completed multipart upload the object is in place already, its sum just after
         fs.pipe_file(path + _SUM_SUFFIX, f"{sha256} {size}\n".encode())
@@ -198,16 +201,32 @@ class DirectAccess:
         else:
             self._remove(path + _TMP_SUFFIX)
 
-    def _size_of(self, path: str) -> int:
+    def _size_of(self, path: str) -> tuple[int, str | None]:
+        """(size, ETag) of what is stored at ``path``; (-1, None) if nothing is."""
         fs = self.storage.fs
         fs.invalidate_cache(path)
         try:
-            return int(fs.info(path).get("size") or 0)
+            info = fs.info(path)
         except FileNotFoundError:
-            return -1
+            return -1, None
+        etag = info.get("ETag") or info.get("etag")
+        return int(info.get("size") or 0), (str(etag) if etag else None)
 
     def _remove(self, path: str) -> None:
         try:
             self.storage.fs.rm(path)
         except (OSError, FileNotFoundError):
             pass
+
+
+def _multipart_etag(etags: list[str]) -> str | None:
+    """The ETag S3 gives an object completed from these parts: the md5 of their md5s.
+
+    It proves the stored object is made of exactly the parts the agent sent.  None
+    when a part's ETag is not a plain md5 (encrypted with KMS, another store).
+    """
+    raw = [e.strip('"') for e in etags]
+    if not raw or not all(len(e) == 32 and all(c in "0123456789abcdef" for c in e)
+                          for e in raw):
+        return None
+    return f'"{hashlib.md5(b"".join(bytes.fromhex(e) for e in raw)).hexdigest()}-{len(raw)}"'

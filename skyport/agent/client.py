@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import ssl
 import threading
 import time
@@ -70,6 +71,78 @@ def file_sha256(path: Path, want_digest: bool = False) -> Any:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest if want_digest else digest.hexdigest()
+
+
+_PIECE = 1 << 20  # what moves between the socket thread and the disk/hash thread
+_AHEAD = 4  # pieces queued between them: memory per transfer stays a few MB
+
+
+class _Sink:
+    """Writes and hashes pieces in a thread of its own, a few pieces behind the caller."""
+
+    def __init__(self, f: Any, digest: Any, progress: Callable[[int], object]) -> None:
+        self._q: queue.Queue[bytes | None] = queue.Queue(_AHEAD)
+        self._error: BaseException | None = None
+
+        def drain() -> None:
+            try:
+                while (piece := self._q.get()) is not None:
+                    f.write(piece)
+                    digest.update(piece)
+                    progress(len(piece))
+            except BaseException as exc:  # reported to the caller at put() or exit
+                self._error = exc
+                while self._q.get() is not None:
+                    pass
+
+        self._thread = threading.Thread(target=drain, name="sink", daemon=True)
+        self._thread.start()
+
+    def put(self, piece: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(piece)
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
+def _read_ahead(src: Path, digest: Any) -> Iterator[bytes]:
+    """The pieces of ``src``, read and hashed by a thread of its own a few pieces ahead."""
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(_AHEAD)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            with open(src, "rb") as f:
+                while not stop.is_set() and (piece := f.read(_PIECE)):
+                    digest.update(piece)
+                    q.put(piece)
+            q.put(None)
+        except BaseException as exc:
+            q.put(exc)
+
+    thread = threading.Thread(target=fill, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 class _Retry(Exception):
@@ -173,11 +246,11 @@ class AgentClient:
                 if have and resp.status_code != 206:
                     have = 0  # the server sent it all again
                 digest = file_sha256(tmp, want_digest=True) if have else hashlib.sha256()
-                with open(tmp, "ab" if have else "wb") as f:
-                    for chunk in resp.iter_bytes(_CHUNK):
-                        f.write(chunk)
-                        digest.update(chunk)  # hashed on the way: the file is not read again
-                        progress(len(chunk))
+                with open(tmp, "ab" if have else "wb") as f, _Sink(f, digest, progress) as sink:
+                    # hashed and written by another thread while this one reads the socket
+                    # (both release the GIL): the file is never read again
+                    for chunk in resp.iter_bytes(_PIECE):
+                        sink.put(chunk)
                 expected = (where.sha256 if where is not None
                             else resp.headers.get(SHA256_HEADER))
             if expected is not None and (got := digest.hexdigest()) != expected:
@@ -208,11 +281,10 @@ class AgentClient:
             digest = hashlib.sha256()
 
             def body() -> Iterator[bytes]:
-                with open(src, "rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        digest.update(chunk)
-                        progress(len(chunk))
-                        yield chunk
+                # read and hashed by another thread while this one sends the last piece
+                for chunk in _read_ahead(src, digest):
+                    progress(len(chunk))
+                    yield chunk
 
             # the answer comes once storage has it whole (an object store assembles
             # the parts then): a longer read timeout than an ordinary call's
