@@ -3,23 +3,26 @@
     python -m benchmarks.data [--sizes 100M,1G,5G] [--storage file|s3] [--json]
 
 On a fresh control plane of its own (local gate, a temporary state directory;
-``--storage s3`` puts the job storage on a moto server in this process) it
+``--storage s3`` puts the job storage on a moto server, a process of its own) it
 generates a file of each size and runs one job that copies its input to its
 output.  For each size it reports, in MB/s (10^6 bytes a second):
 
 * ``upload``: the client sending the local file to the control plane (mTLS)
   into storage (``Client.upload``, streamed, sha256-checked);
 * ``stage in``: STAGING_IN to RUNNING in the job's events: the agent fetching
-  the input from the control plane's streaming file route (includes the
-  agent's start, a second or so);
-* ``stage out``: STAGING_OUT to the end: the agent sending the output;
+  the input (``file://``: the control plane's streaming file route; S3: a
+  presigned GET straight from the storage);
+* ``stage out``: STAGING_OUT to the end: the agent sending the output (S3:
+  presigned multipart parts, then the control plane's completion);
 * ``fetch``: ``Client.download_to`` of the output (streamed, sha256-checked);
 * ``raw in`` / ``raw out``: ``fs.put_file`` / ``fs.get_file`` of the same
-  file with fsspec on the same storage, no Sky Port in between;
+  file with fsspec on the same storage, no Sky Port in between; ``in/raw`` is
+  stage in over raw out (both read the storage), ``out/raw`` stage out over raw in;
 * ``peak growth``: the most the summed RSS of the control plane's session
   (API, Ray, the Core and gate actors; the local gate's agents run in it too)
-  plus the job's own processes rose above idle while it all ran; ``job MB``:
-  the job's processes (``SKYPORT_JOB_ID`` in their environment) alone.
+  plus the job's own processes rose above idle while it all ran; ``CP MB``: the
+  session's peak (control plane with the local gate's agents); ``job MB``: the
+  job's processes (``SKYPORT_JOB_ID`` in their environment) alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import httpx
 
 from benchmarks.memsample import MemorySampler
 from skyport.client import Client, connect
@@ -159,16 +166,28 @@ def main(argv: list[str] | None = None) -> int:
     storage_url, options = "", {}
     if args.storage == "s3":
         import s3fs
-        from moto.server import ThreadedMotoServer
 
         for k, v in (("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s"),
                      ("AWS_DEFAULT_REGION", "us-east-1")):
             os.environ[k] = v
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        options = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-                   "key": "k", "secret": "s"}
+        # moto in a process of its own: sharing this one's GIL would slow the raw
+        # copy (client and server in one interpreter) and not Sky Port's agents
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()",
+                                   "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(endpoint, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        # botocore's default 60 s read timeout is shorter than moto's assembly of GBs
+        options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "k", "secret": "s",
+                   "config_kwargs": {"read_timeout": 900}}
         s3fs.S3FileSystem(**options).mkdir("bench")
         storage_url = "s3://bench/sp"
     state = StateDir(home)
@@ -191,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(state)
         if server is not None:
-            server.stop()
+            server.terminate()
+            server.wait(30)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0

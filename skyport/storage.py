@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ _TMP_SUFFIX = ".skyport-part"
 # plane finds them as they were.  Listings hide it.
 _SUM_SUFFIX = ".skyport-sha256"
 _HIDDEN = (_TMP_SUFFIX, _SUM_SUFFIX)
+COPY_PARALLEL = 4  # files of a directory input copied at once
 DIR_ENTRY_NAME = "file"  # the upload name of each file of a directory input (the client's)
 
 
@@ -352,16 +354,19 @@ class JobStorage:
         return out
 
     def _copy_tree(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
-        if source.kind == "upload-dir":
-            return sum(self._copy_upload(job_id, f"uploads/{e.sha256}/{DIR_ENTRY_NAME}",
-                                         f"{source.name}/{e.path}", owner, f"{rel}/{e.path}")
-                       for e in self._dir_entries(source, owner))
-        fs, path = self._source_fs(source, owner)
-        total = 0
-        for sub, full in self._tree(fs, path, source):
-            with fs.open(full, "rb") as f:
-                total += self._write(self._path(job_id, f"{rel}/{sub}"), _chunks(f))[0]
-        return total
+        # several files at a time: many small files are round trips, not bandwidth
+        with ThreadPoolExecutor(COPY_PARALLEL, thread_name_prefix="copy-in") as pool:
+            if source.kind == "upload-dir":
+                return sum(pool.map(lambda e: self._copy_upload(
+                    job_id, f"uploads/{e.sha256}/{DIR_ENTRY_NAME}", f"{source.name}/{e.path}",
+                    owner, f"{rel}/{e.path}"), self._dir_entries(source, owner)))
+            fs, path = self._source_fs(source, owner)
+
+            def one(sub: str, full: str) -> int:
+                with fs.open(full, "rb") as f:
+                    return self._write(self._path(job_id, f"{rel}/{sub}"), _chunks(f))[0]
+
+            return sum(pool.map(lambda t: one(*t), self._tree(fs, path, source)))
 
     def copy_in(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
         """Stream a (policy-checked) input into the job's prefix, chunk by chunk.
