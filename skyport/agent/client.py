@@ -305,15 +305,17 @@ class AgentClient:
 
     def _direct_read(self, path: str) -> DirectReadAnswer | None:
         got = self._direct_call(DirectReadAnswer, "/direct/read", {"path": path})
-        return got if got is not None and got.url else self._no_direct()
+        if got is not None and got.url:
+            return got
+        self._direct = False  # file:// storage (or an older control plane): stream via /files
+        return None
 
     def _direct_plan(self, path: str, size: int) -> DirectWriteAnswer | None:
         got = self._direct_call(DirectWriteAnswer, "/direct/write",
                                 {"path": path, "size": size})
-        return got if got is not None and got.urls else self._no_direct()
-
-    def _no_direct(self) -> None:
-        self._direct = False  # file:// storage (or an older control plane): stream via /files
+        if got is not None and got.urls:
+            return got
+        self._direct = False
         return None
 
     def _direct_call(self, answer: type[T], route: str, body: dict[str, Any]) -> T | None:
@@ -363,7 +365,7 @@ class AgentClient:
                 raise StorageError(f"{src} grew while it was being sent: not saved")
         if not plan.upload_id:
             etags = []
-        answer = self._call(SizeAnswer, "POST", "/direct/done", json={
+        answer: SizeAnswer = self._call(SizeAnswer, "POST", "/direct/done", json={
             "path": path, "upload_id": plan.upload_id, "etags": etags, "size": size,
             "sha256": digest.hexdigest()},
             timeout=httpx.Timeout(self._http.timeout.connect, read=COMMIT_TIMEOUT_S))

@@ -6,8 +6,9 @@ it home and its sha256 is the input's.  Memory of the control plane (its whole
 session: API, Ray, the Core actor) plus the job's agent is sampled all along
 and must grow by less than the issue's bound.  On ``file://`` storage (the
 agent through the control plane's streaming routes) and on S3 (moto's server;
-the agent straight to the storage on presigned URLs, ``skyport/direct.py``).  A smaller test: directory and glob outputs, and an output
-that cannot be saved ending the job FAILED with the reason.
+the agent straight to the storage on presigned URLs, ``skyport/direct.py``).
+A smaller test: directory and glob outputs, and an output that cannot be saved
+ending the job FAILED with the reason.
 """
 
 from __future__ import annotations
