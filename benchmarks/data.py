@@ -3,23 +3,26 @@
     python -m benchmarks.data [--sizes 100M,1G,5G] [--storage file|s3] [--json]
 
 On a fresh control plane of its own (local gate, a temporary state directory;
-``--storage s3`` puts the job storage on a moto server in this process) it
+``--storage s3`` puts the job storage on a moto server, a process of its own) it
 generates a file of each size and runs one job that copies its input to its
 output.  For each size it reports, in MB/s (10^6 bytes a second):
 
 * ``upload``: the client sending the local file to the control plane (mTLS)
   into storage (``Client.upload``, streamed, sha256-checked);
 * ``stage in``: STAGING_IN to RUNNING in the job's events: the agent fetching
-  the input from the control plane's streaming file route (includes the
-  agent's start, a second or so);
-* ``stage out``: STAGING_OUT to the end: the agent sending the output;
+  the input (``file://``: the control plane's streaming file route; S3: a
+  presigned GET straight from the storage);
+* ``stage out``: STAGING_OUT to the end: the agent sending the output (S3:
+  presigned multipart parts, then the control plane's completion);
 * ``fetch``: ``Client.download_to`` of the output (streamed, sha256-checked);
 * ``raw in`` / ``raw out``: ``fs.put_file`` / ``fs.get_file`` of the same
-  file with fsspec on the same storage, no Sky Port in between;
+  file with fsspec on the same storage, no Sky Port in between; ``in/raw`` is
+  stage in over raw out (both read the storage), ``out/raw`` stage out over raw in;
 * ``peak growth``: the most the summed RSS of the control plane's session
   (API, Ray, the Core and gate actors; the local gate's agents run in it too)
-  plus the job's own processes rose above idle while it all ran; ``job MB``:
-  the job's processes (``SKYPORT_JOB_ID`` in their environment) alone.
+  plus the job's own processes rose above idle while it all ran; ``CP MB``: the
+  session's peak (control plane with the local gate's agents); ``job MB``: the
+  job's processes (``SKYPORT_JOB_ID`` in their environment) alone.
 """
 
 from __future__ import annotations
@@ -29,15 +32,19 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import httpx
 
+from benchmarks.memsample import MemorySampler
 from skyport.client import Client, connect
 from skyport.config import StateDir
 from skyport.controlplane import init_state, read_pid, start, stop
@@ -71,64 +78,6 @@ def generate(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _job_pids(job_id: str) -> set[int]:
-    marker = f"SKYPORT_JOB_ID={job_id}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        found.add(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-class Sampler:
-    def __init__(self, sid: int) -> None:
-        self.sid = sid
-        self.job_id = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self.peak_agent = 0
-        self.idle = self.sample()
-        self.peak = self.idle
-
-    def sample(self) -> int:
-        pids = set()
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.getsid(int(entry)) == self.sid:
-                        pids.add(int(entry))
-                except OSError:
-                    continue
-        job = _job_pids(self.job_id) if self.job_id else set()
-        self.peak_agent = max(self.peak_agent, sum(_rss(p) for p in job))
-        return sum(_rss(p) for p in pids | job)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.25):
-            self.peak = max(self.peak, self.sample())
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @dataclass(frozen=True)
 class Row:
     size_mb: float
@@ -139,16 +88,19 @@ class Row:
     raw_in: float
     raw_out: float
     peak_growth_mb: float
+    peak_cp_mb: float
     peak_agent_mb: float
 
     def line(self) -> str:
-        return (f"{self.size_mb:>8.0f} {self.upload:>8.0f} {self.stage_in:>9.0f} "
-                f"{self.stage_out:>9.0f} {self.fetch:>7.0f} {self.raw_in:>7.0f} "
-                f"{self.raw_out:>8.0f} {self.peak_growth_mb:>12.0f} {self.peak_agent_mb:>10.0f}")
+        return (f"{self.size_mb:>8.0f} {self.upload:>8.0f} {self.stage_in:>10.0f} "
+                f"{self.stage_out:>11.0f} {self.fetch:>7.0f} {self.raw_in:>8.0f} "
+                f"{self.raw_out:>9.0f} {self.stage_in / self.raw_out:>8.2f} "
+                f"{self.stage_out / self.raw_in:>9.2f} {self.peak_growth_mb:>14.0f} "
+                f"{self.peak_cp_mb:>8.0f} {self.peak_agent_mb:>7.0f}")
 
 
-HEADER = ("  size MB upload/s stage-in/s stage-out/s fetch/s raw-in/s raw-out/s "
-          "peak-growth MB  job MB")
+HEADER = ("  size MB upload/s stage-in/s stage-out/s fetch/s raw-in/s raw-out/s in/raw "
+          "out/raw peak-growth MB   CP MB  job MB")
 
 
 def _between(job: Any, first: JobState, then: set[JobState]) -> float:
@@ -157,7 +109,7 @@ def _between(job: Any, first: JobState, then: set[JobState]) -> float:
     return max((t1 - t0).total_seconds(), 1e-6)
 
 
-def one_size(client: Client, sampler: Sampler, work: Path, size: int, storage_url: str,
+def one_size(client: Client, sampler: MemorySampler, work: Path, size: int, storage_url: str,
              options: dict[str, Any]) -> Row:
     src = work / "big.bin"
     want = generate(src, size)
@@ -197,7 +149,8 @@ def one_size(client: Client, sampler: Sampler, work: Path, size: int, storage_ur
     if digest.hexdigest() != want:
         raise SystemExit(f"the fetched output's sha256 differs from the input's ({job.id})")
     return Row(mb, upload, stage_in, stage_out, fetch, raw_in, raw_out,
-               (sampler.peak - sampler.idle) / 1e6, sampler.peak_agent / 1e6)
+               (sampler.peak - sampler.idle) / 1e6, sampler.peak_cp / 1e6,
+               sampler.peak_job / 1e6)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,16 +166,28 @@ def main(argv: list[str] | None = None) -> int:
     storage_url, options = "", {}
     if args.storage == "s3":
         import s3fs
-        from moto.server import ThreadedMotoServer
 
         for k, v in (("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s"),
                      ("AWS_DEFAULT_REGION", "us-east-1")):
             os.environ[k] = v
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        options = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-                   "key": "k", "secret": "s"}
+        # moto in a process of its own: sharing this one's GIL would slow the raw
+        # copy (client and server in one interpreter) and not Sky Port's agents
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()",
+                                   "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(endpoint, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        # botocore's default 60 s read timeout is shorter than moto's assembly of GBs
+        options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "k", "secret": "s",
+                   "config_kwargs": {"read_timeout": 900}}
         s3fs.S3FileSystem(**options).mkdir("bench")
         storage_url = "s3://bench/sp"
     state = StateDir(home)
@@ -235,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         raw_url = storage_url or (home / "storage").as_uri()
         with connect(home) as client:
             for size in [parse_size(s) for s in args.sizes.split(",")]:
-                with Sampler(os.getsid(pid)) as sampler:
+                with MemorySampler(os.getsid(pid), 0.25) as sampler:
                     rows.append(one_size(client, sampler, work, size, raw_url, options))
                 if not args.json:
                     print(HEADER if len(rows) == 1 else "", end="\n" if len(rows) == 1 else "")
@@ -245,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(state)
         if server is not None:
-            server.stop()
+            server.terminate()
+            server.wait(30)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0

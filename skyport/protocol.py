@@ -33,6 +33,11 @@ __all__ = [
     "CheckpointOrder",
     "CheckpointRecord",
     "CheckpointsView",
+    "DirectDoneBody",
+    "DirectReadAnswer",
+    "DirectReadBody",
+    "DirectWriteAnswer",
+    "DirectWriteBody",
     "ClusterView",
     "Empty",
     "ErrorBody",
@@ -573,3 +578,45 @@ class CostView(Answer):
     until: datetime
     rows: list[CostRowView] = Field(default_factory=list)
     total: float = 0.0
+
+
+# -- the direct data path: /agent/v1/jobs/{id}/direct/... ------------------------------
+
+
+_SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class DirectReadBody(Body):
+    path: str = Field(max_length=1024)
+
+
+class DirectReadAnswer(Answer):
+    """A presigned GET for one file, or ``url`` None: read it through ``/files/``."""
+
+    url: str | None = None
+    size: int = 0
+    sha256: str | None = None  # recorded by the control plane when the file was written
+    expires_in: int = 0
+
+
+class DirectWriteBody(Body):
+    path: str = Field(max_length=1024)
+    size: int = Field(ge=0, le=5 << 40)
+
+
+class DirectWriteAnswer(Answer):
+    """Presigned part URLs (``upload_id`` "" and one URL: a single PUT), or ``urls`` empty:
+    write it through ``/files/``."""
+
+    upload_id: str = ""
+    part_size: int = 0
+    urls: list[str] = []
+    expires_in: int = 0
+
+
+class DirectDoneBody(Body):
+    path: str = Field(max_length=1024)
+    upload_id: str = Field("", max_length=1024)
+    etags: list[Annotated[str, Field(max_length=200)]] = Field([], max_length=10_000)
+    size: int = Field(ge=0, le=5 << 40)
+    sha256: str = Field(pattern=_SHA256_PATTERN)

@@ -4,7 +4,7 @@ Any fsspec URL works (``file://`` under the state directory by default,
 ``s3://bucket/prefix`` with s3fs).  Only the control plane holds storage
 credentials; agents reach their job's files through the REST API, which
 calls this module with paths that have been checked to stay inside the job's
-prefix.
+prefix (on S3, by presigned URLs for one object each: ``skyport.direct``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 
+from skyport.dirinputs import MAX_MANIFEST_BYTES, DirEntry, local_tree, parse_dir_manifest
 from skyport.errors import StorageError, ValidationError
 from skyport.models import check_relative_path
 
@@ -35,6 +38,8 @@ _TMP_SUFFIX = ".skyport-part"
 # plane finds them as they were.  Listings hide it.
 _SUM_SUFFIX = ".skyport-sha256"
 _HIDDEN = (_TMP_SUFFIX, _SUM_SUFFIX)
+COPY_PARALLEL = 4  # files of a directory input copied at once
+DIR_ENTRY_NAME = "file"  # the upload name of each file of a directory input (the client's)
 
 
 class JobStorage:
@@ -272,10 +277,11 @@ class JobStorage:
             out.append(entry)
         return out
 
-    def _copy_upload(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
-        src = self._fresh(self._user_path(owner, source.url))
+    def _copy_upload(self, job_id: str, url: str, name: str, owner: str, rel: str) -> int:
+        """Copy the upload at ``url`` (relative to the owner's prefix) to ``rel``."""
+        src = self._fresh(self._user_path(owner, url))
         dest = self._path(job_id, rel)
-        digest = _upload_digest(source.url)
+        digest = _upload_digest(url)
         tmp = dest + _TMP_SUFFIX
         try:
             size = int(self.fs.size(src))
@@ -291,7 +297,7 @@ class JobStorage:
                     self.fs.rm(tmp)
             except OSError:
                 pass
-            raise StorageError(f"cannot read input {source.name!r}: "
+            raise StorageError(f"cannot read input {name!r}: "
                                f"{type(exc).__name__}: {exc}") from exc
 
     def _source_fs(self, source: InputSource, owner: str) -> tuple[Any, str]:
@@ -306,12 +312,61 @@ class JobStorage:
     def check_input(self, source: InputSource, owner: str) -> str | None:
         """None if the (policy-checked) input can be read; else why not."""
         try:
+            if source.kind == "upload-dir":
+                missing = [e.path for e in self._dir_entries(source, owner)
+                           if not self.fs.exists(self._user_path(
+                               owner, f"uploads/{e.sha256}/{DIR_ENTRY_NAME}"))]
+                return f"files not uploaded: {', '.join(missing[:5])}" if missing else None
             fs, path = self._source_fs(source, owner)
+            if fs.isdir(path) and source.kind in ("file", "storage"):
+                self._tree(fs, path, source)  # refuses links out of it, and the like
+                return None
             if not fs.isfile(path):
                 return "no such file"
+        except ValidationError as exc:
+            return exc.allowed and f"{exc.value}: {exc.allowed}" or str(exc)
         except Exception as exc:  # any client's own error: it is the user's answer
             return f"{type(exc).__name__}: {exc}"
         return None
+
+    def _dir_entries(self, source: InputSource, owner: str) -> list[DirEntry]:
+        path = self._fresh(self._user_path(owner, source.url))
+        with self.fs.open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        return parse_dir_manifest(raw, source.name)
+
+    def _tree(self, fs: Any, path: str, source: InputSource) -> list[tuple[str, str]]:
+        """(relative path, full path) of every file under a directory input."""
+        if source.kind == "file":
+            return [(rel, str(p)) for rel, p in local_tree(Path(path))]
+        base = path.rstrip("/")
+        out = []
+        for found in sorted(fs.find(base)):
+            rel = found[len(base):].lstrip("/")
+            if rel.endswith(_HIDDEN):
+                continue
+            try:
+                check_relative_path(rel, "path")
+            except ValueError as exc:
+                raise ValidationError("input", f"{source.name}: {rel}",
+                                      "relative paths inside the prefix") from exc
+            out.append((rel, found))
+        return out
+
+    def _copy_tree(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
+        # several files at a time: many small files are round trips, not bandwidth
+        with ThreadPoolExecutor(COPY_PARALLEL, thread_name_prefix="copy-in") as pool:
+            if source.kind == "upload-dir":
+                return sum(pool.map(lambda e: self._copy_upload(
+                    job_id, f"uploads/{e.sha256}/{DIR_ENTRY_NAME}", f"{source.name}/{e.path}",
+                    owner, f"{rel}/{e.path}"), self._dir_entries(source, owner)))
+            fs, path = self._source_fs(source, owner)
+
+            def one(sub: str, full: str) -> int:
+                with fs.open(full, "rb") as f:
+                    return self._write(self._path(job_id, f"{rel}/{sub}"), _chunks(f))[0]
+
+            return sum(pool.map(lambda t: one(*t), self._tree(fs, path, source)))
 
     def copy_in(self, job_id: str, source: InputSource, owner: str, rel: str) -> int:
         """Stream a (policy-checked) input into the job's prefix, chunk by chunk.
@@ -321,9 +376,13 @@ class JobStorage:
         sha256 is its name, checked when it was uploaded.
         """
         if source.kind == "upload":
-            return self._copy_upload(job_id, source, owner, rel)
+            return self._copy_upload(job_id, source.url, source.name, owner, rel)
         try:
+            if source.kind == "upload-dir":
+                return self._copy_tree(job_id, source, owner, rel)
             fs, path = self._source_fs(source, owner)
+            if source.kind in ("file", "storage") and fs.isdir(path):
+                return self._copy_tree(job_id, source, owner, rel)
             with fs.open(path, "rb") as f:
                 return self._write(self._path(job_id, rel), _chunks(f))[0]
         except (OSError, ValueError) as exc:

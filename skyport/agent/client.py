@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +27,18 @@ import httpx
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from skyport.errors import ConfigError, ControlPlaneError, SkyportError, error_from_dict
+from skyport.errors import (
+    ConfigError,
+    ControlPlaneError,
+    SkyportError,
+    StorageError,
+    error_from_dict,
+)
 from skyport.models import Job
 from skyport.protocol import (
     CheckpointOrder,
+    DirectReadAnswer,
+    DirectWriteAnswer,
     Empty,
     ErrorBody,
     FileEntry,
@@ -51,6 +62,7 @@ _RETRY_STATUS = frozenset({502, 503, 504})
 _CHUNK = 8 << 20
 SHA256_HEADER = "X-Skyport-Sha256"
 COMMIT_TIMEOUT_S = 900.0
+PARTS_IN_FLIGHT = 4  # parts of one file sent at once on the direct path (memory: 5 parts)
 
 
 def file_sha256(path: Path, want_digest: bool = False) -> Any:
@@ -60,6 +72,78 @@ def file_sha256(path: Path, want_digest: bool = False) -> Any:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest if want_digest else digest.hexdigest()
+
+
+_PIECE = 1 << 20  # what moves between the socket thread and the disk/hash thread
+_AHEAD = 4  # pieces queued between them: memory per transfer stays a few MB
+
+
+class _Sink:
+    """Writes and hashes pieces in a thread of its own, a few pieces behind the caller."""
+
+    def __init__(self, f: Any, digest: Any, progress: Callable[[int], object]) -> None:
+        self._q: queue.Queue[bytes | None] = queue.Queue(_AHEAD)
+        self._error: BaseException | None = None
+
+        def drain() -> None:
+            try:
+                while (piece := self._q.get()) is not None:
+                    f.write(piece)
+                    digest.update(piece)
+                    progress(len(piece))
+            except BaseException as exc:  # reported to the caller at put() or exit
+                self._error = exc
+                while self._q.get() is not None:
+                    pass
+
+        self._thread = threading.Thread(target=drain, name="sink", daemon=True)
+        self._thread.start()
+
+    def put(self, piece: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(piece)
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
+def _read_ahead(src: Path, digest: Any) -> Iterator[bytes]:
+    """The pieces of ``src``, read and hashed by a thread of its own a few pieces ahead."""
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(_AHEAD)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            with open(src, "rb") as f:
+                while not stop.is_set() and (piece := f.read(_PIECE)):
+                    digest.update(piece)
+                    q.put(piece)
+            q.put(None)
+        except BaseException as exc:
+            q.put(exc)
+
+    thread = threading.Thread(target=fill, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 class _Retry(Exception):
@@ -87,9 +171,14 @@ class AgentClient:
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
                                   headers={"Authorization": f"Bearer {token}"},
                                   transport=transport)
+        # object storage, reached by presigned URLs: never the control plane's token nor
+        # its CA (the storage's certificate is a public one, or the system's)
+        self._storage = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=32))
+        self._direct: bool | None = None  # None: not asked yet; False: stream via /files
 
     def close(self) -> None:
         self._http.close()
+        self._storage.close()
 
     def __enter__(self) -> AgentClient:
         return self
@@ -140,21 +229,34 @@ class AgentClient:
         """
         tmp = dest.with_name(dest.name + ".part")
         tmp.unlink(missing_ok=True)
+        direct = self._direct is not False
 
         def attempt() -> int:
+            nonlocal direct
             have = tmp.stat().st_size if tmp.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
-            with self._http.stream("GET", f"/files/{path}", headers=headers) as resp:
-                self._check(resp, read=True)
+            where: DirectReadAnswer | None = None
+            if direct:  # a fresh URL on every try: one that expired meanwhile is not reused
+                where = self._direct_read(path)
+                if where is None:
+                    direct = False
+            with (self._storage.stream("GET", str(where.url), headers=headers)
+                  if where is not None
+                  else self._http.stream("GET", f"/files/{path}", headers=headers)) as resp:
+                if where is not None:
+                    self._check_storage(resp, f"GET {path}")
+                else:
+                    self._check(resp, read=True)
                 if have and resp.status_code != 206:
                     have = 0  # the server sent it all again
                 digest = file_sha256(tmp, want_digest=True) if have else hashlib.sha256()
-                with open(tmp, "ab" if have else "wb") as f:
-                    for chunk in resp.iter_bytes(_CHUNK):
-                        f.write(chunk)
-                        digest.update(chunk)  # hashed on the way: the file is not read again
-                        progress(len(chunk))
-                expected = resp.headers.get(SHA256_HEADER)
+                with open(tmp, "ab" if have else "wb") as f, _Sink(f, digest, progress) as sink:
+                    # hashed and written by another thread while this one reads the socket
+                    # (both release the GIL): the file is never read again
+                    for chunk in resp.iter_bytes(_PIECE):
+                        sink.put(chunk)
+                expected = (where.sha256 if where is not None
+                            else resp.headers.get(SHA256_HEADER))
             if expected is not None and (got := digest.hexdigest()) != expected:
                 tmp.unlink(missing_ok=True)
                 raise _Retry(f"sha256 of {path} is {got}, the control plane recorded "
@@ -170,18 +272,23 @@ class AgentClient:
         """Upload ``src`` as ``/files/<path>``, streamed, re-read from the start on each try.
 
         The control plane answers the sha256 it stored; one that differs from what
-        was read here is retried like a broken connection.
+        was read here is retried like a broken connection.  On object storage the
+        bytes go there directly (``_put_direct``).
         """
+        if self._direct is not False:
+            size = src.stat().st_size
+            plan = self._direct_plan(path, size)
+            if plan is not None:
+                return self._put_direct(path, src, size, plan, progress)
 
         def attempt() -> SizeAnswer:
             digest = hashlib.sha256()
 
             def body() -> Iterator[bytes]:
-                with open(src, "rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        digest.update(chunk)
-                        progress(len(chunk))
-                        yield chunk
+                # read and hashed by another thread while this one sends the last piece
+                for chunk in _read_ahead(src, digest):
+                    progress(len(chunk))
+                    yield chunk
 
             # the answer comes once storage has it whole (an object store assembles
             # the parts then): a longer read timeout than an ordinary call's
@@ -197,6 +304,92 @@ class AgentClient:
             return answer
 
         return self._retrying(f"PUT /files/{path}", attempt)
+
+    # -- the direct data path (object storage through presigned URLs) ---------------
+
+    def _direct_read(self, path: str) -> DirectReadAnswer | None:
+        got = self._direct_call(DirectReadAnswer, "/direct/read", {"path": path})
+        if got is not None and got.url:
+            return got
+        self._direct = False  # file:// storage (or an older control plane): stream via /files
+        return None
+
+    def _direct_plan(self, path: str, size: int) -> DirectWriteAnswer | None:
+        got = self._direct_call(DirectWriteAnswer, "/direct/write",
+                                {"path": path, "size": size})
+        if got is not None and got.urls:
+            return got
+        self._direct = False
+        return None
+
+    def _direct_call(self, answer: type[T], route: str, body: dict[str, Any]) -> T | None:
+        def attempt() -> T | None:
+            resp = self._http.post(route, json=body)
+            if resp.status_code in (404, 405) and "error" not in resp.text[:200]:
+                return None  # a control plane that predates the direct path
+            self._check(resp)
+            return _parse(answer, resp.json(), f"POST {route}")
+
+        got = self._retrying(f"POST {route}", attempt)
+        if got is not None:
+            self._direct = True
+        return got
+
+    def _put_direct(self, path: str, src: Path, size: int, plan: DirectWriteAnswer,
+                    progress: Callable[[int], object]) -> SizeAnswer:
+        """Send ``src`` to its presigned part URLs, several parts at once; then completion.
+
+        The file is read once, in order: each part is hashed as it is read and then
+        sent by a worker while the next is read, so at most ``PARTS_IN_FLIGHT`` + 1
+        parts are in memory.
+        """
+        digest = hashlib.sha256()
+        etags: list[str] = [""] * len(plan.urls)
+        room = threading.BoundedSemaphore(PARTS_IN_FLIGHT + 1)
+
+        def send(n: int, data: bytes) -> None:
+            try:
+                etags[n] = self._retrying(f"PUT part {n + 1} of {path}",
+                                          lambda: self._put_part(plan.urls[n], data, path))
+                progress(len(data))
+            finally:
+                room.release()
+
+        with open(src, "rb") as f, ThreadPoolExecutor(PARTS_IN_FLIGHT,
+                                                      thread_name_prefix="part") as pool:
+            sent = []
+            for n in range(len(plan.urls)):
+                room.acquire()
+                data = f.read(plan.part_size)
+                digest.update(data)
+                sent.append(pool.submit(send, n, data))
+            for fut in sent:
+                fut.result()
+            if f.read(1):
+                raise StorageError(f"{src} grew while it was being sent: not saved")
+        if not plan.upload_id:
+            etags = []
+        answer: SizeAnswer = self._call(SizeAnswer, "POST", "/direct/done", json={
+            "path": path, "upload_id": plan.upload_id, "etags": etags, "size": size,
+            "sha256": digest.hexdigest()},
+            timeout=httpx.Timeout(self._http.timeout.connect, read=COMMIT_TIMEOUT_S))
+        return answer
+
+    def _put_part(self, url: str, data: bytes, path: str) -> str:
+        resp = self._storage.put(url, content=data)
+        self._check_storage(resp, f"PUT {path}")
+        return resp.headers.get("ETag", "")
+
+    @staticmethod
+    def _check_storage(resp: httpx.Response, what: str) -> None:
+        if resp.status_code < 400:
+            return
+        resp.read()
+        if resp.status_code >= 500:
+            raise _Retry(f"storage answered HTTP {resp.status_code} to {what}")
+        # 403: the URL expired or was refused; the caller asks for a fresh one
+        raise StorageError(f"storage answered HTTP {resp.status_code} to {what}: "
+                           f"{resp.text[:300]}")
 
     # -- launches (node 0 runs commands on node k; PROTOCOL.md) -------------------
 

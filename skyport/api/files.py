@@ -10,6 +10,8 @@ check what it got end to end.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
 
@@ -81,16 +83,28 @@ async def streamed_upload(storage: JobStorage, job_id: str, path: str,
     writer = await anyio.to_thread.run_sync(storage.writer, job_id, path)
     pending: list[bytes] = []
     held = 0
+    # the previous chunk is hashed and written in a thread while the next one arrives
+    # (one chunk in flight: memory stays two chunks per upload)
+    writing: asyncio.Future[None] | None = None
     try:
         async for piece in request.stream():
             pending.append(piece)
             held += len(piece)
             if held >= CHUNK:
-                await anyio.to_thread.run_sync(writer.write, b"".join(pending))
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(writer.write,
+                                                                  b"".join(pending)))
                 pending, held = [], 0
+        if writing is not None:
+            await writing
+            writing = None
         if pending:
             await anyio.to_thread.run_sync(writer.write, b"".join(pending))
         return await anyio.to_thread.run_sync(writer.commit, expected)
     except BaseException:
+        if writing is not None:
+            with contextlib.suppress(BaseException):
+                await writing
         await anyio.to_thread.run_sync(writer.abort)
         raise

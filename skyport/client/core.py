@@ -93,6 +93,7 @@ T = TypeVar("T")
 
 
 UPLOAD_CHUNK = 8 << 20
+DIR_ENTRY_NAME = "file"  # each file of a directory input: its place is in the list
 
 
 class WaitTimeoutError(SkyportError, TimeoutError):
@@ -229,9 +230,10 @@ class Client:
         return self.call("POST", "/v1/jobs", Job, body=body)
 
     def _uploaded(self, spec: JobSpec, progress: Progress | None) -> JobSpec:
-        if any(_local_file(u) for u in spec.inputs):
+        if any(_local_file(u) or _local_dir(u) for u in spec.inputs):
             spec = spec.model_copy(update={"inputs": tuple(
-                self.upload(p, progress) if (p := _local_file(u)) else u
+                self.upload(p, progress) if (p := _local_file(u))
+                else self.upload_dir(d, progress) if (d := _local_dir(u)) else u
                 for u in spec.inputs)})
         return spec
 
@@ -253,14 +255,42 @@ class Client:
         """A job array: its indices and its tasks' count per state."""
         return self.call("GET", f"/v1/arrays/{_seg(array_id)}", ArrayView)
 
-    def upload(self, path: str | Path, progress: Progress | None = None) -> str:
+    def upload_dir(self, path: str | Path, progress: Progress | None = None) -> str:
+        """Send a local directory, recursively: each file, then the list of them.
+
+        The input URL names that list (``upload-dir:<sha256>/<name>``, JSON of
+        ``{"files": [{"path", "sha256", "size"}]}``); the control plane stages every
+        file under ``inputs/<name>/`` with its relative path.  A symbolic link that
+        leads out of the directory, or anything but files and directories, is
+        refused before anything is sent.
+        """
+        from skyport.dirinputs import dir_manifest, local_tree
+
+        root = Path(path)
+        files = local_tree(root)  # ValidationError naming the first hostile entry
+        entries = []
+        for rel, file in files:
+            url = self.upload(file, progress, name=DIR_ENTRY_NAME)
+            entries.append({"path": rel, "sha256": url.split(":", 1)[1].split("/", 1)[0],
+                            "size": file.stat().st_size})
+        manifest = dir_manifest(entries)
+        digest = hashlib.sha256(manifest).hexdigest()
+        name = root.resolve().name
+        where = f"/v1/uploads/{digest}/{quote(name, safe='')}"
+        if self._http.request("HEAD", where).status_code != 200:
+            self.call("PUT", where, UploadAnswer, content=manifest)
+        return f"upload-dir:{digest}/{name}"
+
+    def upload(self, path: str | Path, progress: Progress | None = None,
+               name: str | None = None) -> str:
         """Send a local file into your own upload area; the input URL that names it."""
         path = Path(path)
+        name = name or path.name
         digest = hashlib.sha256()
         with path.open("rb") as f:
             while chunk := f.read(UPLOAD_CHUNK):
                 digest.update(chunk)
-        where = f"/v1/uploads/{digest.hexdigest()}/{quote(path.name, safe='')}"
+        where = f"/v1/uploads/{digest.hexdigest()}/{quote(name, safe='')}"
         if self._http.request("HEAD", where).status_code != 200:  # the same file is sent once
             total = path.stat().st_size
 
@@ -277,7 +307,7 @@ class Client:
             # assembles its parts then): wait for it longer than for an ordinary call
             return self.call("PUT", where, UploadAnswer, content=body(),
                              timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, read=COMMIT_TIMEOUT_S)).url
-        return f"upload:{digest.hexdigest()}/{path.name}"
+        return f"upload:{digest.hexdigest()}/{name}"
 
     def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
         """Your jobs (``all=True``: everyone's, admins only), optionally in some states."""
@@ -632,3 +662,11 @@ def _local_file(url: str) -> Path | None:
         return None
     path = Path(unquote(url[len("file://"):]))
     return path if path.is_file() else None
+
+
+def _local_dir(url: str) -> Path | None:
+    """The local directory a ``file://`` input names, if it is one on this machine."""
+    if not url.startswith("file://"):
+        return None
+    path = Path(unquote(url[len("file://"):]))
+    return path if path.is_dir() else None

@@ -63,14 +63,14 @@ class TestControlPlane:
 
     def __init__(self, root: Path | None = None, *, gate: dict[str, Any] | None = None,
                  policy: str = "fcfs", wait_s: float = 30.0,
-                 audit_log: Path | None = None) -> None:
+                 audit_log: Path | None = None, storage: JobStorage | None = None) -> None:
         self._tmp = None if root is not None else tempfile.TemporaryDirectory()
         self.root = Path(root if root is not None else self._tmp.name)  # type: ignore[union-attr]
         self.root.mkdir(parents=True, exist_ok=True)
         self.wait_s = wait_s  # how long the helpers wait for the Core's next step
         self.requests: list[httpx.Request] = []
         self.store = JobStore(self.root / "jobs.db")
-        self.storage = JobStorage((self.root / "storage").as_uri())
+        self.storage = storage or JobStorage((self.root / "storage").as_uri())
         self.gate = MemoryGate("memory", MemoryGateConfig(**(gate or {})), self.root)
         scheduler = SchedulerService(policy, {})
 

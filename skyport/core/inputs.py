@@ -7,6 +7,9 @@ user* may read before anything is fetched or even looked at:
 * ``upload:<sha256>/<name>``: a file the user's client uploaded into the
   user's own prefix (``<storage>/users/<user>/uploads/``); the way a local
   ``--input=data.txt`` travels.  It reaches that user's uploads only.
+  ``upload-dir:<sha256>/<name>``: a local directory the same way, the upload
+  being the list of its files (``skyport.dirinputs``).
+* a ``file://`` directory or a storage prefix is taken whole, recursively.
 * ``file://`` (or a plain path): only under a directory the configuration
   grants to that user (``inputs.file_roots``; none by default), never inside
   the state directory, after every symlink is resolved.
@@ -40,6 +43,7 @@ from skyport.errors import ValidationError
 __all__ = ["UPLOAD_SCHEME", "InputPolicy", "InputSource", "check_input_url", "upload_url"]
 
 UPLOAD_SCHEME = "upload"
+UPLOAD_DIR_SCHEME = "upload-dir"  # a directory the client sent: the list of its files
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9_.+ -]{0,199}$")
 Resolver = Callable[[str], list[str]]
@@ -49,7 +53,7 @@ Resolver = Callable[[str], list[str]]
 class InputSource:
     """A checked input: where to read it and with which filesystem rules."""
 
-    kind: str  # "upload" | "file" | "http" | "storage"
+    kind: str  # "upload" | "upload-dir" | "file" | "http" | "storage"
     url: str  # what to open (for "upload": the path relative to the user's prefix)
     name: str  # the file name it gets in the job's inputs/
 
@@ -87,6 +91,15 @@ def check_input_url(url: str, user: str, policy: InputPolicy, *, state_dir: Path
     def refuse(why: str) -> ValidationError:
         return ValidationError("input", url, why)
 
+    if url.startswith(UPLOAD_DIR_SCHEME + ":"):
+        sha, _, name = url[len(UPLOAD_DIR_SCHEME) + 1:].partition("/")
+        if not _SHA256.fullmatch(sha):
+            raise refuse("upload-dir:<sha256 of the list>/<name>, as the client writes it")
+        try:
+            check_upload_name(name)
+        except ValidationError as exc:
+            raise refuse(f"a directory name: {exc.allowed}") from exc
+        return InputSource("upload-dir", f"uploads/{sha}/{name}", name)
     if UPLOAD_SCHEME + ":" == url[: len(UPLOAD_SCHEME) + 1]:
         sha, _, name = url[len(UPLOAD_SCHEME) + 1:].partition("/")
         if not _SHA256.fullmatch(sha):

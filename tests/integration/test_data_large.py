@@ -4,27 +4,29 @@ A 2 GB input goes up with the client, through the Core's staging and the
 agent into the job; the job writes it back as a 2 GB output; ``fetch`` brings
 it home and its sha256 is the input's.  Memory of the control plane (its whole
 session: API, Ray, the Core actor) plus the job's agent is sampled all along
-and must grow by less than the issue's bound.  On ``file://`` storage and on
-S3 (moto's server).  A smaller test: directory and glob outputs, and an output
-that cannot be saved ending the job FAILED with the reason.
+and must grow by less than the issue's bound.  On ``file://`` storage (the
+agent through the control plane's streaming routes) and on S3 (moto's server;
+the agent straight to the storage on presigned URLs, ``skyport/direct.py``).
+A smaller test: directory and glob outputs, and an output that cannot be saved
+ending the job FAILED with the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.memsample import MemorySampler
 from skyport.agent.transfer import human_bytes
 from skyport.controlplane import read_pid
 from skyport.models import JobState
 from skyport.script import build_spec
-from tests.integration.conftest import ControlPlane, processes_of_job
+from tests.integration.conftest import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -62,63 +64,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _session_pids(sid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-class MemorySampler:
-    """Summed RSS of the control plane's session and of one job's processes, sampled."""
-
-    def __init__(self, cp: ControlPlane) -> None:
-        pid = read_pid(cp.state)
-        assert pid is not None
-        self.sid = os.getsid(pid)
-        self.job_id = ""
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self.idle = self.sample()
-
-    def sample(self) -> int:
-        pids = set(_session_pids(self.sid))
-        if self.job_id:
-            pids |= set(processes_of_job(self.job_id))
-        return sum(_rss(p) for p in pids)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, self.sample())
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def sampler(cp: ControlPlane) -> MemorySampler:
+    """Memory of the control plane's whole session plus the job's processes (once set)."""
+    pid = read_pid(cp.state)
+    assert pid is not None
+    return MemorySampler(os.getsid(pid))
 
 
 def roundtrip(cp: ControlPlane, tmp_path: Path, size: int = SIZE) -> None:
     src = tmp_path / "big.bin"
     want = generated(src, size)
     try:
-        with cp.client() as c, MemorySampler(cp) as mem:
+        with cp.client() as c, sampler(cp) as mem:
             job = c.submit(build_spec(BIG.format(input=src.as_uri())))
             mem.job_id = job.id
             done = c.wait(job.id, timeout=1500)

@@ -86,3 +86,16 @@ def test_copy_in_from_s3(
     assert storage.copy_in("j1", source, "alice", "inputs/forcing.nc") == 60
     assert storage.get("j1", "inputs/forcing.nc") == b"netcdf" * 10
     assert fs.cat_file(f"{prefix}/store/jobs/j1/inputs/forcing.nc") == b"netcdf" * 10
+
+
+def test_a_prefix_input_is_copied_with_its_paths(prefix: str, options: dict[str, Any]) -> None:
+    fs = raw(options)
+    for rel, data in (("a.txt", b"a"), ("sub/b.txt", b"bb"), ("sub/deep/c.txt", b"ccc")):
+        fs.pipe_file(f"{prefix}/store/users/alice/run/{rel}", data)
+    storage = JobStorage(f"s3://{prefix}/store", options)
+    source = InputSource("storage", f"s3://{prefix}/store/users/alice/run/", "run")
+    assert storage.check_input(source, "alice") is None
+    assert storage.copy_in("j1", source, "alice", "inputs/run") == 6
+    assert {f["path"]: f["size"] for f in storage.listdir("j1")} == {
+        "inputs/run/a.txt": 1, "inputs/run/sub/b.txt": 2, "inputs/run/sub/deep/c.txt": 3}
+    assert all("sha256" in f for f in storage.listdir("j1"))

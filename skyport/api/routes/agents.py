@@ -14,10 +14,12 @@ from fastapi.responses import StreamingResponse
 
 from skyport.api.deps import Bearer
 from skyport.api.files import ranged_download, streamed_upload
+from skyport.api.routes.direct import add_direct_routes
 from skyport.checkpoint import LATEST
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
 from skyport.core.waiters import JobWaiters
+from skyport.direct import DirectAccess
 from skyport.errors import PermissionDeniedError, ValidationError
 from skyport.models import Job
 from skyport.protocol import (
@@ -121,6 +123,13 @@ def agents_router(core: CorePort, storage: JobStorage,
         events.notify(job_id)
         return SizeAnswer(size=size)
 
+    def writable(path: str) -> None:
+        _check_prefix(path, AGENT_WRITABLE)
+        check_agent_checkpoint_path(path)
+
+    add_direct_routes(r, core, DirectAccess(storage),
+                      readable=lambda path: _check_prefix(path, AGENT_READABLE),
+                      writable=writable)
     return r
 
 
