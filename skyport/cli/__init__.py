@@ -8,7 +8,7 @@ start, stop, user add, whoami); ``app`` holds what they share and
 
 from __future__ import annotations
 
-from skyport.cli import admin, cluster, jobs, launch, recovery  # noqa: F401  (they register the commands)
+from skyport.cli import admin, cluster, jobs, launch, recovery, relay  # noqa: F401  (they register the commands)
 from skyport.cli.app import cli
 
 
