@@ -59,6 +59,7 @@ class Forwarder:
     poll_s: float = 2.0
     streams: int = 0
     _server: asyncio.Server | None = None
+    _open: set[asyncio.Task[None]] = field(default_factory=set)  # streams being carried
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -94,6 +95,7 @@ class Forwarder:
             self._stop.set()
             if self._server is not None:
                 self._server.close()
+            tasks += list(self._open)  # the forward is closed: so are its streams
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -101,6 +103,10 @@ class Forwarder:
 
     async def _accepted(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._open.add(task)
+            task.add_done_callback(self._open.discard)
         try:
             ws = await open_leg(f"{self.base}/relay/connect?node={self.node}&port={self.port}",
                                 ssl_context=self.ssl_context)
