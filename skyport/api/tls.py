@@ -184,8 +184,8 @@ class _PeerCertWebSocketProtocol(WebSocketsSansIOProtocol):
     the extension; the same per-connection wrapping as for h11 closes that gap.
     """
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        super().connection_made(transport)  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
         tls = _tls_extension(transport)
         if tls is not None:
             self.app = _WithTlsExtension(self.app, tls)

@@ -62,3 +62,35 @@ def forward_cmd(out: Output, job_id: str, port: int | None, node: int, local_por
     why = run_forwarder(fwd, ready_file)
     out.emit({"job_id": job_id, "local_port": fwd.local_port, "streams": fwd.streams,
               "ended": why}, f"forward ended: {why} ({fwd.streams} streams)")
+
+
+@command(cli, "jupyter")
+@click.option("--gate", help="the gate to run on (default: the scheduler's choice)")
+@click.option("--flavor", help="the node shape")
+@click.option("--nodes", default="1", show_default=True)
+@click.option("--cpus", default="1", show_default=True, help="CPUs per node")
+@click.option("--mem", "memory", help="memory per node, e.g. 4G")
+@click.option("--gpus", default="0", show_default=True, help="GPUs per node")
+@click.option("--time", "time_limit", default="04:00:00", show_default=True)
+@click.option("--local-port", type=click.IntRange(0, 65535), default=0,
+              help="listen on 127.0.0.1:LOCAL_PORT (default: a free one)")
+@click.option("--keep", is_flag=True, help="leave the job running when this ends")
+def jupyter_cmd(out: Output, gate: str | None, flavor: str | None, nodes: str, cpus: str,
+                memory: str | None, gpus: str, time_limit: str, local_port: int,
+                keep: bool) -> None:
+    """A notebook server as a job, reached at a local URL through the relay (no hub).
+
+    Prints http://127.0.0.1:PORT/?token=... once the server answers; Ctrl-C ends
+    the forward and cancels the job (unless --keep).
+    """
+    from skyport.jupyter.session import run_notebook  # jupyter_server is needed on nodes only
+
+    def note(text: str) -> None:
+        if not out.json:
+            click.echo(text, err=True)
+
+    run_notebook(get_client(), {
+        "gate": gate, "flavor": flavor, "nodes": nodes, "cpus": cpus, "memory": memory,
+        "gpus": gpus, "time": time_limit},
+        on_url=lambda job_id, url: out.emit({"job_id": job_id, "url": url}, url),
+        note=note, local_port=local_port, keep=keep)

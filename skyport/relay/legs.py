@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -25,6 +26,7 @@ __all__ = ["CHUNK", "EOF", "hold_channel", "open_leg", "pipe", "ws_url"]
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+_Job = Coroutine[Any, Any, None]
 EOF = "eof"  # the text frame for a half-close; data always goes in binary frames
 
 
@@ -107,7 +109,7 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 async def hold_channel(url: str, *, ssl_context: ssl.SSLContext | None,
                        headers: dict[str, str] | None,
-                       on_order: Callable[[RelayOrder, ClientConnection], Awaitable[None]],
+                       on_order: Callable[[RelayOrder, ClientConnection], _Job],
                        stop: asyncio.Event, what: str,
                        give_up: Callable[[SkyportError], bool] = lambda exc: False,
                        max_backoff_s: float = 10.0) -> None:
@@ -145,7 +147,7 @@ async def hold_channel(url: str, *, ssl_context: ssl.SSLContext | None,
                 if not isinstance(text, str):
                     continue
                 order = RelayOrder.model_validate_json(text)
-                task = asyncio.create_task(on_order(order, ws))
+                task: asyncio.Task[None] = asyncio.create_task(on_order(order, ws))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (ConnectionClosed, ValueError) as exc:

@@ -270,3 +270,32 @@ def test_a_hub_spawns_reaches_keeps_and_stops_a_server_through_the_relay(
         b"forward" not in Path(f"/proc/{forwarder}/cmdline").read_bytes()
     assert [c for c in alice.clusters() if c.job_id == job.id] == []
     alice.close()
+
+
+def test_skyport_jupyter_serves_one_users_notebook_through_the_relay(controlplane) -> None:
+    cmd = [sys.executable, "-m", "skyport", "--home", str(controlplane.home), "--user", "alice",
+           "jupyter", "--cpus", "1", "--time", "00:10:00", "--gate", "local"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+        assert line.startswith("http://127.0.0.1:"), (line, proc.stderr.read(2000))  # type: ignore[union-attr]
+        base, _, token = line.partition("/?token=")
+        status = httpx.get(f"{base}/api/status", headers={"Authorization": f"token {token}"},
+                           timeout=60)
+        assert status.status_code == 200, status.text
+        refused = httpx.get(f"{base}/api/status", timeout=60)  # the token is needed
+        assert refused.status_code == 403
+        with controlplane.client("alice") as alice:
+            [job] = [j for j in alice.jobs() if j.name == "jupyter"
+                     and not j.state.is_terminal()]
+            assert token not in alice.job(job.id).model_dump_json()
+            os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: the forward ends, the job is cancelled
+            proc.wait(60)
+            assert alice.wait(job.id, timeout=120).state == JobState.CANCELLED
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{base}/api/status", timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -180,15 +180,15 @@ def test_the_hub_token_is_a_secret_only_the_jobs_agent_reads(cp) -> None:
     token = "hub-token-" + "s3cr3t" * 4
     body = SecretBody(value=json.dumps({"JUPYTERHUB_API_TOKEN": token}))
     with pytest.raises(NotFoundError):  # another user's job: as if there were none
-        bob.call("PUT", f"/v1/jobs/{job.id}/secrets/jupyterhub-env", Empty, body=body)
-    alice.call("PUT", f"/v1/jobs/{job.id}/secrets/jupyterhub-env", Empty, body=body)
+        bob.call("PUT", f"/v1/jobs/{job.id}/secrets/jupyter-env", Empty, body=body)
+    alice.call("PUT", f"/v1/jobs/{job.id}/secrets/jupyter-env", Empty, body=body)
     agents = cp.start(job.id)
-    assert token in agents[0].secret("jupyterhub-env")
+    assert token in agents[0].secret("jupyter-env")
     other_agents = cp.start(other.id)
     with pytest.raises(NotFoundError):  # its own job has no such secret
-        other_agents[0].secret("jupyterhub-env")
+        other_agents[0].secret("jupyter-env")
     with pytest.raises(Exception, match="token"):  # another job's token reaches nothing
-        cp.agent(job.id, other_agents.token).secret("jupyterhub-env")
+        cp.agent(job.id, other_agents.token).secret("jupyter-env")
     seen = alice.job(job.id)
     assert token not in seen.model_dump_json()  # not in the script, spec or events
     assert token not in alice.logs(job.id).data.decode()
