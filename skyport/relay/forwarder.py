@@ -115,7 +115,8 @@ class Forwarder:
             writer.close()
             return
         self.streams += 1
-        await pipe(reader, writer, ws)
+        with contextlib.suppress(asyncio.CancelledError):  # the forward is closing: quietly
+            await pipe(reader, writer, ws)
 
     async def _reverse(self, name: str, target: Target) -> None:
         async def join(order: RelayOrder, channel: ClientConnection) -> None:
@@ -136,7 +137,8 @@ class Forwarder:
                 writer.close()
                 return
             self.streams += 1
-            await pipe(reader, writer, ws)
+            with contextlib.suppress(asyncio.CancelledError):
+                await pipe(reader, writer, ws)
 
         await hold_channel(f"{self.base}/relay/listen/{name}", ssl_context=self.ssl_context,
                            headers=None, on_order=join, stop=self._stop,

@@ -99,7 +99,8 @@ class NodeRelay:
             writer.close()
             return
         self.streams += 1
-        await pipe(reader, writer, ws)
+        with contextlib.suppress(asyncio.CancelledError):  # the relay is stopping: quietly
+            await pipe(reader, writer, ws)
 
     async def _listen(self, name: str) -> int:
         server = self._servers.get(name)
@@ -114,7 +115,8 @@ class NodeRelay:
                     writer.close()
                     return
                 self.streams += 1
-                await pipe(reader, writer, ws)
+                with contextlib.suppress(asyncio.CancelledError):  # the relay is stopping
+                    await pipe(reader, writer, ws)
 
             server = await asyncio.start_server(accepted, "127.0.0.1", 0)
             self._servers[name] = server
