@@ -299,3 +299,56 @@ def test_skyport_jupyter_serves_one_users_notebook_through_the_relay(controlplan
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def _run_cell(base: str, token: str, code: str) -> str:
+    """Run ``code`` in a new kernel of the server at ``base``; its stdout (stream output)."""
+    headers = {"Authorization": f"token {token}"}
+    kid = httpx.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"},
+                     timeout=120).json()["id"]
+    msg_id, out = uuid.uuid4().hex, []
+    request = {
+        "header": {"msg_id": msg_id, "username": "alice", "session": uuid.uuid4().hex,
+                   "msg_type": "execute_request", "version": "5.3", "date": ""},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+    }
+    ws_base = base.replace("http://", "ws://")
+    with ws_connect(f"{ws_base}/api/kernels/{kid}/channels", additional_headers=headers,
+                    open_timeout=60) as ws:
+        ws.send(json.dumps(request))
+        while True:
+            msg = json.loads(ws.recv(timeout=180))
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                raise AssertionError(msg["content"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+
+
+def test_the_example_notebook_runs_mpi_across_both_nodes_of_its_server(controlplane) -> None:
+    cell = json.loads((Path(__file__).parents[2] / "examples/jupyter/mpi.ipynb").read_text())
+    code = "".join(next(c["source"] for c in cell["cells"] if c["cell_type"] == "code"))
+    cmd = [sys.executable, "-m", "skyport", "--home", str(controlplane.home), "--user", "alice",
+           "jupyter", "--nodes", "2", "--cpus", "1", "--time", "00:10:00", "--gate", "local"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+        assert line.startswith("http://"), proc.stderr.read(2000)  # type: ignore[union-attr]
+        base, _, token = line.partition("/?token=")
+        out = _run_cell(base, token, code)
+        assert "ranks 2" in out, out
+        nodes = out.split("nodes ", 1)[1]
+        assert nodes.count("'") == 4, out  # two distinct node names
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
