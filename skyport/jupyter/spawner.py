@@ -59,6 +59,10 @@ def _runtime_dir() -> Path:
 
 def _is_forwarder(pid: int, job_id: str) -> bool:
     """Whether ``pid`` is still the forwarder of ``job_id`` (a pid may have been reused)."""
+    child = _forwarders.get(pid)
+    if child is not None and child.poll() is not None:  # ended (and now reaped)
+        del _forwarders[pid]
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
