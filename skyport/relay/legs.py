@@ -120,41 +120,49 @@ async def hold_channel(url: str, *, ssl_context: ssl.SSLContext | None,
     """
     backoff = 0.2
     tasks: set[asyncio.Task[None]] = set()
-    while not stop.is_set():
-        try:
-            ws = await open_leg(url, ssl_context=ssl_context, headers=headers)
-        except SkyportError as exc:
-            if give_up(exc):
-                log.info("%s: %s; giving up", what, exc)
-                return
-            log.warning("%s: %s; trying again in %.1f s", what, exc, backoff)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(max_backoff_s, backoff * 2)
-            continue
-        backoff = 0.2
-        log.info("%s: connected", what)
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            while True:
-                recv = asyncio.create_task(ws.recv())
-                done, _ = await asyncio.wait({recv, stopper},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
+    try:
+        while not stop.is_set():
+            try:
+                ws = await open_leg(url, ssl_context=ssl_context, headers=headers)
+            except SkyportError as exc:
+                if give_up(exc):
+                    log.info("%s: %s; giving up", what, exc)
+                    return
+                log.warning("%s: %s; trying again in %.1f s", what, exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(max_backoff_s, backoff * 2)
+                continue
+            backoff = 0.2
+            log.info("%s: connected", what)
+            stopper = asyncio.create_task(stop.wait())
+            recv: asyncio.Task[Any] | None = None
+            try:
+                while True:
+                    recv = asyncio.create_task(ws.recv())
+                    done, _ = await asyncio.wait({recv, stopper},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if stopper in done:
+                        recv.cancel()
+                        break
+                    text = recv.result()
+                    if not isinstance(text, str):
+                        continue
+                    order = RelayOrder.model_validate_json(text)
+                    task: asyncio.Task[None] = asyncio.create_task(on_order(order, ws))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except (ConnectionClosed, ValueError) as exc:
+                log.warning("%s: the channel closed (%s); dialling again", what, exc)
+            finally:
+                stopper.cancel()
+                if recv is not None:
                     recv.cancel()
-                    break
-                text = recv.result()
-                if not isinstance(text, str):
-                    continue
-                order = RelayOrder.model_validate_json(text)
-                task: asyncio.Task[None] = asyncio.create_task(on_order(order, ws))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (ConnectionClosed, ValueError) as exc:
-            log.warning("%s: the channel closed (%s); dialling again", what, exc)
-        finally:
-            stopper.cancel()
-            with contextlib.suppress(Exception):
-                await ws.close()
-    for t in list(tasks):
-        t.cancel()
+                with contextlib.suppress(Exception):
+                    await ws.close()
+    finally:
+        # the stream tasks end with the channel, before the loop does
+        pending = list(tasks)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
