@@ -63,6 +63,8 @@ c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
 c.JupyterHub.pid_file = "{root}/hub.pid"
 c.JupyterHub.cleanup_servers = False  # a restarted hub finds its servers again
 c.JupyterHub.last_activity_interval = 5
+# the spawn request answers 202 at once, so the progress stream is read from the start
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0.1}}
 c.ConfigurableHTTPProxy.command = ["{BIN}/configurable-http-proxy"]
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.api_port}"
 c.ConfigurableHTTPProxy.auth_token = "{uuid.uuid4().hex}"
