@@ -316,6 +316,8 @@ class SkyPortSpawner(Spawner):
                 self.log.error("%s: cancelling job %s failed: %s", self._log_name,
                                self.job_id, exc)
         await self._end_forwarder()
+        if self.job_id:  # the forwarder's log: kept while the server lives, for debugging
+            (_runtime_dir() / f"{self.job_id}.log").unlink(missing_ok=True)
         self._ready = False
 
     async def _end_forwarder(self) -> None:
