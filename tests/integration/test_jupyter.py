@@ -295,6 +295,11 @@ def test_skyport_jupyter_serves_one_users_notebook_through_the_relay(controlplan
             os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: the forward ends, the job is cancelled
             proc.wait(60)
             assert alice.wait(job.id, timeout=120).state == JobState.CANCELLED
+            for _ in range(120):
+                if not processes_of_job(job.id):
+                    break
+                time.sleep(0.5)
+            assert processes_of_job(job.id) == []
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/api/status", timeout=10)
     finally:
@@ -354,3 +359,11 @@ def test_the_example_notebook_runs_mpi_across_both_nodes_of_its_server(controlpl
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+    with controlplane.client("alice") as alice:  # Ctrl-C cancelled it: nothing of it is left
+        [job] = [j for j in alice.jobs() if j.name == "jupyter" and j.nodes == 2][-1:]
+        assert alice.wait(job.id, timeout=120).state == JobState.CANCELLED
+        for _ in range(120):
+            if not processes_of_job(job.id):
+                break
+            time.sleep(0.5)
+        assert processes_of_job(job.id) == []
