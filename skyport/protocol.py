@@ -68,6 +68,11 @@ __all__ = [
     "PartBody",
     "PartFile",
     "PreemptAnswer",
+    "RelayFailure",
+    "RelayOrder",
+    "RelayReady",
+    "SecretAnswer",
+    "SecretBody",
     "RequestBody",
     "SizeAnswer",
     "StateBody",
@@ -620,3 +625,47 @@ class DirectDoneBody(Body):
     etags: list[Annotated[str, Field(max_length=200)]] = Field([], max_length=10_000)
     size: int = Field(ge=0, le=5 << 40)
     sha256: str = Field(pattern=_SHA256_PATTERN)
+
+
+# -- the relay (skyport.relay): TCP streams over WebSockets, no inbound port on a node ---
+
+
+class RelayReady(Answer):
+    """The first (text) frame on every relay WebSocket: joined, or why not.
+
+    After ``ok`` the socket carries the stream's bytes as binary frames, and the
+    text frame ``"eof"`` for a half-close; an error closes it with code 4000 + status.
+    """
+
+    ok: bool
+    status: int = 200
+    error: str = ""  # the error class (``ErrorBody.error``)
+    message: str = ""
+
+
+class RelayOrder(Answer):
+    """The control plane to an agent's or a forwarder's control channel: join a stream.
+
+    An agent dials ``127.0.0.1:port`` on its node and opens the stream's socket; a
+    forwarder (a reverse stream, ``listen``) dials its own target.
+    """
+
+    stream: str
+    port: int | None = None
+
+
+class RelayFailure(Body):
+    """An agent or forwarder to the control plane: the stream's target could not be dialled."""
+
+    stream: str = Field(min_length=1, max_length=64)
+    error: str = Field(max_length=500)
+
+
+class SecretBody(Body):
+    """``PUT /v1/jobs/{id}/secrets/{name}``: a value the job's agents read, never logged."""
+
+    value: str = Field(max_length=64 * 1024)
+
+
+class SecretAnswer(Answer):
+    value: str

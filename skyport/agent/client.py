@@ -51,6 +51,7 @@ from skyport.protocol import (
     NodeFacts,
     NodeNames,
     PartAnswer,
+    SecretAnswer,
     SizeAnswer,
 )
 
@@ -162,6 +163,10 @@ class AgentClient:
         except (ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"the CA PEM given to the agent is not usable: {exc}") from exc
         self.base_url = f"{control_url.rstrip('/')}/agent/v1/jobs/{job_id}"
+        # the relay (skyport.relay.node) dials the same control plane with the same token
+        self.control_url, self.job_id, self.token = control_url, job_id, token
+        self.ssl_context = verify if isinstance(verify, ssl.SSLContext) else None
+        self.over_network = transport is None  # False: an in-process test app, no sockets
         self.retry_for_s = retry_for_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -392,6 +397,10 @@ class AgentClient:
                            f"{resp.text[:300]}")
 
     # -- launches (node 0 runs commands on node k; PROTOCOL.md) -------------------
+
+    def secret(self, name: str) -> str:
+        """A secret the job's owner put for its agents (``skyport.relay``); 404 until then."""
+        return self._call(SecretAnswer, "GET", f"/secrets/{name}").value
 
     def node_names(self) -> list[str]:
         return self._call(NodeNames, "GET", "/nodes").node_names

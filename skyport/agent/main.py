@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -58,6 +59,7 @@ from skyport.launch.mpi import openmpi_home
 from skyport.launch.mpiexec import write_shims
 from skyport.models import JobSpec, JobState
 from skyport.protocol import HeartbeatAnswer, IdleGrant
+from skyport.relay.node import NodeRelay
 
 __all__ = ["AGENT_FILES", "Agent", "AgentSettings", "STAGING_FAILED_EXIT_CODE",
            "payload_env"]
@@ -240,12 +242,43 @@ class Agent:
             ops=self.nodes.run_op)
         self._runner.start()
         self.isolation.share_runtime(self._runtime)
+        self._relay: NodeRelay | None = None
+        if self.client.over_network:  # TCP streams to and from this node (skyport.relay)
+            self._relay = NodeRelay(self.client.control_url, self.client.job_id,
+                                    self.client.token, self.boot.node_rank,
+                                    self.client.ssl_context)
+            self._relay.start()
+            self._socket.requests["relay-listen"] = self._relay_listen
+            self._socket.requests["secret"] = self._secret
+
+    def _relay_listen(self, request: dict) -> dict:
+        assert self._relay is not None
+        try:
+            return {"port": self._relay.listen(str(request.get("name", "")))}
+        except Exception as exc:  # noqa: BLE001 - the payload gets the reason
+            return {"error": f"cannot listen: {exc}"}
+
+    def _secret(self, request: dict) -> dict:
+        """A secret the job's owner put (``PUT /v1/jobs/{id}/secrets/{name}``), waited for."""
+        name = str(request.get("name", ""))
+        deadline = time.monotonic() + min(float(request.get("wait_s", 60)), 600.0)
+        while True:
+            try:
+                return {"value": self.client.secret(name)}
+            except NotFoundError as exc:
+                if time.monotonic() > deadline or self.stop.is_set():
+                    return {"error": str(exc)}
+            except SkyportError as exc:
+                return {"error": str(exc)}
+            time.sleep(0.5)
 
     def _stop_launch_services(self) -> None:
         if getattr(self, "_runner", None) is None:
             return
         self._runner.stop()
         self._socket.close()
+        if self._relay is not None:
+            self._relay.stop()
         log.info("launches served on this node: %d; relayed from it: %d",
                  self._runner.served, self._socket.served)
         shutil.rmtree(self._runtime, ignore_errors=True)

@@ -35,12 +35,14 @@ from skyport.api.routes.checkpoints import checkpoints_router
 from skyport.api.routes.idle import idle_router
 from skyport.api.routes.jobs import jobs_router
 from skyport.api.routes.launches import launches_router
+from skyport.api.routes.relay import relay_router
 from skyport.api.routes.uploads import uploads_router
 from skyport.core.commands import CorePort, LocalCore
 from skyport.core.service import CoreService
 from skyport.core.waiters import JobWaiters
 from skyport.errors import SkyportError, ValidationError
 from skyport.protocol import ErrorBody
+from skyport.relay.hub import RelayHub
 from skyport.storage import JobStorage
 from skyport.users import UserRegistry
 
@@ -164,6 +166,8 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
     app.include_router(uploads_router(storage))
     app.include_router(bootstrap_router(port))
     app.include_router(budgets_router(port))
+    app.state.relay = RelayHub()  # this process's streams and secrets (skyport.relay)
+    app.include_router(relay_router(port, app.state.relay))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",),
                        streamed_re=r"^/agent/v1/jobs/[^/]+/files/")
     if audit_log is not None:

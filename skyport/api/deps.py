@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from skyport.api.tls import peer_certificate, peer_identity
 from skyport.errors import AuthenticationError
@@ -23,7 +24,7 @@ from skyport.users import UserRegistry
 __all__ = ["Bearer", "User", "bearer", "user"]
 
 
-def user(request: Request) -> Identity:
+def user(request: HTTPConnection) -> Identity:
     who = peer_identity(request)
     if who is None:
         raise AuthenticationError("a client certificate issued by this Sky Port's CA is required")
@@ -39,8 +40,8 @@ def user(request: Request) -> Identity:
     return who
 
 
-def bearer(request: Request) -> str:
-    """The bearer secret of an agent's call: its job token (or an idle credential)."""
+def bearer(request: HTTPConnection) -> str:
+    """The bearer secret of an agent's call or relay socket: its job token (or idle credential)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("an agent call needs 'Authorization: Bearer <job token>' "

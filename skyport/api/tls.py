@@ -62,6 +62,7 @@ import uvicorn
 from cryptography import x509
 from starlette.requests import HTTPConnection
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from skyport.client.tls import client_ssl_context  # the client's, without uvicorn
 from skyport.errors import ControlPlaneError, PkiError, SkyportError
@@ -170,6 +171,21 @@ class _PeerCertH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus the ASGI "tls" extension (see the module docstring)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        tls = _tls_extension(transport)
+        if tls is not None:
+            self.app = _WithTlsExtension(self.app, tls)
+
+
+class _PeerCertWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, plus the ASGI "tls" extension.
+
+    h11 hands an upgraded connection (the relay's sockets, ``skyport.relay``) to a
+    fresh protocol object built from the config, whose app would otherwise lack
+    the extension; the same per-connection wrapping as for h11 closes that gap.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         tls = _tls_extension(transport)
         if tls is not None:
@@ -314,8 +330,8 @@ def _prepare(
         ssl_cert_reqs=ssl.CERT_OPTIONAL,
         # Zero trust: never take the client address from X-Forwarded-For.
         proxy_headers=False,
-        # The WebSocket protocol classes would bypass the "tls" extension.
-        ws="none",
+        # uvicorn's own WebSocket classes would bypass the "tls" extension; ours adds it
+        ws=_PeerCertWebSocketProtocol,
         server_header=False,
         log_level=log_level,
         timeout_graceful_shutdown=5,

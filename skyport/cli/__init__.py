@@ -8,7 +8,7 @@ cost), ``admin`` (init, start, stop, user add, whoami); ``app`` holds what they 
 
 from __future__ import annotations
 
-from skyport.cli import admin, budget, cluster, jobs, launch, recovery  # noqa: F401  (they register the commands)
+from skyport.cli import admin, budget, cluster, jobs, launch, recovery, relay  # noqa: F401  (they register the commands)
 from skyport.cli.app import cli
 
 

@@ -145,6 +145,7 @@ class Client:
     ) -> None:
         self.url = url.rstrip("/")
         self.home = home
+        self.ssl_context = ssl_context  # the relay's sockets dial with it (skyport.relay)
         self._http = httpx.Client(
             base_url=self.url,
             verify=ssl_context if ssl_context is not None else True,
