@@ -98,6 +98,9 @@ class FakeControlPlane:
                     return httpx.Response(404, json={"error": "NotFoundError",
                                                      "message": f"no {name}"})
                 return httpx.Response(200, content=self.files[name])
+            if parts[0] == "direct":  # file:// storage: no presigned URLs, stream via /files
+                return httpx.Response(200, json={"url": None} if parts[1] == "read"
+                                      else {"urls": []})
             if parts[0] == "launches" or path.endswith("/launches"):
                 return self._launch(request, parts, body)
             if parts[0] == "logs":
