@@ -92,18 +92,20 @@ class CoreViews:
                 if plan is None or job.held:  # a held job is out of the plan at once
                     continue
                 start, gate = plan.start_s, plan.pool or None
-                if gate is not None:
-                    if gate not in offered:
-                        offered[gate] = await self._flavors(gate)
-                    f = job_flavor(job.spec, offered[gate] or [])
-                    if f is not None:
-                        flavor, cost = f.name, estimated_cost(job.spec, f.price_per_hour)
             else:
                 start = (job.started_at or job.submitted_at).timestamp()
                 gate = job.gate
                 flavor = job.flavor
                 if job.price_per_hour is not None:  # the whole cluster's price
                     cost = job.price_per_hour * limit / 3600.0
+            if flavor is None and gate is not None:  # queued, or its cluster not made yet
+                if gate not in offered:
+                    offered[gate] = await self._flavors(gate)
+                f = job_flavor(job.spec, offered[gate] or [])
+                if f is not None:
+                    flavor = f.name
+                    if cost is None:
+                        cost = estimated_cost(job.spec, f.price_per_hour)
             own = who is None or who.is_admin or job.owner == who.username
             entries.append(
                 {
