@@ -357,6 +357,10 @@ class LocalGate(Gate):
             state, reason = "failed", "cluster creation was interrupted"
         elif dead:
             state, reason = "failed", "node(s) not running: " + ", ".join(dead)
+        elif record.forwarder_pid is not None and not is_alive(record.forwarder_pid,
+                                                               record.forwarder_start_time):
+            # the nodes' only way to the control plane is gone: as good as cut off
+            state, reason = "failed", "the nodes' network forwarder is not running"
         else:
             state, reason = "running", ""
         return ClusterInfo(cluster_id=record.cluster_id, job_id=record.job_id, gate=self.name,

@@ -8,10 +8,12 @@ cluster's network is left once the job is over.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -109,20 +111,6 @@ def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane)
     assert _leftovers(cluster_id) == []
 
 
-def test_namespace_network_is_refused_without_root_or_ip(monkeypatch) -> None:
-    from gates.local import netns
-    from skyport.errors import ConfigError
-
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(ConfigError, match='network = "namespace" needs root'):
-        netns.require()
-    monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
-    with pytest.raises(ConfigError, match='needs iproute2'):
-        netns.require()
-
-
-
 # -- the gate alone, with a stand-in agent ------------------------------------------
 
 # Reports its network namespace, its interfaces, what the control plane's address
@@ -211,6 +199,14 @@ def test_each_node_has_its_own_namespace_and_only_the_control_plane_outside(
             assert r["other"] == "error ConnectionRefusedError", r
         assert [n.details["address"] for n in info.nodes] == ["10.77.0.1", "10.77.0.2"]
         assert _leftovers("nx1") != []
+        fwd = [int(x.split()[1]) for x in _leftovers("nx1") if x.startswith("pid ")]
+        assert len(fwd) == 1 and gate.describe_cluster("nx1").state == "running"
+        os.kill(fwd[0], signal.SIGKILL)  # the nodes are cut off from the control plane
+        deadline = time.monotonic() + 30
+        while gate.describe_cluster("nx1").state == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "network forwarder is not running" in gate.describe_cluster("nx1").reason
         gate.delete_cluster("nx1")
         assert _leftovers("nx1") == []
         assert gate.list_clusters() == []
@@ -241,6 +237,15 @@ def test_a_restarted_gate_removes_the_networks_of_clusters_it_has_no_record_of(
         ClusterNet(str(tmp_path / "elsewhere"), "orphan", 1).destroy()
         control.close()
     assert _leftovers("orphan") == []
+
+
+def test_a_control_plane_inside_the_nodes_subnet_is_refused_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    gate = _net_gate(tmp_path, 1, 1)
+    req = dataclasses.replace(_request("nf2", 1), control_url="https://10.77.0.9:1")
+    with pytest.raises(GateError, match="10.77.0.9 is in 10.77.0.0/16"):
+        gate.create_cluster(req)
+    assert gate.list_clusters() == [] and _leftovers("nf2") == []
 
 
 def test_an_agent_that_cannot_start_leaves_no_network_behind(tmp_path: Path) -> None:
