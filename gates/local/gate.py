@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gates.local import netfwd, netns
 from gates.local.config import LocalGateConfig, detect_gpus, host_cpus, host_mem_mb
 from gates.local.payloadusers import (
     PayloadUser,
@@ -95,6 +96,10 @@ class LocalGate(Gate):
             reap_orphan_users()  # of state directories deleted with clusters in them
         self._physical = sorted(os.sched_getaffinity(0))
         self._lock = threading.Lock()
+        if config.network == "namespace":
+            netns.require()
+        with self._locked():  # what a gate that died midway left of its clusters' networks
+            netns.reap(str(self.dir), {r.cluster_id for r in self._records.all()})
 
     # -- offer ----------------------------------------------------------------
 
@@ -127,8 +132,13 @@ class LocalGate(Gate):
                 user = create_user(user_name(self.dir, request.cluster_id), self.dir)
                 record = replace(record, payload_user=user.name, payload_uid=user.uid,
                                  payload_gid=user.gid)
+            if self.cfg.network == "namespace":
+                record = replace(record, network="namespace")
             self._records.put(record)
             try:
+                if record.network == "namespace":
+                    record = self._start_network(request, record)
+                    self._records.put(record)
                 for node in record.nodes:
                     record = record.with_node(self._start_node(request, record, node))
                     self._records.put(record)
@@ -263,12 +273,15 @@ class LocalGate(Gate):
                   gpus=node.gpus, isolation=self.isolation,
                   payload_uid=record.payload_uid, payload_gid=record.payload_gid,
                   hide=(str(self.state_root),) if self.isolation != "none" else (),
+                  net_iface=netns.IFACE if record.network == "namespace" else "",
                   ).write(bootstrap)
+        netns_path = self._net(record).ns_path(node.rank) if record.network == "namespace" \
+            else ""
         # Started through a short-lived intermediate, so the agent is nobody's child:
         # Ray kills a worker's child processes when the worker exits, and a node
         # must outlive the gate actor the way a VM outlives its control plane.
         starter = subprocess.run(
-            [sys.executable, "-c", _DETACH, str(workdir / "agent.out"),
+            [sys.executable, "-c", _DETACH, str(workdir / "agent.out"), netns_path,
              *self.agent_command, "--bootstrap", str(bootstrap)],
             cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, env=self.agent_env(req),
             timeout=60, check=False)
@@ -283,21 +296,60 @@ class LocalGate(Gate):
     def _destroy(self, record: ClusterRecord) -> None:
         """Kill every node's session, then forget the cluster and free what it held."""
         leaders = [(n.pid, n.start_time) for n in record.nodes if n.pid is not None]
+        if record.forwarder_pid is not None:
+            leaders.append((record.forwarder_pid, record.forwarder_start_time))
         if not kill_sessions(leaders, grace_s=self.cfg.kill_grace_s):
             raise GateError(f"gate {self.name}: processes of cluster {record.cluster_id} "
                             "survived SIGKILL; try again")
+        if record.network == "namespace":
+            self._net(record).destroy()
         self._records.remove(record.cluster_id)
         shutil.rmtree(self.workdir_root / record.cluster_id, ignore_errors=True)
         if record.payload_user:  # kills what of the user escaped the sessions, first
             delete_user(PayloadUser(record.payload_user, record.payload_uid,
                                     record.payload_gid))
 
+    def _net(self, record: ClusterRecord) -> netns.ClusterNet:
+        return netns.ClusterNet(str(self.dir), record.cluster_id, len(record.nodes))
+
+    def _start_network(self, req: ClusterRequest, record: ClusterRecord) -> ClusterRecord:
+        """The cluster's namespaces and bridge, and the forwarder that is their only way
+        to the control plane (``gates.local.netns``)."""
+        net = self._net(record)
+        control = netns.control_listen_address(req.control_url)
+        net.create(control)
+        out = self.workdir_root / record.cluster_id / "netfwd.out"
+        out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        starter = subprocess.run(
+            [sys.executable, "-c", _DETACH, str(out), "", sys.executable, netfwd.__file__,
+             control[0], str(control[1]), *(net.ns_path(n.rank) for n in record.nodes)],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
+            env=self.agent_env(req))
+        try:
+            pid = int(starter.stdout.decode().strip())
+        except ValueError as exc:
+            raise GateError(f"the network forwarder did not start: "
+                            f"{starter.stderr.decode(errors='replace')[-500:]}") from exc
+        stat = proc_stat(pid)
+        record = replace(record, forwarder_pid=pid,
+                         forwarder_start_time=stat.start_time if stat else None)
+        deadline = time.monotonic() + 30
+        while b"ready" not in out.read_bytes():
+            if not is_alive(pid, record.forwarder_start_time) or time.monotonic() > deadline:
+                _sigkill_session(pid, record.forwarder_start_time)
+                raise GateError("the network forwarder failed: " +
+                                out.read_bytes().decode(errors="replace")[-500:])
+            time.sleep(0.05)
+        return record
+
     def _info(self, record: ClusterRecord) -> ClusterInfo:
         nodes = tuple(
             NodeInfo(rank=n.rank, name=n.name,
                      alive=n.pid is not None and is_alive(n.pid, n.start_time),
                      details={"pid": n.pid, "workdir": n.workdir, "cores": list(n.cores),
-                              "gpus": list(n.gpus)})
+                              "gpus": list(n.gpus),
+                              **({"address": netns.node_address(n.rank)}
+                                 if record.network == "namespace" else {})})
             for n in record.nodes)
         dead = [n.name for n in nodes if not n.alive]
         state: ClusterState
@@ -305,6 +357,10 @@ class LocalGate(Gate):
             state, reason = "failed", "cluster creation was interrupted"
         elif dead:
             state, reason = "failed", "node(s) not running: " + ", ".join(dead)
+        elif record.forwarder_pid is not None and not is_alive(record.forwarder_pid,
+                                                               record.forwarder_start_time):
+            # the nodes' only way to the control plane is gone: as good as cut off
+            state, reason = "failed", "the nodes' network forwarder is not running"
         else:
             state, reason = "running", ""
         return ClusterInfo(cluster_id=record.cluster_id, job_id=record.job_id, gate=self.name,
@@ -313,10 +369,16 @@ class LocalGate(Gate):
                            price_per_hour=self.cfg.price_per_hour * len(nodes), reason=reason)
 
 
+# argv: the output file, a network namespace to enter ('' for none: setns(2), so that a
+# missing command fails here as it does without one), then the command
 _DETACH = (
-    "import os, subprocess, sys\n"
+    "import ctypes, os, subprocess, sys\n"
     "out = open(os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), 'ab')\n"
-    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out,"
+    "if sys.argv[2]:\n"
+    "    fd = os.open(sys.argv[2], os.O_RDONLY)\n"
+    "    if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:\n"
+    "        sys.exit('cannot enter ' + sys.argv[2] + ': ' + os.strerror(ctypes.get_errno()))\n"
+    "p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=out,"
     " stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
     "print(p.pid)\n"
 )

@@ -44,6 +44,10 @@ class ClusterRecord:
     payload_user: str = ""
     payload_uid: int = -1
     payload_gid: int = -1
+    # network = "namespace": the cluster's namespaces exist, and its forwarder's session
+    network: str = "host"
+    forwarder_pid: int | None = None
+    forwarder_start_time: int | None = None
 
     def with_node(self, node: NodeRecord) -> ClusterRecord:
         nodes = tuple(node if n.rank == node.rank else n for n in self.nodes)

@@ -44,6 +44,8 @@ class Bootstrap:
     payload_uid: int = -1
     payload_gid: int = -1
     hide: tuple[str, ...] = ()
+    # the node's interface to the other nodes, when it has a network of its own (MPI binds it)
+    net_iface: str = ""
     # instead of ``token`` (cloud user-data): exchanged once for it (``exchange_credential``)
     bootstrap_credential: str = field(default="", repr=False)
 

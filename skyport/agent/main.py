@@ -121,6 +121,8 @@ def payload_env(boot: Bootstrap, spec: JobSpec, base: dict[str, str],
         "SKYPORT_GPUS_PER_NODE": str(spec.resources.gpus_per_node),
         **array_env(boot.job_id, spec.array),  # a task of a job array: which one
     })
+    if boot.net_iface:  # the node's own network: MPI must bind this interface
+        env["SKYPORT_NET_IFACE"] = boot.net_iface
     return env
 
 

@@ -64,6 +64,10 @@ def build_command(mpi: str, nodes: Sequence[str], ranks_per_node: int, cmd: Sequ
         # wrapper then enters its own node's directory (SKYPORT_RANK_CWD)
         argv = [launcher, "-launcher", "ssh", "-launcher-exec", rsh, "-hosts", hosts,
                 "-n", str(total), "-bind-to", "none", "-wdir", "/"]
+        if env.get("SKYPORT_NET_IFACE"):
+            # nodes in network namespaces of their own: the host name resolves to no
+            # address the other nodes reach, so Hydra (and so the ranks) use this interface
+            argv += ["-iface", env["SKYPORT_NET_IFACE"]]
         if names:
             argv += ["-genvlist", ",".join(names)]
         return argv + rank, out_env

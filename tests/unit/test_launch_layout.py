@@ -49,3 +49,13 @@ def test_mpich_command_lays_ranks_out_in_node_order() -> None:
     argv, env = build_command("openmpi", ["a"], 1, ["x"], env={}, rsh="/r", python="/py",
                               launcher="/o/bin/mpirun")
     assert "plm_rsh_agent" in argv and env["OPAL_PREFIX"] == "/o"
+    assert "-iface" not in build_command("mpich", ["a"], 1, ["x"], env={}, rsh="/r",
+                                         python="/py", launcher="/bin/mpiexec")[0]
+
+
+def test_nodes_with_a_network_of_their_own_make_mpich_bind_its_interface() -> None:
+    argv, _ = build_command("mpich", ["a", "b"], 2, ["./hybrid"],
+                            env={"SKYPORT_NET_IFACE": "sky0"}, rsh="/r", python="/py",
+                            launcher="/bin/mpiexec")
+    assert argv[argv.index("-iface") + 1] == "sky0"
+    assert argv.index("-iface") < argv.index("/py")  # Hydra's option, not the rank's

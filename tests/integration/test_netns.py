@@ -1,0 +1,262 @@
+"""Nodes in network namespaces of their own (local gate, ``network = "namespace"``).
+
+Each node sees only its loopback and its interface on the cluster's bridge;
+MPI ranks on different nodes talk over the bridge; the agents reach the
+control plane through the gate's forwarder alone; and nothing of the
+cluster's network is left once the job is over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gates.local import LocalGate, LocalGateConfig
+from gates.local.netns import ClusterNet, gate_tag
+from skyport.config import GateEntry, StateDir
+from skyport.errors import GateError
+from skyport.gate import ClusterRequest, make_gate
+from skyport.script import build_spec, cli_directives
+
+from .test_mpi import check_hybrid
+
+IP = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
+
+pytestmark = [
+    pytest.mark.integration, pytest.mark.timeout(400),
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(IP is None, reason="network namespaces need iproute2 (no `ip`)"),
+]
+
+HYBRID_C = Path(__file__).resolve().parents[2] / "examples" / "hybrid" / "hybrid.c"
+ADDR = re.compile(r"^addr (\d+) (\d+) (\S+)$", re.M)
+LINKS = re.compile(r"^links (\d) (.*)$", re.M)
+
+SCRIPT = """#!/bin/bash
+#SKYPORT --name=netns --time=00:05:00
+#SKYPORT --nodes=2 --ranks-per-node=2 --threads-per-rank=2
+set -e
+export PATH="$PATH:/usr/sbin:/sbin"
+mpicc -fopenmp -O2 -o hybrid hybrid.c
+$SKYPORT_MPIEXEC --bcast ./hybrid
+$SKYPORT_MPIEXEC sh -c 'echo "addr $SKYPORT_RANK $SKYPORT_NODE_RANK \
+$(ip -o -4 addr show dev $SKYPORT_NET_IFACE | awk "{print \\$4}")"'
+echo "links 0 $(ip -o link | awk -F': ' '{print $2}' | sort | tr '\\n' ' ')"
+echo "addrs 0 $(ip -o addr | awk '{print $2}' | sort -u | tr '\\n' ' ')"
+$SKYPORT_RSH $(echo $SKYPORT_NODE_NAMES | cut -d, -f2) 'export PATH="$PATH:/usr/sbin:/sbin"; \
+echo "links 1 $(ip -o link | awk -F": " "{print \\$2}" | sort | tr "\\n" " ")"; \
+echo "addrs 1 $(ip -o addr | awk "{print \\$2}" | sort -u | tr "\\n" " ")"'
+"""
+
+
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _leftovers(cluster_id: str) -> list[str]:
+    """The cluster's namespaces, links (by alias) and forwarder processes still there."""
+    assert IP is not None
+    ns = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+    links = json.loads(subprocess.run([IP, "-j", "link", "show"], capture_output=True,
+                                      text=True).stdout or "[]")
+    return sorted([line.split()[0] for line in ns.splitlines() if f"-{cluster_id}-n" in line] +
+                  [f"{link['ifname']} ({link.get('ifalias')})" for link in links
+                   if str(link.get("ifalias", "")).endswith(f" {cluster_id}")] +
+                  [f"pid {p}" for p in _pids()
+                   if "netfwd" in _cmdline(p) and f"-{cluster_id}-n" in _cmdline(p)])
+
+
+def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
+    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
+    cp = fresh_controlplane(gates=[local])
+    with cp.client() as c:
+        job = c.submit(build_spec(SCRIPT, cli_directives([("input", HYBRID_C.as_uri())])))
+        out, _ranks = check_hybrid(c, job.id)  # 4 ranks over 2 nodes, allreduce right
+        names = c.wait(job.id, timeout=60).node_names
+    addrs = {int(r): (int(n), a) for r, n, a in ADDR.findall(out)}
+    assert sorted(addrs) == [0, 1, 2, 3], out
+    by_node = {n: a for n, a in addrs.values()}
+    assert all(addrs[r][0] == r // 2 for r in addrs), out
+    assert len({n for n, _ in addrs.values()}) == 2 and len(set(by_node.values())) == 2, out
+    assert all(a.startswith("10.77.") for a in by_node.values()), out
+    for node in ("0", "1"):  # each node sees its loopback and its bridge interface, only
+        links = dict(LINKS.findall(out)).get(node, "").split()
+        assert [link.split("@")[0] for link in links] == ["lo", "sky0"], out
+        assert f"addrs {node} lo sky0 " in out, out
+    cluster_id = names[0].rsplit("-n", 1)[0]
+    deadline = time.monotonic() + 120
+    while _leftovers(cluster_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _leftovers(cluster_id) == []
+
+
+# -- the gate alone, with a stand-in agent ------------------------------------------
+
+# Reports its network namespace, its interfaces, what the control plane's address
+# answers (through the forwarder) and whether another port of the host answers.
+NET_AGENT = r'''
+import json, os, socket, sys, time
+boot = json.load(open(sys.argv[sys.argv.index("--bootstrap") + 1]))
+host, port, other = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def talk(p):
+    try:
+        with socket.create_connection((host, p), timeout=5) as s:
+            s.sendall(b"hello %d" % boot["node_rank"])
+            return s.recv(100).decode()
+    except OSError as exc:
+        return "error " + type(exc).__name__
+report = {"ns": os.readlink("/proc/self/ns/net"), "ifaces": sorted(n for _, n in
+          socket.if_nameindex()), "control": talk(port), "other": talk(other),
+          "iface": boot["net_iface"]}
+tmp = os.path.join(boot["workdir"], "net.json.tmp")
+json.dump(report, open(tmp, "w"))
+os.replace(tmp, os.path.join(boot["workdir"], "net.json"))
+time.sleep(300)
+'''
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"echo " + conn.recv(100))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+def _net_gate(tmp_path: Path, port: int, other: int, **overrides: object) -> LocalGate:
+    script = tmp_path / "net_agent.py"
+    script.write_text(NET_AGENT)
+    config = {"cpus": 4, "mem_mb": 4096, "max_nodes": 4, "kill_grace_s": 0.5,
+              "isolation": "none", "network": "namespace",
+              "agent_command": [sys.executable, str(script), "127.0.0.1", str(port),
+                                str(other)], **overrides}
+    gate = make_gate("local", "local", config, StateDir(tmp_path / "home"))
+    assert isinstance(gate, LocalGate)
+    return gate
+
+
+def _request(cluster_id: str, port: int, nodes: int = 2) -> ClusterRequest:
+    return ClusterRequest(cluster_id=cluster_id, job_id=f"job-{cluster_id}", owner="alice",
+                          nodes=nodes, cpus_per_node=1, gpus_per_node=0, mem_mb=None,
+                          flavor=None, control_url=f"https://127.0.0.1:{port}",
+                          ca_pem="-----BEGIN CERTIFICATE-----\n", token="tok-" + "x" * 30)
+
+
+def _reports(gate: LocalGate, cluster_id: str) -> list[dict]:
+    paths = [Path(n.details["workdir"]) / "net.json"
+             for n in gate.describe_cluster(cluster_id).nodes]
+    deadline = time.monotonic() + 30
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline, "the stand-in agents did not report"
+        time.sleep(0.05)
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def test_each_node_has_its_own_namespace_and_only_the_control_plane_outside(
+        tmp_path: Path) -> None:
+    control, _ = _echo_server()
+    other, _ = _echo_server()  # a service of the host the nodes must not reach
+    port, other_port = control.getsockname()[1], other.getsockname()[1]
+    try:
+        gate = _net_gate(tmp_path, port, other_port)
+        info = gate.create_cluster(_request("nx1", port))
+        got = _reports(gate, "nx1")
+        host_ns = os.readlink("/proc/self/ns/net")
+        assert len({r["ns"] for r in got} | {host_ns}) == 3, got  # one each, not the host's
+        for rank, r in enumerate(got):
+            assert r["ifaces"] == ["lo", "sky0"] and r["iface"] == "sky0", r
+            assert r["control"] == f"echo hello {rank}", r  # through the forwarder
+            assert r["other"] == "error ConnectionRefusedError", r
+        assert [n.details["address"] for n in info.nodes] == ["10.77.0.1", "10.77.0.2"]
+        assert _leftovers("nx1") != []
+        fwd = [int(x.split()[1]) for x in _leftovers("nx1") if x.startswith("pid ")]
+        assert len(fwd) == 1 and gate.describe_cluster("nx1").state == "running"
+        os.kill(fwd[0], signal.SIGKILL)  # the nodes are cut off from the control plane
+        deadline = time.monotonic() + 30
+        while gate.describe_cluster("nx1").state == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "network forwarder is not running" in gate.describe_cluster("nx1").reason
+        gate.delete_cluster("nx1")
+        assert _leftovers("nx1") == []
+        assert gate.list_clusters() == []
+    finally:
+        control.close()
+        other.close()
+
+
+def test_a_restarted_gate_removes_the_networks_of_clusters_it_has_no_record_of(
+        tmp_path: Path) -> None:
+    control, _ = _echo_server()
+    port = control.getsockname()[1]
+    try:
+        gate = _net_gate(tmp_path, port, 1)
+        gate.create_cluster(_request("kept", port, nodes=1))
+        # as if a gate had died between making a cluster's network and recording it
+        ClusterNet(str(gate.dir), "orphan", 2).create(("127.0.0.1", port))
+        other_gate_dir = tmp_path / "elsewhere"
+        ClusterNet(str(other_gate_dir), "orphan", 1).create(("127.0.0.1", port))
+        theirs = [x for x in _leftovers("orphan") if gate_tag(str(other_gate_dir)) in x]
+        assert len(theirs) == 1 + 2 and len(_leftovers("orphan")) == 3 + 5  # ns, bridge, veth
+        again = _net_gate(tmp_path, port, 1)
+        assert _leftovers("orphan") == theirs  # another gate's: not touched
+        assert _leftovers("kept") != [] and _reports(again, "kept")[0]["control"]
+        again.delete_cluster("kept")
+        assert _leftovers("kept") == []
+    finally:
+        ClusterNet(str(tmp_path / "elsewhere"), "orphan", 1).destroy()
+        control.close()
+    assert _leftovers("orphan") == []
+
+
+def test_a_control_plane_inside_the_nodes_subnet_is_refused_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    gate = _net_gate(tmp_path, 1, 1)
+    req = dataclasses.replace(_request("nf2", 1), control_url="https://10.77.0.9:1")
+    with pytest.raises(GateError, match="10.77.0.9 is in 10.77.0.0/16"):
+        gate.create_cluster(req)
+    assert gate.list_clusters() == [] and _leftovers("nf2") == []
+
+
+def test_an_agent_that_cannot_start_leaves_no_network_behind(tmp_path: Path) -> None:
+    gate = _net_gate(tmp_path, 1, 1, agent_command=[str(tmp_path / "no-such-agent")])
+    with pytest.raises(GateError, match="could not start"):
+        gate.create_cluster(_request("nf1", 1))
+    assert gate.list_clusters() == [] and _leftovers("nf1") == []
+    assert not any("netfwd" in _cmdline(p) and "nf1" in _cmdline(p) for p in _pids())
+
+
+def test_the_network_setting_is_checked(tmp_path: Path) -> None:
+    assert LocalGateConfig().network == "host"  # nothing changes unless chosen
+    with pytest.raises(ValidationError, match="network"):
+        LocalGateConfig(network="bridge")
