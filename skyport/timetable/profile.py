@@ -200,10 +200,16 @@ class AvailabilityProfile:
             self._lo[c] -= procs
             self._hi[c] -= procs
             return
-        free[k0:k1] = [f - procs for f in free[k0:k1]]
+        # Free counts only go down: the chunk's minimum is the old one or a new low in
+        # the slice, and its maximum moves only if the slice held it.
+        seg = [f - procs for f in free[k0:k1]]
+        free[k0:k1] = seg
         add = self._add[c]
-        self._lo[c] = min(free) + add
-        self._hi[c] = max(free) + add
+        low = min(seg) + add
+        if low < self._lo[c]:
+            self._lo[c] = low
+        if max(seg) + add + procs == self._hi[c]:
+            self._hi[c] = max(free) + add
 
     def _first_fit(self, c: int, k: int, procs: int, duration_s: float) -> tuple[float, float]:
         """From breakpoint ``k`` of chunk ``c`` on: the first start that fits, and the

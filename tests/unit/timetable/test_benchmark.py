@@ -135,3 +135,18 @@ def test_compare_writes_table_and_plots(trace_file: Path, tmp_path: Path) -> Non
     assert "| tiny.swf | whole | easy |" in (out / "results.md").read_text()
     assert (out / "tiny.swf-waits.png").stat().st_size > 0
     assert (out / "tiny.swf-utilization.png").stat().st_size > 0
+
+
+def test_profile_ab_plans_alike_and_restores_the_engine(tmp_path: Path) -> None:
+    from benchmarks.timetable.profile_ab import compare_profiles
+    from skyport.timetable import engine, profile
+
+    here = profile.__file__
+    result = compare_profiles(here, here, shape="scan", rounds=1)
+    assert result["same_plan"] is True
+    assert result["before_ms_best"] > 0 and result["after_ms_best"] > 0
+    assert engine.AvailabilityProfile is profile.AvailabilityProfile
+    broken = tmp_path / "broken.py"
+    broken.write_text("X = 1\n")
+    with pytest.raises(ValueError, match="defines no AvailabilityProfile"):
+        compare_profiles(str(broken), here, rounds=1)
