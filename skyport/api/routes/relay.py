@@ -5,7 +5,8 @@ Users (certificate; the job's owner or an admin):
 * ``WS /v1/jobs/{id}/relay/connect?node=K&port=P``: a stream to ``127.0.0.1:P`` on node K;
 * ``WS /v1/jobs/{id}/relay/listen/{name}``: the channel for reverse streams named ``name``;
 * ``WS /v1/relay/streams/{sid}``: the second leg of a reverse stream;
-* ``PUT /v1/jobs/{id}/secrets/{name}``: a value the job's agents may read.
+* ``PUT /v1/jobs/{id}/secrets/{name}``: a value the job's agents may read (kept in
+  the state directory until the job ends: ``skyport.relay.secrets``).
 
 Agents (the job's bearer token):
 
@@ -28,13 +29,15 @@ from fastapi import APIRouter, WebSocket
 from skyport.api.deps import Bearer, User, bearer, user
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
+from skyport.core.waiters import MAX_WAIT_S
 from skyport.errors import ConflictError, NotFoundError, SkyportError, ValidationError
 from skyport.models import Job
 from skyport.pki import Identity
 from skyport.protocol import Empty, SecretAnswer, SecretBody
 from skyport.relay.hub import RelayHub, accept, refuse
+from skyport.relay.secrets import JobEnded
 
-__all__ = ["NAME_RE", "relay_router"]
+__all__ = ["NAME_RE", "job_ended", "relay_router"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NAME_ALLOWED = "1-32 of a-z 0-9 _ -, starting with a letter or digit"
@@ -56,8 +59,26 @@ def _int(field: str, value: str | None, low: int, high: int) -> int:
     return n
 
 
+# who waits for a job's end to drop its secrets: this process, never a caller
+_SECRETS_KEEPER = Identity(username="skyport-secrets", role="admin")
+
+
+def job_ended(core: CorePort) -> JobEnded:
+    """Whether a job is over, after the Core's pushed wait for its end (or a while)."""
+
+    async def ended(job_id: str) -> bool:
+        try:
+            job: Job = await core.execute(c.WaitJob(_SECRETS_KEEPER, job_id, MAX_WAIT_S))
+        except NotFoundError:
+            return True
+        return job.state.is_terminal()
+
+    return ended
+
+
 def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
     r = APIRouter()
+    ended = job_ended(core)
 
     async def owned(ws: WebSocket, job_id: str) -> Job:
         who: Identity = user(ws)
@@ -117,7 +138,8 @@ def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
         job: Job = await core.execute(c.GetJob(who, job_id))
         if job.state.is_terminal():
             raise ConflictError(f"job {job_id} is {job.state.value}: it takes no secrets")
-        hub.put_secret(job_id, name, body.value)
+        hub.secrets.put(job_id, name, body.value)
+        hub.secrets.watch(job_id, ended)  # removed when the job ends
         return Empty()
 
     # -- agents --------------------------------------------------------------------
@@ -157,7 +179,7 @@ def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
     @r.get("/agent/v1/jobs/{job_id}/secrets/{name}")
     async def get_secret(job_id: str, name: str, token: Bearer) -> SecretAnswer:
         await core.execute(c.AgentAuth(job_id, token))
-        value = hub.secret(job_id, _name("name", name))
+        value = hub.secrets.get(job_id, _name("name", name))
         if value is None:
             raise NotFoundError(f"job {job_id} has no secret {name!r} (yet)")
         return SecretAnswer(value=value)
