@@ -37,7 +37,7 @@ from skyport.api.routes.checkpoints import checkpoints_router
 from skyport.api.routes.idle import idle_router
 from skyport.api.routes.jobs import jobs_router
 from skyport.api.routes.launches import launches_router
-from skyport.api.routes.relay import job_ended, relay_router
+from skyport.api.routes.relay import job_over, relay_router
 from skyport.api.routes.uploads import uploads_router
 from skyport.core.commands import CorePort, LocalCore
 from skyport.core.service import CoreService
@@ -122,7 +122,7 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        relay.secrets.resume(job_ended(port))  # a restart: drop those of jobs that end
+        relay.secrets.start(job_over(port))  # a restart too: those of ended jobs go
         yield
         await relay.secrets.close()
 

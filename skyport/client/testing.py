@@ -92,6 +92,7 @@ class TestControlPlane:
         self._run(self.service.start())
         self.app = create_app(self.service, self.storage, audit_log=audit_log,
                               secrets_dir=self.root / "secrets")
+        self.app.state.relay.secrets.sweep_s = 0.05  # an ended job's secrets go at once
         self.app.dependency_overrides[deps.user] = _named_user
 
     # -- doors ----------------------------------------------------------------------

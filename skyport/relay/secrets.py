@@ -8,10 +8,12 @@ restart: one file per job, ``<state>/secrets/<job id>.json``, mode 0600 in a
 reads.  Never in the job's storage prefix (agents and the storage's other
 readers see that), the script, an event or a log.
 
-A file is removed when its job ends: ``watch`` waits on the Core's pushed
-wait (``WaitJob``) for each job that holds secrets, and ``resume`` starts
-those waits again for the files a restarted control plane finds.  Without a
-directory (``None``: tests of other parts) the values live in memory only.
+A file is removed once its job has ended: a sweep every ``sweep_s`` asks the
+Core about the jobs that hold secrets (few: servers that a hub started), and
+starts with whatever files a restarted control plane finds.  (Not one pushed
+wait per job: each would hold one of the Core's ``MAX_WAITERS`` for the job's
+whole life.)  Without a directory (``None``: tests of other parts) the values
+live in memory only.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ MAX_SECRETS_PER_JOB = 16
 # a job id as the Core makes it (hex, an array task ``A_i``): never a path
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# waits until the job is terminal; True when it is (or is gone), False to wait again
-JobEnded = Callable[[str], Awaitable[bool]]
+# whether the job is terminal or gone
+JobOver = Callable[[str], Awaitable[bool]]
+SWEEP_S = 10.0
 
 
 def _check_id(job_id: str) -> str:
@@ -47,10 +50,11 @@ def _check_id(job_id: str) -> str:
 
 
 class JobSecrets:
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, sweep_s: float = SWEEP_S) -> None:
         self.directory = directory
+        self.sweep_s = sweep_s
         self._memory: dict[str, dict[str, str]] = {}
-        self._watched: dict[str, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         if directory is not None:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(directory, 0o700)  # an existing directory too
@@ -111,46 +115,31 @@ class JobSecrets:
 
     # -- removal when the job ends ----------------------------------------------------
 
-    def watch(self, job_id: str, ended: JobEnded) -> None:
-        """Forget the job's secrets once ``ended(job_id)`` says it is over (this loop)."""
-        task = self._watched.get(job_id)
-        if task is not None and not task.done():
-            return
+    def start(self, over: JobOver) -> None:
+        """Sweep in this loop from now on (again: nothing to do)."""
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(over))
 
-        async def run() -> None:
-            loop, failures = asyncio.get_running_loop(), 0
-            while True:
-                asked = loop.time()
-                try:
-                    if await ended(job_id):
-                        break
-                    failures = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the Core restarting: ask again, a bit later
-                    failures += 1
-                    log.warning("secrets of job %s: waiting for its end failed (%s)",
-                                job_id, exc)
-                    await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
-                if loop.time() - asked < 1.0:  # the Core answered at once (too many wait)
-                    await asyncio.sleep(1.0)
-            self.forget(job_id)
-            self._watched.pop(job_id, None)
-
-        self._watched[job_id] = asyncio.get_running_loop().create_task(run())
-
-    def resume(self, ended: JobEnded) -> None:
-        """Watch every job whose secrets a (restarted) control plane finds."""
+    async def sweep(self, over: JobOver) -> list[str]:
+        """Forget the secrets of every job that is over; those jobs."""
+        gone = []
         for job_id in self.held():
-            self.watch(job_id, ended)
+            try:
+                if await over(job_id):
+                    self.forget(job_id)
+                    gone.append(job_id)
+            except Exception as exc:  # the Core restarting: the next sweep asks again
+                log.warning("secrets of job %s: is it over? %s", job_id, exc)
+        return gone
+
+    async def _sweep_forever(self, over: JobOver) -> None:
+        while True:
+            await self.sweep(over)
+            await asyncio.sleep(self.sweep_s)
 
     async def close(self) -> None:
-        tasks = list(self._watched.values())
-        self._watched.clear()
-        for task in tasks:
-            # asyncio.wait_for (3.11) may swallow a cancel that meets its inner result
-            while not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=0.1)
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(BaseException):
-                task.result()
+                await task

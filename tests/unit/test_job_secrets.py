@@ -79,10 +79,11 @@ def test_a_secret_survives_an_api_restart_and_is_removed_when_the_job_ends() -> 
         assert _mode(kept) == 0o600 and _mode(kept.parent) == 0o700
         assert sorted(p.name for p in kept.parent.iterdir()) == [kept.name]
 
-        # the API process restarts (its memory and its waits are gone) before the server
-        # starts; the new one finds the secret and watches the job again
+        # the API process restarts (its memory and its sweeper are gone) before the server
+        # starts; the new one finds the secret
         cp._run(cp.app.state.relay.secrets.close())
         cp.app = create_app(cp.service, cp.storage, secrets_dir=cp.root / "secrets")
+        cp.app.state.relay.secrets.sweep_s = 0.05
         cp.app.dependency_overrides[deps.user] = _named_user
         lifespan = cp.app.router.lifespan_context(cp.app)
         cp._run(lifespan.__aenter__())
@@ -125,6 +126,7 @@ def test_secrets_of_a_job_that_ended_while_the_api_was_down_are_removed_at_start
         assert kept.exists()
         (kept.parent / "0badf00d.json").write_text('{"env": "of a job never known"}')
         app = create_app(cp.service, cp.storage, secrets_dir=cp.root / "secrets")
+        app.state.relay.secrets.sweep_s = 0.05
         lifespan = app.router.lifespan_context(app)
         cp._run(lifespan.__aenter__())
         _wait_gone(kept)

@@ -29,15 +29,14 @@ from fastapi import APIRouter, WebSocket
 from skyport.api.deps import Bearer, User, bearer, user
 from skyport.core import commands as c
 from skyport.core.commands import CorePort
-from skyport.core.waiters import MAX_WAIT_S
 from skyport.errors import ConflictError, NotFoundError, SkyportError, ValidationError
 from skyport.models import Job
 from skyport.pki import Identity
 from skyport.protocol import Empty, SecretAnswer, SecretBody
 from skyport.relay.hub import RelayHub, accept, refuse
-from skyport.relay.secrets import JobEnded
+from skyport.relay.secrets import JobOver
 
-__all__ = ["NAME_RE", "job_ended", "relay_router"]
+__all__ = ["NAME_RE", "job_over", "relay_router"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NAME_ALLOWED = "1-32 of a-z 0-9 _ -, starting with a letter or digit"
@@ -59,26 +58,24 @@ def _int(field: str, value: str | None, low: int, high: int) -> int:
     return n
 
 
-# who waits for a job's end to drop its secrets: this process, never a caller
+# who asks whether a job is over to drop its secrets: this process, never a caller
 _SECRETS_KEEPER = Identity(username="skyport-secrets", role="admin")
 
 
-def job_ended(core: CorePort) -> JobEnded:
-    """Whether a job is over, after the Core's pushed wait for its end (or a while)."""
-
-    async def ended(job_id: str) -> bool:
+def job_over(core: CorePort) -> JobOver:
+    async def over(job_id: str) -> bool:
         try:
-            job: Job = await core.execute(c.WaitJob(_SECRETS_KEEPER, job_id, MAX_WAIT_S))
+            job: Job = await core.execute(c.GetJob(_SECRETS_KEEPER, job_id))
         except NotFoundError:
             return True
         return job.state.is_terminal()
 
-    return ended
+    return over
 
 
 def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
     r = APIRouter()
-    ended = job_ended(core)
+    over = job_over(core)
 
     async def owned(ws: WebSocket, job_id: str) -> Job:
         who: Identity = user(ws)
@@ -139,7 +136,7 @@ def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
         if job.state.is_terminal():
             raise ConflictError(f"job {job_id} is {job.state.value}: it takes no secrets")
         hub.secrets.put(job_id, name, body.value)
-        hub.secrets.watch(job_id, ended)  # removed when the job ends
+        hub.secrets.start(over)  # removed once the job ends
         return Empty()
 
     # -- agents --------------------------------------------------------------------
