@@ -113,6 +113,11 @@ class StateDir:
         return self.root / "storage"
 
     @property
+    def secrets(self) -> Path:
+        """Jobs' secrets until they end (``skyport.relay.secrets``): 0700, files 0600."""
+        return self.root / "secrets"
+
+    @property
     def run(self) -> Path:
         return self.root / "run"
 

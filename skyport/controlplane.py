@@ -422,7 +422,8 @@ def run(state: StateDir, ray_address: str | None = None) -> None:
     users = UserRegistry(state.pki)
     users.adopt_issued()  # a state directory from before the registry: its users, once
     app = create_app(ActorProxy(core), storage, users=users,
-                     audit_log=state.root / "logs" / "audit.jsonl")
+                     audit_log=state.root / "logs" / "audit.jsonl",
+                     secrets_dir=state.secrets)
 
     signal.signal(signal.SIGTERM, lambda *_: None)  # serve() re-raises it after cleanup
     try:

@@ -14,9 +14,11 @@ model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from skyport.api.routes.checkpoints import checkpoints_router
 from skyport.api.routes.idle import idle_router
 from skyport.api.routes.jobs import jobs_router
 from skyport.api.routes.launches import launches_router
-from skyport.api.routes.relay import relay_router
+from skyport.api.routes.relay import job_over, relay_router
 from skyport.api.routes.uploads import uploads_router
 from skyport.core.commands import CorePort, LocalCore
 from skyport.core.service import CoreService
@@ -43,6 +45,7 @@ from skyport.core.waiters import JobWaiters
 from skyport.errors import SkyportError, ValidationError
 from skyport.protocol import ErrorBody
 from skyport.relay.hub import RelayHub
+from skyport.relay.secrets import JobSecrets
 from skyport.storage import JobStorage
 from skyport.users import UserRegistry
 
@@ -109,17 +112,26 @@ def _too_large(limit: int) -> JSONResponse:
 
 def create_app(core: CorePort | CoreService, storage: JobStorage, *,
                version: str = "0.1.0", users: UserRegistry | None = None,
-               audit_log: Path | None = None) -> FastAPI:
+               audit_log: Path | None = None, secrets_dir: Path | None = None) -> FastAPI:
     """The app; ``users``: the registry every user certificate must be in (None: the CA's
     signature alone, for tests that bring no registry); ``audit_log``: where the audit
-    lines go (None: no audit log)."""
+    lines go (None: no audit log); ``secrets_dir``: where jobs' secrets are kept across
+    restarts (``skyport.relay.secrets``; None: in memory)."""
     port = LocalCore(core) if isinstance(core, CoreService) else core
+    relay = RelayHub(secrets=JobSecrets(secrets_dir))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        relay.secrets.start(job_over(port))  # a restart too: those of ended jobs go
+        yield
+        await relay.secrets.close()
+
     # every error answer is an ErrorBody (skyport.errors.SkyportError.to_dict)
     errors: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorBody} for status in (401, 403, 404, 409, 413, 422, 500, 502, 503)}
     # the docs and the schema are served below, behind a user certificate like the rest
     app = FastAPI(title="Sky Port", version=version, responses=errors,
-                  openapi_url=None, docs_url=None, redoc_url=None)
+                  openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.users = users
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -166,7 +178,7 @@ def create_app(core: CorePort | CoreService, storage: JobStorage, *,
     app.include_router(uploads_router(storage))
     app.include_router(bootstrap_router(port))
     app.include_router(budgets_router(port))
-    app.state.relay = RelayHub()  # this process's streams and secrets (skyport.relay)
+    app.state.relay = relay  # this process's streams, and the jobs' secrets (skyport.relay)
     app.include_router(relay_router(port, app.state.relay))
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES, streamed=("/v1/uploads/",),
                        streamed_re=r"^/agent/v1/jobs/[^/]+/files/")

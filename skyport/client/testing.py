@@ -90,7 +90,9 @@ class TestControlPlane:
 
         self.service = self._run(build())
         self._run(self.service.start())
-        self.app = create_app(self.service, self.storage, audit_log=audit_log)
+        self.app = create_app(self.service, self.storage, audit_log=audit_log,
+                              secrets_dir=self.root / "secrets")
+        self.app.state.relay.secrets.sweep_s = 0.05  # an ended job's secrets go at once
         self.app.dependency_overrides[deps.user] = _named_user
 
     # -- doors ----------------------------------------------------------------------

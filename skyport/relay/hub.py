@@ -10,10 +10,9 @@ belongs to the job and side the stream was opened for.
 Everything lives in this process's memory: after a control-plane restart the
 agents and forwarders dial their control channels again and new streams work;
 streams that were open are cut (their TCP connections see a reset, as after any
-network hiccup).  The per-job secrets (``put_secret``) live here too: they are
-meant to be read once, at a server's start, by the job's agent (whose token
-dies with the job, so nothing reads them after); they take at most
-``MAX_SECRETS_PER_JOB`` x 64 KiB per job until the control plane restarts.
+network hiccup).  The per-job secrets are ``skyport.relay.secrets.JobSecrets``
+(``self.secrets``): kept in the state directory, so that they survive a restart,
+and removed when their job ends.
 """
 
 from __future__ import annotations
@@ -29,13 +28,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from skyport.errors import ConflictError, NotFoundError, SkyportError
 from skyport.protocol import RelayFailure, RelayOrder, RelayReady
+from skyport.relay.secrets import JobSecrets
 
 __all__ = ["MAX_STREAMS_PER_JOB", "RelayHub", "accept", "refuse"]
 
 log = logging.getLogger(__name__)
 
 MAX_STREAMS_PER_JOB = 512
-MAX_SECRETS_PER_JOB = 16
 Side = Literal["agent", "user"]
 
 
@@ -77,13 +76,14 @@ async def _ready(ws: WebSocket) -> None:
 
 
 class RelayHub:
-    def __init__(self, join_timeout_s: float = 30.0) -> None:
+    def __init__(self, join_timeout_s: float = 30.0,
+                 secrets: JobSecrets | None = None) -> None:
         self.join_timeout_s = join_timeout_s
         self._nodes: dict[tuple[str, int], _Channel] = {}
         self._listeners: dict[tuple[str, str], _Channel] = {}
         self._pending: dict[str, _Pending] = {}
         self._streams: dict[str, int] = {}  # job -> streams open or opening
-        self._secrets: dict[str, dict[str, str]] = {}
+        self.secrets = secrets if secrets is not None else JobSecrets()
         self.joined = 0  # streams joined since start (for tests and the log)
 
     # -- control channels ---------------------------------------------------------
@@ -195,17 +195,6 @@ class RelayHub:
             return
         pending.future.set_result(ws)
         await pending.done.wait()  # the first leg's task splices; this one holds the socket
-
-    # -- secrets --------------------------------------------------------------------
-
-    def put_secret(self, job_id: str, name: str, value: str) -> None:
-        held = self._secrets.setdefault(job_id, {})
-        if name not in held and len(held) >= MAX_SECRETS_PER_JOB:
-            raise ConflictError(f"job {job_id} holds {MAX_SECRETS_PER_JOB} secrets (the most)")
-        held[name] = value
-
-    def secret(self, job_id: str, name: str) -> str | None:
-        return self._secrets.get(job_id, {}).get(name)
 
 
 async def _splice(a: WebSocket, b: WebSocket) -> None:

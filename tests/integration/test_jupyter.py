@@ -47,7 +47,7 @@ def _free_port() -> int:
 
 
 class Hub:
-    def __init__(self, root: Path, home: Path) -> None:
+    def __init__(self, root: Path, home: Path, extra: str = "") -> None:
         self.root = root
         self.port, self.hub_port, self.api_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -83,7 +83,7 @@ c.JupyterHub.load_roles = [{{
                "read:servers"],
     "services": ["tester"],
 }}]
-""")
+""" + extra)
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -103,6 +103,11 @@ c.JupyterHub.load_roles = [{{
                     return
             time.sleep(0.5)
         raise AssertionError("the hub did not start:\n" + self.log())
+
+    def configure(self, text: str) -> None:
+        """More config, read at the next start."""
+        with self.config.open("a") as f:
+            f.write("\n" + text + "\n")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -126,9 +131,8 @@ c.JupyterHub.load_roles = [{{
                          headers={"Authorization": f"token {TOKEN}"})
 
 
-@pytest.fixture
-def hub(controlplane, tmp_path: Path) -> Iterator[Hub]:
-    h = Hub(tmp_path, controlplane.home)
+def _hub(controlplane, tmp_path: Path, extra: str = "") -> Iterator[Hub]:
+    h = Hub(tmp_path, controlplane.home, extra)
     h.start()
     yield h
     h.stop()
@@ -142,6 +146,24 @@ def hub(controlplane, tmp_path: Path) -> Iterator[Hub]:
                 os.kill(int(json.loads(ready.read_text())["pid"]), signal.SIGTERM)
     with contextlib.suppress(OSError, ValueError):
         os.kill(int((tmp_path / "proxy.pid").read_text()), signal.SIGTERM)
+
+
+@pytest.fixture
+def hub(controlplane, tmp_path: Path) -> Iterator[Hub]:
+    yield from _hub(controlplane, tmp_path)
+
+
+@pytest.fixture
+def gpu_plane(fresh_controlplane):
+    """A control plane whose local gate declares a GPU (none is needed to run the server)."""
+    cp = fresh_controlplane(local_gpus=[0])
+    cp.add_user("alice")
+    return cp
+
+
+@pytest.fixture
+def named_hub(gpu_plane, tmp_path: Path) -> Iterator[Hub]:
+    yield from _hub(gpu_plane, tmp_path, "c.JupyterHub.allow_named_servers = True\n")
 
 
 def _progress(hub: Hub) -> list[dict]:
@@ -271,6 +293,94 @@ def test_a_hub_spawns_reaches_keeps_and_stops_a_server_through_the_relay(
     assert not Path(f"/proc/{forwarder}").exists() or \
         b"forward" not in Path(f"/proc/{forwarder}/cmdline").read_bytes()
     assert [c for c in alice.clusters() if c.job_id == job.id] == []
+    alice.close()
+
+
+CULLER = f"""
+c.JupyterHub.services = c.JupyterHub.services + [{{
+    "name": "idle-culler",
+    "command": ["{sys.executable}", "-m", "jupyterhub_idle_culler", "--timeout=20",
+                "--cull-every=5"],
+}}]
+c.JupyterHub.load_roles = c.JupyterHub.load_roles + [{{
+    "name": "idle-culler",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": ["idle-culler"],
+}}]
+"""
+
+
+def _named(hub: Hub, name: str) -> dict:
+    return hub.api("GET", "/users/alice").json().get("servers", {}).get(name, {})
+
+
+def _until(what: str, check, hub: Hub, timeout: float = 300) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}:\n{hub.log()}"
+        time.sleep(1)
+
+
+def _gone(alice, job_id: str) -> None:  # noqa: ANN001
+    """The job is CANCELLED, its cluster deleted, its forward closed, no process left."""
+    assert alice.wait(job_id, timeout=120).state == JobState.CANCELLED
+    ready = Path(f"/tmp/skyport-jupyter-{os.getuid()}/{job_id}.json")
+    forwarder = json.loads(ready.read_text())["pid"] if ready.exists() else 0
+
+    def forwarding() -> bool:
+        with contextlib.suppress(OSError):
+            return b"forward" in Path(f"/proc/{forwarder}/cmdline").read_bytes()
+        return False
+
+    for _ in range(240):
+        if not processes_of_job(job_id) and not forwarding() \
+                and not [c for c in alice.clusters() if c.job_id == job_id]:
+            break
+        time.sleep(0.5)
+    assert processes_of_job(job_id) == [] and not forwarding()
+    assert [c for c in alice.clusters() if c.job_id == job_id] == []
+
+
+def test_named_cpu_and_gpu_servers_run_side_by_side_and_the_idle_culler_ends_them(
+        named_hub: Hub, gpu_plane) -> None:
+    hub = named_hub
+    assert hub.api("POST", "/users/alice").status_code in (201, 409)
+    for name, options in (("cpu", {"cpus": 1, "gate": "local"}),
+                          ("gpu", {"cpus": 1, "gpus": 1, "gate": "local"})):
+        started = hub.api("POST", f"/users/alice/servers/{name}",
+                          json={**options, "time": "00:30:00"})
+        assert started.status_code in (201, 202), started.text
+    _until("the two servers are ready",
+           lambda: _named(hub, "cpu").get("ready") and _named(hub, "gpu").get("ready"), hub)
+
+    alice = gpu_plane.client("alice")
+    jobs = {j.name: j for j in alice.jobs() if not j.state.is_terminal()}
+    cpu, gpu = jobs["jupyter-alice-cpu"], jobs["jupyter-alice-gpu"]
+    assert (cpu.spec.resources.gpus_per_node, gpu.spec.resources.gpus_per_node) == (0, 1)
+    for name in ("cpu", "gpu"):  # each its own job, reached through its own forward
+        status = hub.get(f"/user/alice/{name}/api/status")
+        assert status.status_code == 200, status.text
+    ready = Path(f"/tmp/skyport-jupyter-{os.getuid()}")
+    pids = {json.loads((ready / f"{j.id}.json").read_text())["pid"] for j in (cpu, gpu)}
+    assert len(pids) == 2
+
+    # stopping one leaves the other
+    assert hub.api("DELETE", "/users/alice/servers/gpu").status_code in (202, 204)
+    _until("the GPU server stopped", lambda: not _named(hub, "gpu").get("ready"), hub)
+    _gone(alice, gpu.id)
+    assert alice.job(cpu.id).state == JobState.RUNNING
+    status = hub.get("/user/alice/cpu/api/status")
+    assert status.status_code == 200, status.text
+
+    # the idle culler, a hub service, stops the idle one: its job ends, its cluster goes
+    hub.stop()
+    hub.configure(CULLER)
+    hub.start()
+    _until("the restarted hub reaches the server again",
+           lambda: hub.get("/user/alice/cpu/api/status").status_code == 200, hub)
+    _until("the culler stopped the idle server", lambda: not _named(hub, "cpu").get("ready"),
+           hub)
+    _gone(alice, cpu.id)
     alice.close()
 
 

@@ -277,3 +277,41 @@ def test_cancelling_the_job_ends_the_forwarder_and_its_port(served) -> None:
     err = _refusal(ws_url(alice.url, f"/v1/jobs/{job.id}/relay/connect?port=80"),
                    alice.ssl_context)
     assert "CANCELLED" in str(err)
+
+
+def test_a_secret_put_before_a_control_plane_restart_reaches_the_job_after_it(
+        fresh_controlplane) -> None:
+    cp = fresh_controlplane()
+    cp.add_user("alice")
+    secret = "s3cr3t-" + os.urandom(8).hex()
+    # the payload reads "env" only once "go" is put, after the restart (asking again
+    # while the control plane is down)
+    script = ("#!/bin/bash\n#SKYPORT --name=secret-reader --cpus-per-node=1 --time=00:10:00\n"
+              'until "$SKYPORT_PYTHON" -m skyport.relay.payload secret go >/dev/null 2>&1; '
+              "do sleep 1; done\n"
+              '"$SKYPORT_PYTHON" -m skyport.relay.payload secret env | rev\n')
+    with cp.client("alice") as alice:
+        job = alice.submit(build_spec(script))
+        alice.call("PUT", f"/v1/jobs/{job.id}/secrets/env", dict, json={"value": secret})
+        kept = cp.home / "secrets" / f"{job.id}.json"
+        assert kept.stat().st_mode & 0o077 == 0
+        deadline = time.monotonic() + 120
+        while alice.job(job.id).state != JobState.RUNNING:
+            assert time.monotonic() < deadline, alice.job(job.id).reason
+            time.sleep(0.3)
+    cp.stop()
+    cp.start()
+    with cp.client("alice") as alice:
+        alice.call("PUT", f"/v1/jobs/{job.id}/secrets/go", dict, json={"value": "1"})
+        deadline = time.monotonic() + 180
+        while not (done := alice.job(job.id)).state.is_terminal():
+            assert time.monotonic() < deadline, (done.state, alice.logs(job.id).data,
+                                                 alice.logs(job.id, "stderr").data)
+            time.sleep(0.5)
+        assert done.state == JobState.SUCCEEDED, (done.reason, alice.logs(
+            job.id, "stderr").data.decode())
+        assert alice.logs(job.id).data.decode().strip() == secret[::-1]
+        deadline = time.monotonic() + 60
+        while kept.exists():  # gone with the job
+            assert time.monotonic() < deadline, "the ended job's secret is still kept"
+            time.sleep(0.5)

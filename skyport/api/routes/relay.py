@@ -5,7 +5,8 @@ Users (certificate; the job's owner or an admin):
 * ``WS /v1/jobs/{id}/relay/connect?node=K&port=P``: a stream to ``127.0.0.1:P`` on node K;
 * ``WS /v1/jobs/{id}/relay/listen/{name}``: the channel for reverse streams named ``name``;
 * ``WS /v1/relay/streams/{sid}``: the second leg of a reverse stream;
-* ``PUT /v1/jobs/{id}/secrets/{name}``: a value the job's agents may read.
+* ``PUT /v1/jobs/{id}/secrets/{name}``: a value the job's agents may read (kept in
+  the state directory until the job ends: ``skyport.relay.secrets``).
 
 Agents (the job's bearer token):
 
@@ -33,8 +34,9 @@ from skyport.models import Job
 from skyport.pki import Identity
 from skyport.protocol import Empty, SecretAnswer, SecretBody
 from skyport.relay.hub import RelayHub, accept, refuse
+from skyport.relay.secrets import JobOver
 
-__all__ = ["NAME_RE", "relay_router"]
+__all__ = ["NAME_RE", "job_over", "relay_router"]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NAME_ALLOWED = "1-32 of a-z 0-9 _ -, starting with a letter or digit"
@@ -56,8 +58,24 @@ def _int(field: str, value: str | None, low: int, high: int) -> int:
     return n
 
 
+# who asks whether a job is over to drop its secrets: this process, never a caller
+_SECRETS_KEEPER = Identity(username="skyport-secrets", role="admin")
+
+
+def job_over(core: CorePort) -> JobOver:
+    async def over(job_id: str) -> bool:
+        try:
+            job: Job = await core.execute(c.GetJob(_SECRETS_KEEPER, job_id))
+        except NotFoundError:
+            return True
+        return job.state.is_terminal()
+
+    return over
+
+
 def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
     r = APIRouter()
+    over = job_over(core)
 
     async def owned(ws: WebSocket, job_id: str) -> Job:
         who: Identity = user(ws)
@@ -117,7 +135,8 @@ def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
         job: Job = await core.execute(c.GetJob(who, job_id))
         if job.state.is_terminal():
             raise ConflictError(f"job {job_id} is {job.state.value}: it takes no secrets")
-        hub.put_secret(job_id, name, body.value)
+        hub.secrets.put(job_id, name, body.value)
+        hub.secrets.start(over)  # removed once the job ends
         return Empty()
 
     # -- agents --------------------------------------------------------------------
@@ -157,7 +176,7 @@ def relay_router(core: CorePort, hub: RelayHub) -> APIRouter:
     @r.get("/agent/v1/jobs/{job_id}/secrets/{name}")
     async def get_secret(job_id: str, name: str, token: Bearer) -> SecretAnswer:
         await core.execute(c.AgentAuth(job_id, token))
-        value = hub.secret(job_id, _name("name", name))
+        value = hub.secrets.get(job_id, _name("name", name))
         if value is None:
             raise NotFoundError(f"job {job_id} has no secret {name!r} (yet)")
         return SecretAnswer(value=value)
