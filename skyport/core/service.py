@@ -430,6 +430,10 @@ class CoreService:
     async def submit_array(self, who: Identity, spec: JobSpec,
                            payloads_b64: list[str] | None = None) -> ArrayView:
         record = await self.intake.submit_array(who, spec, payloads_b64)
+        if record.spec.dependency:  # as for a job: its upstream may be over already
+            upstream = self.dependencies.array_event(record.id)
+            if upstream is not None:
+                self._run(upstream)
         return arrays.array_view(self.store, record)
 
     async def array(self, who: Identity, array_id: str) -> ArrayView:
