@@ -210,6 +210,9 @@ class JobStore:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array ON jobs(array_id)")
+        # an array's tasks counted per state from the index alone (array_facts: each time a
+        # task of an array that others depend on ends)
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array_state ON jobs(array_id, state)")
         self._array_specs: dict[str, JobSpec] = {}  # an array's spec never changes
         self._lock = threading.RLock()
         self._specs: dict[str, JobSpec] = {}  # spec text -> parsed (``_spec``)
@@ -616,18 +619,33 @@ class JobStore:
         """What a dependency on array ``array_id`` needs: its tasks per state, whether one
         has started, and the first task (id, state) that ended FAILED, CANCELLED or TIMEOUT."""
         bad = [JobState.FAILED.value, JobState.CANCELLED.value, JobState.TIMEOUT.value]
+        ran = {JobState.RUNNING.value, JobState.STAGING_OUT.value, JobState.SUCCEEDED.value}
         with self._lock:
-            rows = self._db.execute(
-                "SELECT state, COUNT(*) AS n, MAX(started_at IS NOT NULL) AS s FROM jobs"
-                " WHERE array_id = ? GROUP BY state", (array_id,)).fetchall()
-            counts = {r["state"]: r["n"] for r in rows}
+            counts = {r["state"]: r["n"] for r in self._db.execute(
+                "SELECT state, COUNT(*) AS n FROM jobs WHERE array_id = ? GROUP BY state",
+                (array_id,))}
+            started = bool(ran & counts.keys()) or self._db.execute(
+                "SELECT 1 FROM jobs WHERE array_id = ? AND started_at IS NOT NULL LIMIT 1",
+                (array_id,)).fetchone() is not None
             first = None
             if any(s in counts for s in bad):
                 row = self._db.execute(
                     "SELECT id, state FROM jobs WHERE array_id = ? AND state IN (?, ?, ?)"
                     " ORDER BY seq LIMIT 1", (array_id, *bad)).fetchone()
                 first = (row["id"], row["state"])
-        return counts, any(r["s"] for r in rows), first
+        return counts, started, first
+
+    def depended_on(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of ``job_ids`` (job or array ids) some job's ``--dependency`` names."""
+        ids = builtins.list(dict.fromkeys(job_ids))
+        out: set[str] = set()
+        with self._lock:
+            for at in range(0, len(ids), 500):
+                part = ids[at:at + 500]
+                out.update(r[0] for r in self._db.execute(
+                    "SELECT DISTINCT upstream FROM dependencies WHERE upstream IN"
+                    f" ({', '.join('?' * len(part))})", part))
+        return out
 
     # builtins.list: inside this class ``list`` names the method JobStore.list
     def _events(self, job_id: str) -> builtins.list[Event]:

@@ -469,8 +469,10 @@ class CoreService:
         if all_users and not who.is_admin:
             raise PermissionDeniedError("only an admin may list every user's jobs")
         owner = None if all_users else who.username
-        return [self._with_plan(j) for j in self.store.list(owner=owner, states=states,
-                                                            after=after, limit=limit)]
+        page = self.store.list(owner=owner, states=states, after=after, limit=limit)
+        # one look at the upstream jobs for the page: a dependent array's tasks share them
+        blocked = self.dependencies.blocked([j for j in page if j.state == S.QUEUED])
+        return [self._with_plan(j, blocked) for j in page]
 
     async def cancel(self, who: Identity, job_id: str) -> Job:
         self._run(CancelAsked(self._visible(who, job_id), who.username))
@@ -513,18 +515,19 @@ class CoreService:
         return {"cancelled": [j.id for j in live], "already_ended": over,
                 "not_found": not_found}
 
-    def _with_plan(self, job: Job) -> Job:
+    def _with_plan(self, job: Job, blocked: dict[str, str] | None = None) -> Job:
         """The job with its planned start and why it waits, from the last planning pass."""
         entry = self._plan.get(job.id)
         if entry is not None and job.state == S.QUEUED and not job.held:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
             job.planned_start_predicted = entry.predicted
-        reason = self._wait_reason(job)
+        reason = self._wait_reason(job, blocked)
         if reason is not None:
             job.wait_reason, job.wait_detail = reason
         return job
 
-    def _wait_reason(self, job: Job) -> tuple[str, str] | None:
+    def _wait_reason(self, job: Job,
+                     blocked: dict[str, str] | None = None) -> tuple[str, str] | None:
         if job.state in (S.SCHEDULED, S.PROVISIONING):
             return "Provisioning", f"gate {job.gate} is building its cluster"
         if job.state != S.QUEUED:
@@ -532,7 +535,7 @@ class CoreService:
         if job.held:
             return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
         if job.spec.dependency:
-            waits = self.dependencies.blocked([job]).get(job.id)
+            waits = (self.dependencies.blocked([job]) if blocked is None else blocked).get(job.id)
             if waits is not None:
                 return DEPENDENCY, waits
         if job.id in self._throttled:
