@@ -533,9 +533,11 @@ class JobStore:
         limit: int | None = None,
         after: str | None = None,
         array_id: str | None = None,
+        newest: bool = False,
     ) -> list[Job]:
         """Jobs in submission order; ``after``: only those submitted after that job;
-        ``array_id``: only that array's tasks."""
+        ``array_id``: only that array's tasks.  ``newest``: newest first, and ``after``
+        the job after which the page goes on (those submitted before it)."""
         sql = "SELECT * FROM jobs"
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
@@ -543,7 +545,8 @@ class JobStore:
             where.append("array_id = ?")
             args.append(array_id)
         if after is not None:
-            where.append("seq > COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)")
+            where.append("seq < COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)" if newest
+                         else "seq > COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)")
             args.append(after)
         if owner is not None:
             where.append("owner = ?")
@@ -554,7 +557,7 @@ class JobStore:
             args.extend(st)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:

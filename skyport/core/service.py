@@ -463,13 +463,15 @@ class CoreService:
 
     async def jobs(
         self, who: Identity, all_users: bool = False, states: list[JobState] | None = None,
-        after: str | None = None, limit: int | None = None,
+        after: str | None = None, limit: int | None = None, newest: bool = False,
     ) -> list[Job]:
-        """One page of jobs in submission order: up to ``limit`` after the job ``after``."""
+        """One page of jobs in submission order (``newest``: newest first): up to ``limit``
+        after the job ``after``."""
         if all_users and not who.is_admin:
             raise PermissionDeniedError("only an admin may list every user's jobs")
         owner = None if all_users else who.username
-        page = self.store.list(owner=owner, states=states, after=after, limit=limit)
+        page = self.store.list(owner=owner, states=states, after=after, limit=limit,
+                               newest=newest)
         # one look at the upstream jobs for the page: a dependent array's tasks share them
         blocked = self.dependencies.blocked([j for j in page if j.state == S.QUEUED])
         return [self._with_plan(j, blocked) for j in page]
