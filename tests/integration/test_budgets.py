@@ -53,7 +53,7 @@ def test_a_job_waits_for_budget_runs_when_raised_and_the_spend_survives_a_restar
     cp = fresh_controlplane(gates=[GateEntry(name="local", type="local", config={
         "cpus": LOCAL_CPUS, "price_per_hour": 360.0})])
     cp.add_user("alice")
-    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/tmp"))
+    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/var/tmp"))  # a node has its own /tmp
     signals.chmod(0o755)  # the payload runs as a user of its own: it must see the file
     go_on = signals / "go-on"
     short = "#!/bin/bash\n#SKYPORT --time=1m\nsleep 1; echo done\n"

@@ -37,7 +37,7 @@ def _until(client, job_id: str, check, what: str, timeout: float = 120) -> Job: 
 @pytest.fixture
 def go_on() -> Iterator[Path]:
     """A file whose appearance lets a waiting payload end (where the payload's user sees it)."""
-    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/tmp"))
+    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/var/tmp"))  # a node has its own /tmp
     signals.chmod(0o755)
     yield signals / "go-on"
     shutil.rmtree(signals, ignore_errors=True)

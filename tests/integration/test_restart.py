@@ -34,7 +34,7 @@ def test_restart_keeps_queued_running_and_finished_jobs(fresh_controlplane, how:
     cp = fresh_controlplane()
     # the running job runs until the test says so, however slow a loaded machine is; the
     # payload runs as a user of its own, so the signal file is where that user can look
-    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/tmp"))
+    signals = Path(tempfile.mkdtemp(prefix="sp-go-", dir="/var/tmp"))  # a node has its own /tmp
     signals.chmod(0o755)
     go_on = signals / "go-on"
     with cp.client() as c:
