@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS budgets (
 );
 -- one row per job id a job's --dependency names (skyport.dependencies), so the jobs that
 -- wait on one that just ended are found by index; a store of an earlier version gets the
--- empty table when it is opened
+-- empty table when it is opened; job_id may be an array's id: one row stands for every
+-- task of a dependent array (JobStore.dependants finds the tasks by array_id)
 CREATE TABLE IF NOT EXISTS dependencies (
     job_id TEXT NOT NULL REFERENCES jobs(id),
     upstream TEXT NOT NULL,
@@ -209,6 +210,9 @@ class JobStore:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array ON jobs(array_id)")
+        # an array's tasks counted per state from the index alone (array_facts: each time a
+        # task of an array that others depend on ends)
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array_state ON jobs(array_id, state)")
         self._array_specs: dict[str, JobSpec] = {}  # an array's spec never changes
         self._lock = threading.RLock()
         self._specs: dict[str, JobSpec] = {}  # spec text -> parsed (``_spec``)
@@ -294,6 +298,11 @@ class JobStore:
             db.executemany(
                 "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, 0, ?, ?, ?)",
                 [(job_id, ts, JobState.QUEUED.value, reason) for job_id, _ in ids])
+            if record.spec.dependency:  # one row for the array, not one per task
+                db.executemany(
+                    "INSERT OR IGNORE INTO dependencies (job_id, upstream, kind) VALUES (?, ?, ?)",
+                    [(record.id, up, c.kind) for c in parse_dependency(record.spec.dependency)
+                     for up in c.job_ids])
         for job_id, _ in ids:
             self._changed(job_id, JobState.QUEUED)
 
@@ -524,9 +533,11 @@ class JobStore:
         limit: int | None = None,
         after: str | None = None,
         array_id: str | None = None,
+        newest: bool = False,
     ) -> list[Job]:
         """Jobs in submission order; ``after``: only those submitted after that job;
-        ``array_id``: only that array's tasks."""
+        ``array_id``: only that array's tasks.  ``newest``: newest first, and ``after``
+        the job after which the page goes on (those submitted before it)."""
         sql = "SELECT * FROM jobs"
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
@@ -534,7 +545,8 @@ class JobStore:
             where.append("array_id = ?")
             args.append(array_id)
         if after is not None:
-            where.append("seq > COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)")
+            where.append("seq < COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)" if newest
+                         else "seq > COALESCE((SELECT seq FROM jobs WHERE id = ?), -1)")
             args.append(after)
         if owner is not None:
             where.append("owner = ?")
@@ -545,7 +557,7 @@ class JobStore:
             args.extend(st)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
@@ -581,16 +593,62 @@ class JobStore:
 
     def dependants(self, job_ids: Iterable[str],
                    states: Iterable[JobState] = (JobState.QUEUED,)) -> builtins.list[Job]:
-        """The jobs in ``states`` whose ``--dependency`` names any of ``job_ids``."""
-        ids, st = builtins.list(job_ids), [s.value for s in states]
+        """The jobs in ``states`` whose ``--dependency`` names any of ``job_ids``.
+
+        A dependent array's row stands for its tasks: each of them is one."""
+        ids, st = builtins.list(dict.fromkeys(job_ids)), [s.value for s in states]
         if not ids or not st:
             return []
-        sql = ("SELECT * FROM jobs WHERE state IN ({}) AND id IN (SELECT job_id FROM "
-               "dependencies WHERE upstream IN ({})) ORDER BY seq")
+        marks = ", ".join("?" * len(st))
+        found: dict[str, sqlite3.Row] = {}
         with self._lock:
-            rows = self._db.execute(sql.format(", ".join("?" * len(st)),
-                                               ", ".join("?" * len(ids))), [*st, *ids]).fetchall()
-        return [self._job(r, []) for r in rows]
+            waiting: builtins.list[str] = []
+            for at in range(0, len(ids), 500):  # under SQLite's limit on bound values
+                part = ids[at:at + 500]
+                waiting += [r[0] for r in self._db.execute(
+                    "SELECT DISTINCT job_id FROM dependencies WHERE upstream IN"
+                    f" ({', '.join('?' * len(part))})", part)]
+            waiting = builtins.list(dict.fromkeys(waiting))
+            for at in range(0, len(waiting), 500):
+                part = waiting[at:at + 500]
+                qs = ", ".join("?" * len(part))
+                for column in ("id", "array_id"):  # two indexed lookups, not one OR scan
+                    for r in self._db.execute(f"SELECT * FROM jobs WHERE state IN ({marks})"
+                                              f" AND {column} IN ({qs})", [*st, *part]):
+                        found[r["id"]] = r
+        return [self._job(r, []) for r in sorted(found.values(), key=lambda r: r["seq"])]
+
+    def array_facts(self, array_id: str) -> tuple[dict[str, int], bool, tuple[str, str] | None]:
+        """What a dependency on array ``array_id`` needs: its tasks per state, whether one
+        has started, and the first task (id, state) that ended FAILED, CANCELLED or TIMEOUT."""
+        bad = [JobState.FAILED.value, JobState.CANCELLED.value, JobState.TIMEOUT.value]
+        ran = {JobState.RUNNING.value, JobState.STAGING_OUT.value, JobState.SUCCEEDED.value}
+        with self._lock:
+            counts = {r["state"]: r["n"] for r in self._db.execute(
+                "SELECT state, COUNT(*) AS n FROM jobs WHERE array_id = ? GROUP BY state",
+                (array_id,))}
+            started = bool(ran & counts.keys()) or self._db.execute(
+                "SELECT 1 FROM jobs WHERE array_id = ? AND started_at IS NOT NULL LIMIT 1",
+                (array_id,)).fetchone() is not None
+            first = None
+            if any(s in counts for s in bad):
+                row = self._db.execute(
+                    "SELECT id, state FROM jobs WHERE array_id = ? AND state IN (?, ?, ?)"
+                    " ORDER BY seq LIMIT 1", (array_id, *bad)).fetchone()
+                first = (row["id"], row["state"])
+        return counts, started, first
+
+    def depended_on(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of ``job_ids`` (job or array ids) some job's ``--dependency`` names."""
+        ids = builtins.list(dict.fromkeys(job_ids))
+        out: set[str] = set()
+        with self._lock:
+            for at in range(0, len(ids), 500):
+                part = ids[at:at + 500]
+                out.update(r[0] for r in self._db.execute(
+                    "SELECT DISTINCT upstream FROM dependencies WHERE upstream IN"
+                    f" ({', '.join('?' * len(part))})", part))
+        return out
 
     # builtins.list: inside this class ``list`` names the method JobStore.list
     def _events(self, job_id: str) -> builtins.list[Event]:

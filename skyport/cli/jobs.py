@@ -90,9 +90,13 @@ def submit_cmd(out: Output, script: str, **options: Any) -> None:
     help="only jobs in this state (repeatable)",
 )
 @click.option("--expand", is_flag=True, help="a row per array task, not one per array")
-def jobs_cmd(out: Output, all_: bool, states: tuple[str, ...], expand: bool) -> None:
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="the newest N jobs, newest first (an array's tasks count one each)")
+def jobs_cmd(out: Output, all_: bool, states: tuple[str, ...], expand: bool,
+             limit: int | None) -> None:
     """List jobs; a job array is one row with its tasks counted per state."""
-    jobs = get_client().jobs(all=all_, states=[s.upper() for s in states])
+    jobs = get_client().jobs(all=all_, states=[s.upper() for s in states], limit=limit,
+                             newest=limit is not None)
     now = _now()
     items: list[Any] = list(jobs) if expand else render.group_arrays(jobs)
     out.emit(

@@ -78,6 +78,7 @@ DEFAULT_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 900.0  # a large file's last part to its answer (storage assembling it)
 LOG_STREAMS = ("stdout", "stderr")
 LONG_POLL_S = 25.0  # the server's bound on one long-poll (skyport.core.waiters.MAX_WAIT_S)
+_PAGE = 500  # the most jobs one GET /v1/jobs answers (skyport.api.routes.jobs.MAX_PAGE)
 
 # Used only when an error response carries no ``{"error", "message"}`` body.
 _STATUS_ERRORS: dict[int, type[SkyportError]] = {
@@ -310,18 +311,28 @@ class Client:
                              timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, read=COMMIT_TIMEOUT_S)).url
         return f"upload:{digest.hexdigest()}/{name}"
 
-    def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None) -> list[Job]:
-        """Your jobs (``all=True``: everyone's, admins only), optionally in some states."""
+    def jobs(self, all: bool = False, states: Iterable[JobState | str] | None = None, *,
+             limit: int | None = None, newest: bool = False) -> list[Job]:
+        """Your jobs (``all=True``: everyone's, admins only), optionally in some states.
+
+        ``newest``: newest first; ``limit``: at most that many (only those are fetched).
+        """
+        if limit is not None and limit < 1:
+            raise ValidationError("limit", limit, "at least 1 job")
         params: list[tuple[str, str]] = []
         if all:
             params.append(("all", "true"))
         for state in states or ():
             params.append(("state", _state(state).value))
+        if newest:
+            params.append(("order", "newest"))
         # the answer comes in pages (X-Skyport-Next-After), without scripts
         out: list[Job] = []
         after: str | None = None
         while True:
             page_params = params + ([("after", after)] if after else [])
+            if limit is not None:  # no bigger a page than what is still wanted
+                page_params.append(("limit", str(min(limit - len(out), _PAGE))))
             response = self._request("GET", "/v1/jobs", params=page_params)
             try:
                 out.extend(TypeAdapter(list[Job]).validate_json(response.content))
@@ -329,7 +340,7 @@ class Client:
                 raise ControlPlaneError(f"GET /v1/jobs: the answer is not a list of jobs "
                                         f"(a server of another version?): {exc}") from exc
             after = response.headers.get("x-skyport-next-after")
-            if not after:
+            if not after or (limit is not None and len(out) >= limit):
                 return out
 
     def job(self, job_id: str) -> Job:

@@ -106,6 +106,7 @@ class ListJobs(Command):
     states: list[JobState] | None
     after: str | None = None
     limit: int | None = None
+    newest: bool = False  # newest first (``after``: then the jobs submitted before it)
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,24 @@ condition can no longer hold: when an upstream job ends (the service feeds
 the machine the dependants of every job that ended, again and again, so
 chains propagate), when it is submitted (its upstream may already be over),
 and when the control plane starts (a cascade cut short by a stop is finished).
+
+An id may name a job ARRAY (Slurm's semantics): ``afterok:A`` holds when every
+task of A ended SUCCEEDED and can never hold once one has not; ``afterany:A``
+when all ended; ``afternotok:A`` when all ended and one did not succeed;
+``after:A`` once one task started.  A task ``A_3`` is a job like any other.
+An array submitted with a dependency waits as a whole: each task has the
+array's spec, and the store keeps one ``dependencies`` row for the array.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from skyport.arrays import split_task_id
 from skyport.core.messages import UpstreamChanged
 from skyport.dependencies import Condition, parse_dependency, upstream_ids
 from skyport.errors import NotFoundError, StorageError, ValidationError
@@ -38,7 +47,8 @@ if TYPE_CHECKING:  # the verdicts, which the machine imports, need neither
     from skyport.storage import JobStorage
     from skyport.store import JobStore
 
-__all__ = ["DEPENDENCY", "DependencyDesk", "Upstream", "never_met", "waiting_for"]
+__all__ = ["DEPENDENCY", "DependencyDesk", "Upstream", "array_upstream", "never_met",
+           "waiting_for"]
 
 DEPENDENCY = "Dependency"  # the wait reason's code (squeue's)
 S = JobState
@@ -54,14 +64,39 @@ class Upstream:
     id: str
     state: JobState
     started: bool  # reached RUNNING at least once (a requeued job stays started)
+    # an array: its first task that ended FAILED, CANCELLED or TIMEOUT (id, state), and
+    # how far it is, for the wait reason; ``state`` is then the array's as a whole
+    failed_task: tuple[str, JobState] | None = None
+    progress: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> Upstream:
         return cls(job.id, job.state, job.started_at is not None)
 
 
+def array_upstream(array_id: str, counts: Mapping[str, int], started: bool,
+                   failed_task: tuple[str, str] | None) -> Upstream:
+    """An array as one upstream job: ended when every task has; SUCCEEDED when every
+    task did, else the state its first unsuccessful task ended in.  Pure."""
+    total = sum(counts.values())
+    ended = sum(n for state, n in counts.items() if S(state).is_terminal())
+    failed = None if failed_task is None else (failed_task[0], S(failed_task[1]))
+    if total and ended == total:
+        state = S.SUCCEEDED if failed is None else failed[1]
+    else:  # not over: the state shown is only a label, the verdicts read the rest
+        state = S.RUNNING if counts.get(S.RUNNING.value) else S.QUEUED
+    return Upstream(array_id, state, started, failed,
+                    f"array: {ended} of {total} tasks ended"
+                    + (f", {failed[0]} {failed[1].value}" if failed else ""))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> tuple[Condition, ...]:
+    return parse_dependency(text)  # every task of an array has the same text
+
+
 def conditions(job: Job) -> tuple[Condition, ...]:
-    return parse_dependency(job.spec.dependency) if job.spec.dependency else ()
+    return _parsed(job.spec.dependency) if job.spec.dependency else ()
 
 
 def _holds(kind: str, up: Upstream) -> bool:
@@ -85,8 +120,14 @@ def never_met(job: Job, upstream: Mapping[str, Upstream]) -> str | None:
             if up is None:
                 return f"dependency {job_id} no longer exists"
             if up.state.is_terminal() and not _holds(cond.kind, up):
-                return f"dependency {job_id} ended {up.state.value}"
+                return f"dependency {job_id} ended {up.state.value}" + _which(up)
+            if cond.kind == "afterok" and up.failed_task is not None:  # not all over yet
+                return f"dependency {job_id} ended {up.failed_task[1].value}" + _which(up)
     return None
+
+
+def _which(up: Upstream) -> str:
+    return f" (task {up.failed_task[0]})" if up.failed_task is not None else ""
 
 
 def waiting_for(job: Job, upstream: Mapping[str, Upstream],
@@ -110,7 +151,8 @@ def waiting_for(job: Job, upstream: Mapping[str, Upstream],
                    if up is None or not _holds(cond.kind, up)]
         if pending:
             waits.append(f"{cond.kind}: " + ", ".join(
-                f"{up.id} ({up.state.value})" for up in pending if up is not None))
+                f"{up.id} ({up.progress or up.state.value})" for up in pending
+                if up is not None))
     return "waits for " + "; ".join(waits) if waits else None
 
 
@@ -140,14 +182,24 @@ class DependencyDesk:
     def upstream(self, jobs: Iterable[Job]) -> dict[str, Upstream]:
         """Every job the ``jobs``' dependencies name, as it is now (absent: gone)."""
         out: dict[str, Upstream] = {}
-        for job in jobs:
-            for job_id in upstream_ids(conditions(job)):
+        for text in {j.spec.dependency for j in jobs if j.spec.dependency}:
+            for job_id in upstream_ids(_parsed(text)):
                 if job_id not in out:
-                    try:
-                        out[job_id] = Upstream.of(self.store.get(job_id, events=False))
-                    except NotFoundError:
-                        continue
+                    up = self._one(job_id)
+                    if up is not None:
+                        out[job_id] = up
         return out
+
+    def _one(self, job_id: str) -> Upstream | None:
+        try:
+            return Upstream.of(self.store.get(job_id, events=False))
+        except NotFoundError:
+            pass
+        try:
+            self.store.array(job_id)
+        except NotFoundError:
+            return None
+        return array_upstream(job_id, *self.store.array_facts(job_id))
 
     def namesakes(self, jobs: Iterable[Job]) -> list[Job]:
         """The queued or active jobs of every owner that has a singleton among ``jobs``."""
@@ -162,8 +214,15 @@ class DependencyDesk:
             return {}
         upstream, namesakes = self.upstream(waiting), self.namesakes(waiting)
         out = {}
+        same: dict[str, str | None] = {}  # an array's tasks: one verdict (no singleton)
         for job in waiting:
-            why = waiting_for(job, upstream, namesakes)
+            text = job.spec.dependency or ""
+            if "singleton" in text:
+                why = waiting_for(job, upstream, namesakes)
+            elif text in same:
+                why = same[text]
+            else:
+                why = same[text] = waiting_for(job, upstream, namesakes)
             if why is not None:
                 out[job.id] = why
         return out
@@ -173,27 +232,56 @@ class DependencyDesk:
         if ended is None:
             return self.event([j for j in self.store.list(states=[S.QUEUED])
                                if j.spec.dependency])
-        return self.event(self.store.dependants(ended))
+        ended = list(ended)
+        return self.event(self.store.dependants([*ended, *self._settled_arrays(ended)]))
+
+    def _settled_arrays(self, ended: Sequence[str]) -> list[str]:
+        """The arrays of the ``ended`` tasks whose dependants' verdict may now be final:
+        one task did not succeed, or every task is over.  Not the others: a
+        dependent array's 10,000 tasks are not read again as each upstream task ends."""
+        out = []
+        named = self.store.depended_on(s[0] for s in map(split_task_id, ended) if s)
+        for array_id in sorted(named):  # an array no one waits on costs one indexed lookup
+            counts, _, failed = self.store.array_facts(array_id)
+            if failed is not None or all(S(state).is_terminal() for state in counts):
+                out.append(array_id)
+        return out
 
     def event(self, jobs: Sequence[Job]) -> UpstreamChanged | None:
         """``UpstreamChanged`` for ``jobs``, with their upstream jobs as they are now."""
         return UpstreamChanged(tuple(jobs), self.upstream(jobs)) if jobs else None
+
+    def array_event(self, array_id: str) -> UpstreamChanged | None:
+        """``UpstreamChanged`` for a just-submitted dependent array, only if its dependency
+        can already never hold: its tasks are read only then."""
+        first = self.store.list(array_id=array_id, limit=1)
+        if not first or never_met(first[0], self.upstream(first)) is None:
+            return None
+        return self.event(self.store.list(array_id=array_id, states=[S.QUEUED]))
 
     def check_submitted(self, spec: JobSpec, owner: str) -> None:
         """Every job id ``spec``'s dependency names is one of ``owner``'s; ``job://`` inputs
         name an ``afterok`` one.  The same refusal for another user's job as for none, so
         ids cannot be probed."""
         conds = parse_dependency(spec.dependency) if spec.dependency else ()
+        arrays = set()
         for job_id in upstream_ids(conds):
             try:
                 mine = self.store.get(job_id, events=False).owner == owner
             except NotFoundError:
-                mine = False
+                try:  # an array's id: every task of it
+                    mine = self.store.array(job_id).owner == owner
+                    arrays.add(job_id)
+                except NotFoundError:
+                    mine = False
             if not mine:
                 raise ValidationError("dependency", job_id, "the id of one of your own jobs")
         after_ok = {i for c in conds if c.kind == "afterok" for i in c.job_ids}
         for url in spec.inputs:
             named = parse_upstream_url(url)
+            if named is not None and named in arrays:
+                raise ValidationError("input", url, "a job:// input of one job (an array "
+                                      f"has no one result: job://{named}_INDEX/result)")
             if named is not None and named not in after_ok:
                 raise ValidationError("input", url, f"a job:// input of a job this one depends "
                                       f"on with afterok (--dependency=afterok:{named})")

@@ -430,6 +430,10 @@ class CoreService:
     async def submit_array(self, who: Identity, spec: JobSpec,
                            payloads_b64: list[str] | None = None) -> ArrayView:
         record = await self.intake.submit_array(who, spec, payloads_b64)
+        if record.spec.dependency:  # as for a job: its upstream may be over already
+            upstream = self.dependencies.array_event(record.id)
+            if upstream is not None:
+                self._run(upstream)
         return arrays.array_view(self.store, record)
 
     async def array(self, who: Identity, array_id: str) -> ArrayView:
@@ -459,14 +463,18 @@ class CoreService:
 
     async def jobs(
         self, who: Identity, all_users: bool = False, states: list[JobState] | None = None,
-        after: str | None = None, limit: int | None = None,
+        after: str | None = None, limit: int | None = None, newest: bool = False,
     ) -> list[Job]:
-        """One page of jobs in submission order: up to ``limit`` after the job ``after``."""
+        """One page of jobs in submission order (``newest``: newest first): up to ``limit``
+        after the job ``after``."""
         if all_users and not who.is_admin:
             raise PermissionDeniedError("only an admin may list every user's jobs")
         owner = None if all_users else who.username
-        return [self._with_plan(j) for j in self.store.list(owner=owner, states=states,
-                                                            after=after, limit=limit)]
+        page = self.store.list(owner=owner, states=states, after=after, limit=limit,
+                               newest=newest)
+        # one look at the upstream jobs for the page: a dependent array's tasks share them
+        blocked = self.dependencies.blocked([j for j in page if j.state == S.QUEUED])
+        return [self._with_plan(j, blocked) for j in page]
 
     async def cancel(self, who: Identity, job_id: str) -> Job:
         self._run(CancelAsked(self._visible(who, job_id), who.username))
@@ -509,18 +517,19 @@ class CoreService:
         return {"cancelled": [j.id for j in live], "already_ended": over,
                 "not_found": not_found}
 
-    def _with_plan(self, job: Job) -> Job:
+    def _with_plan(self, job: Job, blocked: dict[str, str] | None = None) -> Job:
         """The job with its planned start and why it waits, from the last planning pass."""
         entry = self._plan.get(job.id)
         if entry is not None and job.state == S.QUEUED and not job.held:
             job.planned_start_at = datetime.fromtimestamp(entry.start_s, UTC)
             job.planned_start_predicted = entry.predicted
-        reason = self._wait_reason(job)
+        reason = self._wait_reason(job, blocked)
         if reason is not None:
             job.wait_reason, job.wait_detail = reason
         return job
 
-    def _wait_reason(self, job: Job) -> tuple[str, str] | None:
+    def _wait_reason(self, job: Job,
+                     blocked: dict[str, str] | None = None) -> tuple[str, str] | None:
         if job.state in (S.SCHEDULED, S.PROVISIONING):
             return "Provisioning", f"gate {job.gate} is building its cluster"
         if job.state != S.QUEUED:
@@ -528,7 +537,7 @@ class CoreService:
         if job.held:
             return "Held", f"held: 'skyport release {job.id}' puts it back in the queue"
         if job.spec.dependency:
-            waits = self.dependencies.blocked([job]).get(job.id)
+            waits = (self.dependencies.blocked([job]) if blocked is None else blocked).get(job.id)
             if waits is not None:
                 return DEPENDENCY, waits
         if job.id in self._throttled:

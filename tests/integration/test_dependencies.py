@@ -94,6 +94,26 @@ def test_a_dependency_on_a_failed_job_cancels_the_dependant_with_the_reason(
     assert admin.job(upstream).state == S.FAILED
 
 
+def test_afterok_on_an_array_runs_after_every_task_and_a_failed_task_cancels(admin) -> None:
+    good = admin.submit_array(build_spec(_script("sleep 1; echo task $SKYPORT_ARRAY_TASK_ID",
+                                                 "--array=0-2")))
+    after_all = admin.submit(build_spec(_script("echo after", f"--dependency=afterok:{good.id}")))
+    bad = admin.submit_array(build_spec(_script(
+        '[ "$SKYPORT_ARRAY_TASK_ID" = 1 ] && exit 5; sleep 1', "--array=0-2")))
+    doomed = admin.submit(build_spec(_script("echo never", f"--dependency=afterok:{bad.id}")))
+    ran = admin.wait(after_all.id, timeout=240)
+    assert ran.state == S.SUCCEEDED, (ran.state, ran.reason)
+    assert admin.logs(ran.id).data == b"after\n"
+    tasks = [admin.job(t) for t in good.task_ids()]
+    assert [t.state for t in tasks] == [S.SUCCEEDED] * 3
+    assert ran.started_at is not None
+    assert all(t.ended_at is not None and t.ended_at <= ran.started_at for t in tasks)
+    ended = admin.wait(doomed.id, timeout=240)
+    assert (ended.state, ended.reason, ended.started_at) == (
+        S.CANCELLED, f"dependency {bad.id} ended FAILED (task {bad.id}_1)", None)
+    assert admin.job(f"{bad.id}_1").state == S.FAILED
+
+
 def test_a_function_pipeline_passes_results_between_jobs(controlplane) -> None:
     @skyport.job(cpus=1, time="3m", home=controlplane.home)
     def prepare(n: int) -> list[int]:

@@ -145,6 +145,22 @@ def test_usage_error_is_exit_2(cp: CliPlane) -> None:
     assert run("submit", "/no/such/file.sh").exit_code == 2
 
 
+def test_jobs_limit_shows_the_newest_first_fetching_only_those(cp: CliPlane) -> None:
+    ids = [submitted(cp, name=f"j{n}") for n in range(5)]
+    before = len(cp.requests)
+    result = run("jobs", "--limit", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert [j["id"] for j in one_json(result)] == [ids[4], ids[3]]
+    listed = [r for r in cp.requests[before:] if r.url.path == "/v1/jobs"]
+    assert len(listed) == 1  # one page of 2, not every job
+    assert (listed[0].url.params["limit"], listed[0].url.params["order"]) == ("2", "newest")
+    table = run("jobs", "--limit", "3").stdout.splitlines()
+    assert [line.split()[0] for line in table[1:]] == [ids[4], ids[3], ids[2]]
+    assert [j["id"] for j in one_json(run("jobs", "--json"))] == ids  # no limit: oldest first
+    for bad in ("0", "-1", "x"):
+        assert run("jobs", "--limit", bad).exit_code == 2
+
+
 def test_jobs_table_and_filters(one_node: CliPlane) -> None:
     cp = one_node
     b = submitted(cp, name="other")

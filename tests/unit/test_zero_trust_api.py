@@ -324,6 +324,22 @@ def test_job_listings_carry_no_scripts_and_page(cp: TestControlPlane) -> None:
     assert alice.job(ids[0]).spec.script == big  # one job's own answer keeps it
 
 
+def test_job_listings_page_newest_first(cp: TestControlPlane) -> None:
+    alice = cp.client("alice")
+    ids = [alice.submit(JobSpec(script=SCRIPT)).id for _ in range(5)]
+    cp.client("bob").submit(JobSpec(script=SCRIPT))  # never in alice's pages
+    first = _raw(cp).get("/v1/jobs", params={"limit": "2", "order": "newest"})
+    assert [j["id"] for j in first.json()] == [ids[4], ids[3]]
+    after = first.headers["x-skyport-next-after"]
+    rest = _raw(cp).get("/v1/jobs", params={"limit": "3", "order": "newest", "after": after})
+    assert [j["id"] for j in rest.json()] == [ids[2], ids[1], ids[0]]
+    assert [j.id for j in alice.jobs(newest=True)] == ids[::-1]
+    assert [j.id for j in alice.jobs(newest=True, limit=4)] == ids[:0:-1]
+    assert [j.id for j in alice.jobs(limit=2)] == ids[:2]  # the oldest 2 without newest
+    bad = _raw(cp).get("/v1/jobs", params={"order": "random"})
+    assert bad.status_code == 422 and "order" in bad.text
+
+
 def test_control_characters_in_an_agent_reason_never_reach_a_terminal(
         cp: TestControlPlane) -> None:
     job = cp.client("alice").submit(JobSpec(script=SCRIPT))

@@ -74,13 +74,16 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str,
         state: Annotated[list[JobState] | None, Query()] = None,
         after: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+        order: Literal["oldest", "newest"] = "oldest",
     ) -> list[Job]:
-        """A page of jobs without their scripts (``GET /v1/jobs/{id}`` has the script).
+        """A page of jobs without their scripts (``GET /v1/jobs/{id}`` has the script),
+        in submission order, or newest first with ``order=newest``.
 
         ``X-Skyport-Next-After`` names the last job when the page is full: ask again
-        with ``after=`` it for the next page.
+        with ``after=`` it (and the same ``order``) for the next page.
         """
-        page = list(await core.execute(c.ListJobs(who, all, state, after, limit)))
+        page = list(await core.execute(c.ListJobs(who, all, state, after, limit,
+                                                  order == "newest")))
         if len(page) == limit:
             response.headers["X-Skyport-Next-After"] = page[-1].id
         return [_without_script(j) for j in page]

@@ -6,6 +6,7 @@ and Core in-process (``TestControlPlane``), playing the agents by hand.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -370,3 +371,158 @@ def test_a_raw_request_with_a_bad_dependency_is_a_422_naming_it(
     assert error["error"] == "ValidationError" and "dependency" in error["message"]
     assert bobs not in error["message"] or "your own jobs" in error["message"]
     assert cp.store.count() == before
+
+
+# -- dependencies and job arrays (Slurm's semantics) ---------------------------------------
+
+
+def array(dependency: str | None = None, indices: str = "0-2", name: str = "sweep") -> JobSpec:
+    return spec(dependency, name).model_copy(update={"array": indices})
+
+
+def test_afterok_on_an_array_waits_for_every_task_to_succeed(cp: TestControlPlane) -> None:
+    c = cp.client()
+    a = c.submit_array(array())
+    d = c.submit(spec(f"afterok:{a.id}")).id
+    cp.run(f"{a.id}_0")
+    waiting = stays_queued(cp, d)
+    assert waiting.wait_reason == "Dependency"
+    assert waiting.wait_detail == f"waits for afterok: {a.id} (array: 1 of 3 tasks ended)"
+    cp.run(f"{a.id}_1")
+    stays_queued(cp, d)
+    cp.run(f"{a.id}_2")
+    cp.run(d)
+    assert c.wait(d).state == S.SUCCEEDED
+
+
+def test_one_failed_task_cancels_an_afterok_on_its_array_at_once_and_the_chain(
+        cp: TestControlPlane) -> None:
+    c = cp.client()
+    a = c.submit_array(array())
+    d = c.submit(spec(f"afterok:{a.id}")).id
+    e = c.submit_array(array(f"afterok:{d}"))  # a dependent array: all its tasks follow
+    on_any = c.submit(spec(f"afterany:{a.id}")).id
+    cp.run(f"{a.id}_1", exit_code=4)  # tasks 0 and 2 have not even run
+    ended = c.wait(d)
+    assert (ended.state, ended.reason) == (S.CANCELLED,
+                                           f"dependency {a.id} ended FAILED (task {a.id}_1)")
+    assert {t.state for t in cp.store.list(array_id=e.id)} == {S.CANCELLED}
+    assert c.wait(f"{e.id}_2").reason == f"dependency {d} ended CANCELLED"
+    assert stays_queued(cp, on_any).wait_reason == "Dependency"  # 2 tasks left
+    c.cancel_many([a.id])
+    cp.run(on_any)
+    assert c.wait(on_any).state == S.SUCCEEDED
+
+
+def test_afternotok_on_an_array_needs_all_ended_and_one_not_succeeded(
+        cp: TestControlPlane) -> None:
+    c = cp.client()
+    good, bad = c.submit_array(array(indices="0-1")), c.submit_array(array(indices="0-1"))
+    on_good = c.submit(spec(f"afternotok:{good.id}")).id
+    on_bad = c.submit(spec(f"afternotok:{bad.id}")).id
+    for i in (0, 1):
+        cp.run(f"{good.id}_{i}")
+    assert c.wait(on_good).reason == f"dependency {good.id} ended SUCCEEDED"
+    cp.run(f"{bad.id}_0", exit_code=1)
+    assert stays_queued(cp, on_bad).wait_reason == "Dependency"  # task 1 not over yet
+    cp.run(f"{bad.id}_1")
+    cp.run(on_bad)
+    assert c.wait(on_bad).state == S.SUCCEEDED
+
+
+def test_after_on_an_array_holds_once_one_task_started(cp: TestControlPlane) -> None:
+    c = cp.client()
+    a = c.submit_array(array(indices="0-1%1"))
+    d = c.submit(spec(f"after:{a.id}")).id
+    cp.wait_state(f"{a.id}_0", S.PROVISIONING)
+    assert stays_queued(cp, d).wait_reason == "Dependency"
+    agents = cp.start(f"{a.id}_0")
+    cp.run(d)
+    assert c.wait(d).state == S.SUCCEEDED
+    agents.exit(0)
+
+
+def test_a_dependency_on_one_task_is_on_that_task_only(cp: TestControlPlane) -> None:
+    c = cp.client()
+    a = c.submit_array(array())
+    one = c.submit(spec(f"afterok:{a.id}_1")).id
+    doomed = c.submit(spec(f"afterok:{a.id}_0")).id
+    cp.run(f"{a.id}_0", exit_code=1)
+    assert c.wait(doomed).reason == f"dependency {a.id}_0 ended FAILED"
+    assert stays_queued(cp, one).wait_detail == \
+        f"waits for afterok: {a.id}_1 ({cp.store.get(f'{a.id}_1').state.value})"
+    cp.run(f"{a.id}_1")
+    cp.run(one)
+    assert c.wait(one).state == S.SUCCEEDED
+
+
+def test_another_users_array_or_task_is_refused_as_an_unknown_id(cp: TestControlPlane) -> None:
+    theirs = cp.client("bob").submit_array(array())
+    answers = set()
+    alice = cp.client("alice")
+    for target in (theirs.id, f"{theirs.id}_1", "0badc0de", "0badc0de_1"):
+        for submit in (lambda d: alice.submit(spec(d)),
+                       lambda d: alice.submit_array(array(d))):
+            with pytest.raises(ValidationError) as info:
+                submit(f"afterany:{target}")
+            assert info.value.http_status == 422 and info.value.value == target
+            answers.add((info.value.field, info.value.allowed))
+    assert answers == {("dependency", "the id of one of your own jobs")}
+    assert {j.owner for j in cp.client().jobs(all=True)} == {"bob"}  # nothing queued
+    with sqlite3.connect(cp.store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM dependencies").fetchone()[0] == 0
+
+
+def test_an_array_input_of_job_url_is_refused(cp: TestControlPlane) -> None:
+    c = cp.client()
+    a = c.submit_array(array())
+    with pytest.raises(ValidationError, match="an array has no one result") as info:
+        c.submit(spec(f"afterok:{a.id}").model_copy(update={"inputs": (upstream_url(a.id),)}))
+    assert info.value.field == "input"
+
+
+def test_a_dependent_array_waits_as_a_whole_then_runs(cp: TestControlPlane) -> None:
+    c = cp.client()
+    up = c.submit(spec()).id
+    b = c.submit_array(array(f"afterok:{up}"))
+    for task in b.task_ids():
+        waiting = stays_queued(cp, task)
+        assert (waiting.wait_reason, waiting.wait_detail) == (
+            "Dependency", f"waits for afterok: {up} ({cp.store.get(up).state.value})")
+    with sqlite3.connect(cp.store.path) as db:  # one row for the array, none per task
+        assert db.execute("SELECT job_id, upstream, kind FROM dependencies").fetchall() == [
+            (b.id, up, "afterok")]
+    assert [j.id for j in cp.store.dependants([up])] == b.task_ids()
+    cp.run(up)
+    for task in b.task_ids():
+        cp.run(task)
+    assert c.array(b.id).counts == {S.SUCCEEDED: 3}
+
+
+def test_a_dependent_array_on_a_failed_job_is_cancelled_whole_at_submit_and_on_end(
+        cp: TestControlPlane) -> None:
+    c = cp.client()
+    up = c.submit(spec()).id
+    b = c.submit_array(array(f"afterok:{up}"))
+    cp.run(up, exit_code=2)
+    for task in b.task_ids():
+        assert c.wait(task).reason == f"dependency {up} ended FAILED"
+    late = c.submit_array(array(f"afterok:{up}"))  # its upstream is over already
+    assert late.counts == {S.CANCELLED: 3}
+    assert cp.store.get(late.task_ids()[0]).reason == f"dependency {up} ended FAILED"
+
+
+def test_a_dependent_array_is_settled_when_the_control_plane_starts(tmp_path: Path) -> None:
+    root = tmp_path / "cp"
+    with TestControlPlane(root) as cp:
+        c = cp.client()
+        a = c.submit_array(array())  # never runs: no agent here
+        b = c.submit_array(array(f"afterok:{a.id}"))
+        stays_queued(cp, b.task_ids()[0])
+    store = JobStore(root / "jobs.db")  # a task failed, the control plane stopped at once
+    store.transition(f"{a.id}_2", S.CANCELLED, "cancelled")
+    store.close()
+    with TestControlPlane(root) as cp:
+        ended = cp.client().wait(f"{b.id}_0")
+        assert ended.reason == f"dependency {a.id} ended CANCELLED (task {a.id}_2)"
+        assert cp.client().array(b.id).counts == {S.CANCELLED: 3}

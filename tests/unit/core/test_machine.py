@@ -14,7 +14,7 @@ import pytest
 
 from skyport import tokens
 from skyport.core.checkpoints import CHECKPOINT_TIMEOUT_S, OpenCheckpoint
-from skyport.core.dependencies import Upstream
+from skyport.core.dependencies import Upstream, array_upstream
 from skyport.core.machine import LOST_TAG, JobMachine, MachineSettings
 from skyport.core.messages import (
     AgentExited,
@@ -858,3 +858,59 @@ def test_several_dependants_are_decided_together() -> None:
                                                                     dependency="afternotok:u")
     out = machine().handle(UpstreamChanged((ok, notok), {"u": up("u", S.FAILED)}), T0)
     assert transitions(out) == [("d1", S.CANCELLED)]
+
+
+# -- dependencies on a job array: every task, with Slurm's semantics ----------------------
+
+
+def arr(**counts: int) -> Upstream:
+    """Array "A" with ``counts`` tasks per state; its first unsuccessful task is A_1."""
+    bad = next((s for s in ("FAILED", "TIMEOUT", "CANCELLED") if counts.get(s)), None)
+    started = any(counts.get(s) for s in ("RUNNING", "SUCCEEDED", "FAILED", "TIMEOUT"))
+    return array_upstream("A", counts, started, None if bad is None else ("A_1", bad))
+
+
+@pytest.mark.parametrize(("dependency", "tasks", "why"), [
+    # afterok: never, as soon as one task did not succeed, while others still run
+    ("afterok:A", {"FAILED": 1, "RUNNING": 8, "SUCCEEDED": 1},
+     "dependency A ended FAILED (task A_1)"),
+    ("afterok:A", {"CANCELLED": 1, "QUEUED": 9}, "dependency A ended CANCELLED (task A_1)"),
+    ("afterok:A", {"TIMEOUT": 1, "SUCCEEDED": 9}, "dependency A ended TIMEOUT (task A_1)"),
+    ("afternotok:A", {"SUCCEEDED": 10}, "dependency A ended SUCCEEDED"),
+])
+def test_an_array_dependency_that_can_never_hold_cancels(dependency: str,
+                                                         tasks: dict[str, int],
+                                                         why: str) -> None:
+    job = make_job(id="d", dependency=dependency)
+    out = machine().handle(UpstreamChanged((job,), {"A": arr(**tasks)}), T0)
+    assert out == [Transition("d", S.CANCELLED, why, {"token_hash": None})]
+
+
+@pytest.mark.parametrize(("dependency", "tasks"), [
+    ("afterok:A", {"SUCCEEDED": 9, "RUNNING": 1}), ("afterok:A", {"SUCCEEDED": 10}),
+    ("afternotok:A", {"SUCCEEDED": 9, "RUNNING": 1}),  # the last one may still fail
+    ("afternotok:A", {"FAILED": 1, "RUNNING": 9}), ("afterany:A", {"FAILED": 1, "QUEUED": 9}),
+    ("after:A", {"QUEUED": 10}),
+])
+def test_an_array_dependency_that_holds_or_still_may_changes_nothing(
+        dependency: str, tasks: dict[str, int]) -> None:
+    job = make_job(id="d", dependency=dependency)
+    assert machine().handle(UpstreamChanged((job,), {"A": arr(**tasks)}), T0) == []
+
+
+def test_an_array_as_one_upstream_holds_as_slurm_says() -> None:
+    from skyport.core.dependencies import _holds
+
+    running = arr(SUCCEEDED=3, RUNNING=1)
+    assert not _holds("afterok", running) and not _holds("afterany", running)
+    assert _holds("after", running) and not _holds("after", arr(QUEUED=4))
+    assert _holds("afterok", arr(SUCCEEDED=4)) and not _holds("afternotok", arr(SUCCEEDED=4))
+    assert _holds("afterany", arr(SUCCEEDED=3, CANCELLED=1))
+    assert _holds("afternotok", arr(SUCCEEDED=3, FAILED=1))
+    assert not _holds("afternotok", arr(RUNNING=3, FAILED=1))  # not over: all must end
+
+
+def test_every_task_of_a_dependent_array_is_cancelled_together() -> None:
+    tasks = tuple(make_job(id=f"B_{i}", dependency="afterok:A") for i in range(3))
+    out = machine().handle(UpstreamChanged(tasks, {"A": arr(FAILED=1, RUNNING=2)}), T0)
+    assert transitions(out) == [(f"B_{i}", S.CANCELLED) for i in range(3)]
