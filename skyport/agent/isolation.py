@@ -130,8 +130,21 @@ class Isolation:
         """``/tmp`` as the payload sees it: the node's own folder, shared by every process
         of the node and by no other node (an empty one per process without it)."""
         if self.tmp:
-            return ["--bind", str(Path(self.tmp).resolve()), "/tmp"]
-        return ["--tmpfs", "/tmp"] if self.mode == "sandbox" else []
+            view = ["--bind", str(Path(self.tmp).resolve()), "/tmp"]
+        elif self.mode == "sandbox":
+            view = ["--tmpfs", "/tmp"]
+        else:
+            return []
+        # the Python (and Sky Port) that runs the payload may itself live under /tmp, e.g.
+        # a checkout with its virtual environment there: bound back over the new /tmp,
+        # read-only, or the payload's interpreter is gone (exit 127)
+        tmp = Path("/tmp").resolve()
+        under: list[Path] = []
+        for target in _runtime_targets():
+            if target.is_relative_to(tmp) and not any(target.is_relative_to(u) for u in under):
+                under.append(target)
+                view += ["--ro-bind", str(target), str(target)]
+        return view
 
     def popen_kwargs(self) -> dict[str, Any]:
         """``subprocess.Popen`` arguments that drop to the payload's user (``user`` mode
@@ -213,16 +226,12 @@ def interpreter_exposure() -> tuple[str, ...]:
     and the installation itself is bound back in, read-only.  Nothing when
     every folder is enterable already.
     """
-    from skyport.gate.environment import skyport_root
 
     args: list[str] = []
     hidden: set[Path] = set()
     made: set[Path] = set()
     bound: set[Path] = set()
-    targets = sorted({Path(p).resolve() for p in (sys.base_prefix, sys.prefix, skyport_root(),
-                                                  os.path.dirname(os.path.realpath(
-                                                      sys.executable)))})
-    for target in targets:
+    for target in _runtime_targets():
         chain = [*reversed(target.parents), target]
         blocked = next((p for p in chain if not _enterable_by_others(p)), None)
         if blocked is None or blocked == target:
@@ -236,6 +245,16 @@ def interpreter_exposure() -> tuple[str, ...]:
         args += ["--ro-bind", str(target), str(target)]
         bound.add(target)
     return tuple(args)
+
+
+def _runtime_targets() -> list[Path]:
+    """The interpreter's installation, the virtual environment, Sky Port's root and the
+    interpreter's folder: what a payload needs to run this Python, shortest first."""
+    from skyport.gate.environment import skyport_root
+
+    return sorted({Path(p).resolve() for p in (sys.base_prefix, sys.prefix, skyport_root(),
+                                               os.path.dirname(os.path.realpath(
+                                                   sys.executable)))})
 
 
 def _folders_between(top: Path, target: Path, made: set[Path], perms: str) -> list[str]:

@@ -179,6 +179,30 @@ def test_the_sandbox_gives_each_node_its_own_tmp(monkeypatch: pytest.MonkeyPatch
     assert bare[bare.index("/tmp") - 1] == "--tmpfs"
 
 
+def test_a_python_that_lives_under_tmp_stays_visible_over_the_nodes_tmp(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # a checkout with its virtual environment in /tmp (CI's clean clone may be there):
+    # without binding it back, the payload's interpreter vanishes under the node's /tmp
+    monkeypatch.setattr("skyport.agent.isolation.bwrap_path", lambda: "/usr/bin/bwrap")
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("sys.prefix", "/tmp/clone/.venv")
+    monkeypatch.setattr("skyport.gate.environment.skyport_root", lambda: Path("/tmp/clone"))
+    for iso in (Isolation(mode="sandbox", tmp=str(tmp_path)),
+                Isolation(mode="user", uid=4242, gid=4242, tmp=str(tmp_path))):
+        argv = iso.argv(["true"], cwd=tmp_path, binds=())
+        view = argv.index("/tmp")
+        ro = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+        assert "/tmp/clone" in ro  # bound back, after the node's /tmp
+        assert argv.index("/tmp/clone") > view
+        if iso.mode == "sandbox":  # once: the environment inside it comes with it
+            assert "/tmp/clone/.venv" not in ro
+    monkeypatch.setattr("sys.prefix", "/opt/venv")
+    monkeypatch.setattr("skyport.gate.environment.skyport_root", lambda: Path("/opt/src"))
+    argv = Isolation(mode="sandbox", tmp=str(tmp_path)).argv(["true"], cwd=tmp_path, binds=())
+    assert not any(a.startswith("/tmp/") for a in argv[argv.index("/tmp"):argv.index("--chdir")]
+                   if a != str(tmp_path.resolve()) and not a.startswith(str(tmp_path.resolve())))
+
+
 def test_mpi_versions_are_read_from_hydra_and_open_mpi() -> None:
     assert parse_version("HYDRA build details:\n    Version:          5.0.2\n") == "5.0.2"
     assert parse_version("mpirun (Open MPI) 5.0.11\n\nReport bugs to") == "5.0.11"
