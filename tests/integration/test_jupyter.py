@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -477,3 +478,51 @@ def test_the_example_notebook_runs_mpi_across_both_nodes_of_its_server(controlpl
                 break
             time.sleep(0.5)
         assert processes_of_job(job.id) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nsenter"),
+                    reason="network namespaces need root, iproute2 and nsenter")
+def test_a_server_in_a_node_with_its_own_network_is_reached_only_through_the_relay(
+        fresh_controlplane) -> None:  # noqa: ANN001
+    """The node's namespace has loopback and its cluster's bridge, no route to the
+    host: the server answers anyway, so nothing but the agent's own outbound
+    connection (through the gate's forwarder to the control plane) carries it."""
+    from skyport.config import GateEntry
+
+    cp = fresh_controlplane(gates=[GateEntry(name="local", type="local",
+                                             config={"cpus": 4, "network": "namespace"})])
+    cp.add_user("alice")
+    cmd = [sys.executable, "-m", "skyport", "--home", str(cp.home), "--user", "alice",
+           "jupyter", "--cpus", "1", "--time", "00:10:00", "--gate", "local"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+        assert line.startswith("http://127.0.0.1:"), (line, proc.stderr.read(2000))  # type: ignore[union-attr]
+        base, _, token = line.partition("/?token=")
+        status = httpx.get(f"{base}/api/status", headers={"Authorization": f"token {token}"},
+                           timeout=60)
+        assert status.status_code == 200, status.text
+        with cp.client("alice") as alice:
+            [job] = [j for j in alice.jobs() if j.name == "jupyter"
+                     and not j.state.is_terminal()]
+            pids = processes_of_job(job.id)
+            assert pids
+            ours = os.readlink("/proc/self/ns/net")
+            for pid in pids:  # every process of the job lives in the node's namespace
+                assert os.readlink(f"/proc/{pid}/ns/net") != ours
+            links = subprocess.run(["nsenter", "-t", str(pids[0]), "-n", "ip", "-o", "link"],
+                                   capture_output=True, text=True, check=True).stdout
+            names = sorted(part.split(":")[1].strip().split("@")[0]
+                           for part in links.splitlines())
+            assert names == ["lo", "sky0"], links
+            routes = subprocess.run(["nsenter", "-t", str(pids[0]), "-n", "ip", "route"],
+                                    capture_output=True, text=True, check=True).stdout
+            assert "default" not in routes, routes  # no way out but the relay's forwarder
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(60)
+            assert alice.wait(job.id, timeout=120).state == JobState.CANCELLED
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
