@@ -521,7 +521,15 @@ def test_a_server_in_a_node_with_its_own_network_is_reached_only_through_the_rel
             assert "default" not in routes, routes  # no way out but the relay's forwarder
             os.kill(proc.pid, signal.SIGINT)
             proc.wait(60)
-            assert alice.wait(job.id, timeout=120).state == JobState.CANCELLED
+            ended = alice.wait(job.id, timeout=120)
+            assert ended.state == JobState.CANCELLED
+            for _ in range(240):  # the cluster goes, and its network with it
+                listed = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                        text=True, check=True).stdout
+                if str(ended.cluster_id) not in listed:
+                    break
+                time.sleep(0.5)
+            assert str(ended.cluster_id) not in listed, listed
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
