@@ -37,7 +37,7 @@ MAX_PAYLOADS_BYTES = 64 * 1024 * 1024  # together, as for one function job's pay
 
 
 async def submit_array(store: JobStore, storage: JobStorage, limits: SubmitLimits,
-                       validate: Callable[[JobSpec, str], Awaitable[None]],
+                       validate: Callable[[JobSpec, str], Awaitable[JobSpec]],
                        new_id: Callable[[], str], who: Identity, spec: JobSpec,
                        payloads_b64: Sequence[str] | None) -> ArrayRecord:
     """Check the array as ``JobIntake.submit`` checks a job, write its files once, store it.
@@ -54,7 +54,7 @@ async def submit_array(store: JobStore, storage: JobStorage, limits: SubmitLimit
         raise ConflictError(
             f"user {who.username} has {queued} queued jobs; {indices.count} more tasks would "
             f"pass {limit} (limits.max_queued_per_user in config.json)")
-    await validate(spec, who.username)
+    spec = await validate(spec, who.username)  # as queued: a relative deadline made absolute
     blob, offsets = _payloads(spec, payloads_b64, indices.count)
     array_id = new_id()
     record = ArrayRecord(array_id, who.username, spec, indices.count, indices.throttle,

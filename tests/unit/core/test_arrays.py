@@ -69,6 +69,18 @@ def test_an_array_is_one_record_with_its_script_once(cp: TestControlPlane) -> No
     assert sum(cp.client("alice").array(view.id).counts.values()) == 10000
 
 
+def test_an_arrays_relative_deadline_is_stored_as_a_time(cp: TestControlPlane) -> None:
+    # as for one job: "+2h" means two hours from submission, not from whenever it is read
+    before = time.time()
+    view = cp.client().submit_array(spec("0-1").model_copy(update={"deadline": "+2h"}))
+    stored = cp.client().job(f"{view.id}_0").spec.deadline
+    assert stored is not None and not stored.startswith("+")
+    from datetime import datetime
+
+    at = datetime.fromisoformat(stored).timestamp()
+    assert before + 7200 - 5 <= at <= time.time() + 7200 + 5
+
+
 def test_steps_and_lists_give_those_task_ids(cp: TestControlPlane) -> None:
     view = cp.client().submit_array(spec("1,3,5-7"))
     assert view.indices == [1, 3, 5, 6, 7]
