@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,3 +118,15 @@ def processes_of_job(job_id: str) -> list[int]:
         if marker in env:
             found.append(int(entry))
     return found
+
+
+def until_job(client, job_id: str, check, what: str, timeout: float = 120):  # type: ignore[no-untyped-def]
+    """The job once ``check(job)`` holds; fails naming ``what`` and where the job stands."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.job(job_id)
+        if check(job):
+            return job
+        assert time.monotonic() < deadline, (what, job.state, job.reason, job.wait_reason,
+                                             job.wait_detail)
+        time.sleep(0.2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,12 @@ from skyport.errors import NotFoundError, PermissionDeniedError
 from skyport.models import Job, JobState
 from skyport.script import build_spec
 
-from .conftest import LOCAL_CPUS
+from .conftest import LOCAL_CPUS, until_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 S = JobState
 PER_SECOND = 0.1  # 360 per node-hour: a 1-minute limit on 1 node is a worst case of 6.00
 
-
-def _until(client, job_id: str, check, what: str, timeout: float = 120) -> Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if check(job):
-            return job
-        assert time.monotonic() < deadline, (what, job.state, job.wait_reason, job.wait_detail)
-        time.sleep(0.2)
 
 
 def _spent(jobs: list[Job]) -> float:
@@ -69,10 +59,10 @@ def test_a_job_waits_for_budget_runs_when_raised_and_the_spend_survives_a_restar
         long = alice.submit(build_spec(
             "#!/bin/bash\n#SKYPORT --time=1m\n"
             f"for i in $(seq 250); do [ -e {go_on} ] && break; sleep 0.2; done\n")).id
-        _until(alice, long, lambda j: j.state == S.RUNNING, "the long job to run")
+        until_job(alice, long, lambda j: j.state == S.RUNNING, "the long job to run")
         # spent + 6.00 committed by the long job + 6.00 for this one > 10.00
         third = alice.submit(build_spec(short)).id
-        job = _until(alice, third, lambda j: j.wait_reason == "Budget", "the Budget reason")
+        job = until_job(alice, third, lambda j: j.wait_reason == "Budget", "the Budget reason")
         assert job.state == S.QUEUED
         assert job.wait_detail.startswith("needs 6.00, "), job.wait_detail
         assert job.wait_detail.endswith(" of 10.00 left this month"), job.wait_detail

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +12,10 @@ import pytest
 
 import skyport
 from skyport.errors import JobFailedError
-from skyport.models import Job, JobState
+from skyport.models import JobState
 from skyport.script import build_spec
+
+from .conftest import until_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 S = JobState
@@ -23,15 +24,6 @@ S = JobState
 def _script(body: str, directives: str = "") -> str:
     return f"#!/bin/bash\n#SKYPORT --cpus-per-node=1 --time=5m {directives}\n{body}\n"
 
-
-def _until(client, job_id: str, check, what: str, timeout: float = 120) -> Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if check(job):
-            return job
-        assert time.monotonic() < deadline, (what, job.state, job.reason, job.wait_reason)
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -51,7 +43,7 @@ def test_an_afterok_chain_of_three_runs_in_order(admin, go_on: Path) -> None:
     first = admin.submit(build_spec(_script(_waits_for(go_on, "echo one")))).id
     second = admin.submit(build_spec(_script("echo two", f"--dependency=afterok:{first}"))).id
     third = admin.submit(build_spec(_script("echo three", f"--dependency=afterok:{second}"))).id
-    _until(admin, first, lambda j: j.state == S.RUNNING, "the first to run")
+    until_job(admin, first, lambda j: j.state == S.RUNNING, "the first to run")
     waiting = admin.job(second)
     assert (waiting.state, waiting.wait_reason) == (S.QUEUED, "Dependency")
     assert first in (waiting.wait_detail or "")
@@ -86,7 +78,7 @@ def test_a_dependency_on_a_failed_job_cancels_the_dependant_with_the_reason(
     chained = admin.submit(build_spec(_script("echo never",
                                               f"--dependency=afterany:{upstream},"
                                               f"afterok:{dependant}"))).id
-    _until(admin, dependant, lambda j: j.wait_reason == "Dependency", "the Dependency reason")
+    until_job(admin, dependant, lambda j: j.wait_reason == "Dependency", "the Dependency reason")
     go_on.touch()
     ended = admin.wait(dependant, timeout=180)
     assert (ended.state, ended.reason) == (S.CANCELLED, f"dependency {upstream} ended FAILED")
@@ -143,7 +135,7 @@ def test_dependencies_survive_a_restart(fresh_controlplane, go_on: Path) -> None
         upstream = c.submit(build_spec(_script(_waits_for(go_on, "echo up")))).id
         dependant = c.submit(build_spec(_script("echo down",
                                                 f"--dependency=afterok:{upstream}"))).id
-        _until(c, upstream, lambda j: j.state == S.RUNNING, "the upstream to run")
+        until_job(c, upstream, lambda j: j.state == S.RUNNING, "the upstream to run")
         assert c.job(dependant).wait_reason == "Dependency"
     cp.stop()
     cp.start()

@@ -5,14 +5,14 @@ planner reads it, and that is what is tested here."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from skyport.config import GateEntry
 from skyport.errors import ValidationError
-from skyport.models import Job, JobState
+from skyport.models import JobState
 from skyport.script import build_spec
+
+from .conftest import until_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 S = JobState
@@ -28,15 +28,6 @@ def _script(directives: str, body: str = "echo ok") -> str:
     return f"#!/bin/bash\n#SKYPORT --time=10m {directives}\n{body}\n"
 
 
-def _until(client, job_id: str, check, what: str, timeout: float = 120) -> Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if check(job):
-            return job
-        assert time.monotonic() < deadline, (what, job.state, job.reason, job.wait_detail)
-        time.sleep(0.2)
-
 
 def test_price_cap_cost_preference_deadlines_and_refusals(fresh_controlplane) -> None:
     cp = fresh_controlplane(gates=[CHEAP, FAST])
@@ -45,11 +36,11 @@ def test_price_cap_cost_preference_deadlines_and_refusals(fresh_controlplane) ->
         # it although fast has free cores, and an uncapped job takes fast at once
         blocker = c.submit(build_spec(_script(
             "--gate=cheap --cpus-per-node=4", "for i in $(seq 600); do sleep 0.2; done"))).id
-        _until(c, blocker, lambda j: j.state == S.RUNNING, "the blocker to run")
+        until_job(c, blocker, lambda j: j.state == S.RUNNING, "the blocker to run")
         capped = c.submit(build_spec(_script("--max-price=0.50"))).id
         free = c.submit(build_spec(_script(""))).id
         assert c.wait(free, timeout=120).gate == "fast"
-        job = _until(c, capped, lambda j: j.wait_reason == "Resources", "capped to wait")
+        job = until_job(c, capped, lambda j: j.wait_reason == "Resources", "capped to wait")
         assert job.state == S.QUEUED and "on cheap" in (job.wait_detail or "")
         entry = next(e for e in c.timetable().entries if e.job_id == capped)
         assert (entry.gate, entry.flavor) == ("cheap", "local")

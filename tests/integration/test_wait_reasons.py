@@ -3,15 +3,13 @@ control plane (local Ray, the local gate with 8 cores, the REST API over mutual 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from skyport.errors import ValidationError
-from skyport.models import Job, JobState
+from skyport.models import JobState
 from skyport.script import build_spec
 
-from .conftest import LOCAL_CPUS
+from .conftest import LOCAL_CPUS, until_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 S = JobState
@@ -36,34 +34,25 @@ def test_requests_larger_than_the_gate_in_all_are_refused(admin, nodes: int, cpu
     assert len(admin.jobs()) == before  # nothing queued
 
 
-def _until(client, job_id: str, check, what: str, timeout: float = 60) -> Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if check(job):
-            return job
-        assert time.monotonic() < deadline, (what, job.state, job.wait_reason, job.wait_detail)
-        time.sleep(0.2)
-
 
 def test_reasons_hold_release_and_a_gate_removed(fresh_controlplane) -> None:
     cp = fresh_controlplane(policy="fcfs")  # "Priority" below is FCFS keeping cores for "wide"
     with cp.client() as c:
         blocker = c.submit(build_spec(_script(
             "--cpus-per-node=6", "for i in $(seq 600); do sleep 0.2; done"))).id
-        _until(c, blocker, lambda j: j.state == S.RUNNING, "the blocker to run")
+        until_job(c, blocker, lambda j: j.state == S.RUNNING, "the blocker to run")
         wide = c.submit(build_spec(_script(f"--cpus-per-node={LOCAL_CPUS} --gate=local"))).id
         small = c.submit(build_spec(_script("--cpus-per-node=1"))).id
-        job = _until(c, wide, lambda j: j.wait_reason == "Resources", "Resources")
+        job = until_job(c, wide, lambda j: j.wait_reason == "Resources", "Resources")
         assert job.planned_start_at is not None
         assert f"needs {LOCAL_CPUS} cores, 2 free now; planned start in" in (job.wait_detail or "")
         # 2 cores are free, but fcfs keeps them for the wider job ahead of it
-        _until(c, small, lambda j: j.wait_reason == "Priority", "Priority")
+        until_job(c, small, lambda j: j.wait_reason == "Priority", "Priority")
 
         assert c.hold(small).held
-        _until(c, small, lambda j: j.wait_reason == "Held", "Held")
+        until_job(c, small, lambda j: j.wait_reason == "Held", "Held")
         c.release(small)
-        _until(c, small, lambda j: j.wait_reason == "Priority", "Priority again")
+        until_job(c, small, lambda j: j.wait_reason == "Priority", "Priority again")
 
         c.hold(wide)
         c.cancel(blocker)
@@ -77,6 +66,6 @@ def test_reasons_hold_release_and_a_gate_removed(fresh_controlplane) -> None:
     cp.state.save_config(config)
     cp.start()
     with cp.client() as c:
-        ended = _until(c, wide, lambda j: j.state.is_terminal(), "the job to be ended")
+        ended = until_job(c, wide, lambda j: j.state.is_terminal(), "the job to be ended")
         assert ended.state == S.CANCELLED
         assert ended.reason == "can never run: gate local is no longer configured"
