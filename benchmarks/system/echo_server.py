@@ -7,6 +7,11 @@ keep-alive) with the control plane's own server certificate, requiring a
 client certificate from its CA; it parses the JSON body and answers 201 with
 a small JSON object.  No store, no validation: what the TLS and HTTP layers
 cost on this machine.
+
+Each answer is written in one piece with ``TCP_NODELAY`` set: the stdlib's
+handler writes the headers and the body separately, and the second small write
+then waits for the peer's delayed ACK (Nagle), 40 ms on Linux, which is not a
+cost of TLS or HTTP.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from pathlib import Path
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY on each connection
 
     def _answer(self, status: int, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # headers and body in one write (end_headers would flush the headers alone)
+        self._headers_buffer.append(b"\r\n")
+        self.wfile.write(b"".join(self._headers_buffer) + body)
+        self._headers_buffer = []
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
         data = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))

@@ -27,6 +27,7 @@ import httpx
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from skyport.client.tls import NO_DELAY
 from skyport.errors import (
     ConfigError,
     ControlPlaneError,
@@ -173,9 +174,10 @@ class AgentClient:
         self._sleep = sleep
         self._clock = clock
         self.log_base: dict[str, int] = {}  # set by the checkpointer on a restart
-        self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=timeout_s,
-                                  headers={"Authorization": f"Bearer {token}"},
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, verify=verify, timeout=timeout_s,
+            headers={"Authorization": f"Bearer {token}"},
+            transport=transport or httpx.HTTPTransport(verify=verify, socket_options=NO_DELAY))
         # object storage, reached by presigned URLs: never the control plane's token nor
         # its CA (the storage's certificate is a public one, or the system's)
         self._storage = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=32))

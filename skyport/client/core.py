@@ -35,6 +35,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from skyport.client.tls import NO_DELAY
 from skyport.config import StateDir
 from skyport.errors import (
     AuthenticationError,
@@ -147,10 +148,11 @@ class Client:
         self.url = url.rstrip("/")
         self.home = home
         self.ssl_context = ssl_context  # the relay's sockets dial with it (skyport.relay)
+        verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._http = httpx.Client(
             base_url=self.url,
-            verify=ssl_context if ssl_context is not None else True,
-            transport=transport,
+            verify=verify,
+            transport=transport or httpx.HTTPTransport(verify=verify, socket_options=NO_DELAY),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
         )
 

@@ -7,12 +7,17 @@ re-exports it.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 
 from skyport.errors import PkiError
 
-__all__ = ["client_ssl_context"]
+__all__ = ["NO_DELAY", "client_ssl_context"]
+
+# httpx's socket options for every connection to the API: a request's headers and body
+# are separate writes, and Nagle would hold the body until the server's delayed ACK
+NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def client_ssl_context(
