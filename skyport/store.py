@@ -210,6 +210,10 @@ class JobStore:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array ON jobs(array_id)")
+        # MAX(seq) at every insert and ORDER BY seq of every page: by index, not by a scan
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq)")
+        # a user's queued jobs counted at every submission (max_queued_per_user)
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner_state ON jobs(owner, state)")
         # an array's tasks counted per state from the index alone (array_facts: each time a
         # task of an array that others depend on ends)
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_array_state ON jobs(array_id, state)")
@@ -237,33 +241,46 @@ class JobStore:
     # -- writes -------------------------------------------------------------
 
     def add(self, job_id: str, owner: str, spec: JobSpec, reason: str = "submitted") -> Job:
+        return self.add_many([(job_id, owner, spec)], reason)[0]
+
+    def add_many(self, jobs: Iterable[tuple[str, str, JobSpec]],
+                 reason: str = "submitted") -> builtins.list[Job]:
+        """Jobs ``(id, owner, spec)``, QUEUED, in ONE transaction: one sync for all of them
+        (group commit of concurrent submissions, ``skyport.core.intake.CommitGroup``).
+
+        ConflictError, and nothing stored, if any id exists already.
+        """
         now = utcnow()
+        ts = _ts(now)
+        rows = [(job_id, owner, spec, spec.model_dump_json()) for job_id, owner, spec in jobs]
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             try:
-                db.execute(
+                db.executemany(
                     "INSERT INTO jobs (id, seq, owner, spec, state, reason, submitted_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        seq,
-                        owner,
-                        spec.model_dump_json(),
-                        JobState.QUEUED.value,
-                        reason,
-                        _ts(now),
-                    ),
-                )
+                    [(job_id, seq + n, owner, text, JobState.QUEUED.value, reason, ts)
+                     for n, (job_id, owner, _, text) in enumerate(rows)])
             except sqlite3.IntegrityError as exc:
-                raise ConflictError(f"job {job_id} already exists") from exc
-            self._event(db, job_id, now, JobState.QUEUED, reason)
-            if spec.dependency:
+                raise ConflictError(
+                    f"job {' or '.join(r[0] for r in rows)} already exists") from exc
+            # a new job has no events yet: its first is number 0
+            db.executemany(
+                "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, 0, ?, ?, ?)",
+                [(job_id, ts, JobState.QUEUED.value, reason) for job_id, *_ in rows])
+            deps = [(job_id, up, c.kind) for job_id, _, spec, _ in rows if spec.dependency
+                    for c in parse_dependency(spec.dependency) for up in c.job_ids]
+            if deps:
                 db.executemany(
                     "INSERT OR IGNORE INTO dependencies (job_id, upstream, kind) VALUES (?, ?, ?)",
-                    [(job_id, up, c.kind) for c in parse_dependency(spec.dependency)
-                     for up in c.job_ids])
-        self._changed(job_id, JobState.QUEUED)
-        return self.get(job_id)
+                    deps)
+        for job_id, *_ in rows:
+            self._changed(job_id, JobState.QUEUED)
+        # what was written, without reading it back
+        event = Event(time=now, state=JobState.QUEUED, reason=reason)
+        return [Job(id=job_id, owner=owner, spec=spec, state=JobState.QUEUED, reason=reason,
+                    submitted_at=now, events=[event])
+                for job_id, owner, spec, _ in rows]
 
     def add_array(self, record: ArrayRecord, indices: Iterable[int],
                   reason: str = "submitted") -> None:
