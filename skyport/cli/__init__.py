@@ -8,8 +8,7 @@ cost), ``admin`` (init, start, stop, user add, whoami); ``app`` holds what they 
 
 from __future__ import annotations
 
-from skyport.cli import admin, budget, cluster, jobs, launch, recovery, relay  # noqa: F401  (they register the commands)
-from skyport.cli.app import cli
+from skyport.cli.app import cli  # its commands' modules are imported when asked for
 
 
 def main() -> None:

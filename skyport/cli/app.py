@@ -15,6 +15,7 @@ transport.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,42 @@ F = TypeVar("F", bound=Callable[..., Any])
 client_factory: Callable[[str | None, str | None], Client] = connect
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# which module defines each command: `skyport submit` imports the jobs module alone, not
+# the relay's, the admin's (and their imports) too; tests/unit/test_cli_lazy.py keeps it whole
+COMMAND_MODULES = {
+    "init": "admin", "start": "admin", "stop": "admin", "user": "admin", "whoami": "admin",
+    "budget": "budget", "cost": "budget",
+    "status": "cluster", "gates": "cluster", "clusters": "cluster", "timetable": "cluster",
+    "submit": "jobs", "jobs": "jobs", "show": "jobs", "logs": "jobs", "wait": "jobs",
+    "cancel": "jobs", "hold": "jobs", "release": "jobs", "fetch": "jobs",
+    "mpiexec": "launch", "bcast": "launch",
+    "checkpoint": "recovery", "checkpoints": "recovery", "requeue": "recovery",
+    "debug": "recovery",
+    "forward": "relay", "jupyter": "relay",
+}
+
+
+class LazyGroup(click.Group):
+    """The top group: a command's module is imported when that command is asked for."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(f"skyport.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_all()
+        return super().list_commands(ctx)
+
+
+def load_all() -> None:
+    """Every command's module (``--help``, and what needs the whole table)."""
+    for module in sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"skyport.cli.{module}")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--home",
     envvar="SKYPORT_HOME",

@@ -52,3 +52,14 @@ def test_connecting_loads_no_server_stack(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(state.root), *NEVER, "cryptography"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_command_imports_its_own_module_only() -> None:
+    """`skyport submit` loads the jobs commands, not the relay's or the admin's."""
+    code = ("import sys; from click import Context; from skyport.cli import cli; "
+            "cli.get_command(Context(cli), 'submit'); "
+            "print(sorted(m for m in sys.modules if m.startswith('skyport.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "skyport.cli.jobs" in out
+    assert "skyport.cli.relay" not in out and "skyport.cli.admin" not in out, out

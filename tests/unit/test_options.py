@@ -54,7 +54,8 @@ NOT_JOB_OPTIONS = {"json_output", "debug"}
 
 
 def submit_options() -> list[click.Option]:
-    command = cli.commands["submit"]
+    command = cli.get_command(click.Context(cli), "submit")
+    assert command is not None
     return [
         p for p in command.params
         if isinstance(p, click.Option) and p.name not in NOT_JOB_OPTIONS
