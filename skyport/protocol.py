@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, escape_controls
 
 __all__ = [
+    "MAX_BATCH",
     "MAX_BUDGET",
     "BudgetBody",
     "BudgetView",
     "CostRowView",
     "CostView",
     "ArraySubmitRequest",
+    "BatchSubmitRequest",
     "ArrayView",
     "CapacityView",
     "CheckpointFile",
@@ -495,6 +497,16 @@ class CancelAnswer(Answer):
     cancelled: list[str]
     already_ended: list[str] = Field(default_factory=list)
     not_found: list[str] = Field(default_factory=list)
+
+
+MAX_BATCH = 1000  # jobs in one POST /v1/jobs/batch
+
+
+class BatchSubmitRequest(Body):
+    """``POST /v1/jobs/batch``: several jobs, checked one by one, stored in one transaction
+    (or none of them: the error names the first refused job as ``jobs[i]``)."""
+
+    jobs: list[SubmitRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class ArraySubmitRequest(Body):

@@ -51,9 +51,11 @@ from skyport.errors import (
 )
 from skyport.models import Job, JobSpec, JobState, SubmitRequest, check_relative_path
 from skyport.protocol import (
+    MAX_BATCH,
     MAX_BUDGET,
     ArraySubmitRequest,
     ArrayView,
+    BatchSubmitRequest,
     BudgetView,
     CancelAnswer,
     CancelRequest,
@@ -232,6 +234,26 @@ class Client:
         spec = self._uploaded(spec, progress)
         body = SubmitRequest(spec=spec, payload_b64=_b64(payload) if payload is not None else None)
         return self.call("POST", "/v1/jobs", Job, body=body)
+
+    def submit_many(self, specs: Sequence[JobSpec],
+                    payloads: Sequence[bytes | None] | None = None) -> list[Job]:
+        """Submit several jobs in one call (at most ``MAX_BATCH``), stored in one
+        transaction: all of them, or none (the error names the first refused one as
+        ``jobs[i]``).  Local input files are uploaded first, as for ``submit``."""
+        if not 1 <= len(specs) <= MAX_BATCH:
+            raise ValidationError("specs", len(specs), f"1 to {MAX_BATCH} jobs in one call")
+        if payloads is not None and len(payloads) != len(specs):
+            raise ValidationError("payloads", len(payloads), f"one per spec ({len(specs)})")
+        jobs = []
+        for i, spec in enumerate(specs):
+            if spec.array is not None:
+                raise ValidationError(f"jobs[{i}].array", spec.array,
+                                      "single jobs here: Client.submit_array submits an array")
+            payload = payloads[i] if payloads is not None else None
+            jobs.append(SubmitRequest(spec=self._uploaded(spec, None),
+                                      payload_b64=_b64(payload) if payload is not None
+                                      else None))
+        return self.call("POST", "/v1/jobs/batch", list[Job], body=BatchSubmitRequest(jobs=jobs))
 
     def _uploaded(self, spec: JobSpec, progress: Progress | None) -> JobSpec:
         if any(_local_file(u) or _local_dir(u) for u in spec.inputs):

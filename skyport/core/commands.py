@@ -66,6 +66,13 @@ class Submit(Command):
 
 
 @dataclass(frozen=True)
+class SubmitMany(Command):
+    handler = "submit_many"
+    who: Identity
+    jobs: list[tuple[JobSpec, str | None]]
+
+
+@dataclass(frozen=True)
 class SubmitArray(Command):
     handler = "submit_array"
     who: Identity

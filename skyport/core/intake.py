@@ -19,7 +19,7 @@ from skyport.core.arrays import submit_array
 from skyport.core.dependencies import DependencyDesk
 from skyport.core.inputs import InputSource, check_input_url
 from skyport.core.placement import checked_for_placement
-from skyport.errors import ConflictError, NotFoundError, ValidationError
+from skyport.errors import ConflictError, NotFoundError, SkyportError, ValidationError
 from skyport.gate import Flavor
 from skyport.models import Job, JobSpec, JobState
 from skyport.pki import Identity
@@ -122,12 +122,60 @@ class JobIntake:
         return out
 
     async def submit(self, who: Identity, spec: JobSpec, payload_b64: str | None = None) -> Job:
+        self._check_room(who, 1)
+        spec, payload = await self._prepare(who, spec, payload_b64)
+        job_id = self._new_job_id()
+        # files first: a job that is in the store always has its script; a failed add
+        # takes them away again, so a refused submission leaves nothing in storage
+        try:
+            self._put_files(job_id, spec, payload)
+            return await self.commits.add(job_id, who.username, spec)
+        except asyncio.CancelledError:
+            raise  # the group's transaction may still store the job: its files stay
+        except BaseException:
+            self.storage.remove_job(job_id)
+            raise
+
+    async def submit_many(self, who: Identity,
+                          requests: Sequence[tuple[JobSpec, str | None]]) -> list[Job]:
+        """Several jobs in one call, each checked as ``submit`` checks one: all refused
+        (the error names the first refused job's index) or all stored in ONE transaction."""
+        self._check_room(who, len(requests))
+        prepared: list[tuple[JobSpec, bytes | None]] = []
+        for i, (spec, payload_b64) in enumerate(requests):
+            try:
+                prepared.append(await self._prepare(who, spec, payload_b64))
+            except ValidationError as exc:
+                raise ValidationError(f"jobs[{i}].{exc.field}", exc.value, exc.allowed) \
+                    from exc
+            except SkyportError as exc:
+                exc.message = f"jobs[{i}]: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        ids: list[str] = []
+        try:
+            for spec, payload in prepared:
+                job_id = self._new_job_id(taken=ids)
+                ids.append(job_id)
+                self._put_files(job_id, spec, payload)
+            return self.store.add_many([(job_id, who.username, spec)
+                                        for job_id, (spec, _) in zip(ids, prepared, strict=True)])
+        except BaseException:
+            for job_id in ids:
+                self.storage.remove_job(job_id)
+            raise
+
+    def _check_room(self, who: Identity, adding: int) -> None:
         queued = self.store.count(owner=who.username, states=[JobState.QUEUED])
-        if queued >= self.limits.max_queued_per_user:
+        if queued + adding > self.limits.max_queued_per_user:
             # one user's flood must not slow every listing and plan for everyone
             raise ConflictError(
                 f"user {who.username} already has {queued} queued jobs: at most "
                 f"{self.limits.max_queued_per_user} (limits.max_queued_per_user in config.json)")
+
+    async def _prepare(self, who: Identity, spec: JobSpec,
+                       payload_b64: str | None) -> tuple[JobSpec, bytes | None]:
+        """The spec as it is queued and the function payload; ValidationError if refused."""
         if spec.array is not None:
             raise ValidationError("array", spec.array,
                                   "no array here: submit arrays with POST /v1/arrays "
@@ -143,19 +191,12 @@ class JobIntake:
                 raise ValidationError("payload_b64", "<not base64>", "base64 text") from exc
         elif payload_b64:
             raise ValidationError("payload_b64", "<payload>", "only function jobs carry one")
-        job_id = self._new_job_id()
-        # files first: a job that is in the store always has its script; a failed add
-        # takes them away again, so a refused submission leaves nothing in storage
-        try:
-            self.storage.put(job_id, "script.sh", spec.script.encode())
-            if payload is not None:
-                self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
-            return await self.commits.add(job_id, who.username, spec)
-        except asyncio.CancelledError:
-            raise  # the group's transaction may still store the job: its files stay
-        except BaseException:
-            self.storage.remove_job(job_id)
-            raise
+        return spec, payload
+
+    def _put_files(self, job_id: str, spec: JobSpec, payload: bytes | None) -> None:
+        self.storage.put(job_id, "script.sh", spec.script.encode())
+        if payload is not None:
+            self.storage.put(job_id, f"inputs/{PAYLOAD_INPUT}", payload)
 
     async def submit_array(self, who: Identity, spec: JobSpec,
                            payloads_b64: Sequence[str] | None = None) -> ArrayRecord:
@@ -163,10 +204,12 @@ class JobIntake:
         return await submit_array(self.store, self.storage, self.limits, self._validate,
                                   self._new_job_id, who, spec, payloads_b64)
 
-    def _new_job_id(self) -> str:
+    def _new_job_id(self, taken: Sequence[str] = ()) -> str:
         # short enough to type; drawn again on a clash, before any file is written
         while True:
             job_id = secrets.token_hex(4)
+            if job_id in taken:  # drawn already for another job of the same call
+                continue
             try:
                 self.store.get(job_id, events=False)
             except NotFoundError:

@@ -427,6 +427,25 @@ class CoreService:
             job = self.store.get(job.id)
         return job
 
+    async def submit_many(self, who: Identity,
+                          jobs: list[tuple[JobSpec, str | None]]) -> list[Job]:
+        """Several jobs in one call and one transaction (``POST /v1/jobs/batch``)."""
+        for i, (spec, _) in enumerate(jobs):
+            try:
+                await self.budgets.check_submit(who.username, spec)
+            except SkyportError as exc:
+                exc.message = f"jobs[{i}]: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        stored = await self.intake.submit_many(who, jobs)
+        dependent = [j for j in stored if j.spec.dependency]
+        if dependent:  # as for one job: an upstream may have ended already
+            upstream = self.dependencies.event(dependent)
+            if upstream is not None:
+                self._run(upstream)
+            stored = [self.store.get(j.id) if j.spec.dependency else j for j in stored]
+        return stored
+
     async def submit_array(self, who: Identity, spec: JobSpec,
                            payloads_b64: list[str] | None = None) -> ArrayView:
         record = await self.intake.submit_array(who, spec, payloads_b64)

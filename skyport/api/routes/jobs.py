@@ -16,6 +16,7 @@ from skyport.models import Job, JobState, SubmitRequest
 from skyport.protocol import (
     ArraySubmitRequest,
     ArrayView,
+    BatchSubmitRequest,
     CancelAnswer,
     CancelRequest,
     ClusterView,
@@ -54,6 +55,13 @@ def jobs_router(core: CorePort, storage: JobStorage, version: str,
     @r.post("/jobs", status_code=201)
     async def submit(body: SubmitRequest, who: User) -> Job:
         return await core.execute(c.Submit(who, body.spec, body.payload_b64))
+
+    @r.post("/jobs/batch", status_code=201)
+    async def submit_batch(body: BatchSubmitRequest, who: User) -> list[Job]:
+        """Several jobs in one call and one transaction: all stored, or none (the error
+        names the first refused one as ``jobs[i]``)."""
+        return list(await core.execute(c.SubmitMany(
+            who, [(j.spec, j.payload_b64) for j in body.jobs])))
 
     @r.post("/arrays", status_code=201)
     async def submit_array(body: ArraySubmitRequest, who: User) -> ArrayView:
