@@ -67,7 +67,6 @@ def fsync_floor(where: Path, n: int) -> float:
 
 def core_inproc(where: Path, n: int) -> float:
     from skyport.client.testing import TestControlPlane
-
     from skyport.pki import Identity
 
     plane = TestControlPlane(where / "inproc")
@@ -101,30 +100,27 @@ def main() -> None:
     args = parser.parse_args()
     n = args.n
     out: dict[str, float] = {}
+
+    def shown(name: str, value: float) -> None:
+        out[name] = value
+        print(f"{name:12} {value:8.2f} ms", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="hops-", dir="/tmp") as tmp:
-        out["fsync"] = fsync_floor(Path(tmp), n)
-        print("fsync", out["fsync"], flush=True)
-        out["core_inproc"] = core_inproc(Path(tmp), n)
-        print("core_inproc", out["core_inproc"], flush=True)
+        shown("fsync", fsync_floor(Path(tmp), n))
+        shown("core_inproc", core_inproc(Path(tmp), n))
     with private_plane() as plane:
         s = spec("accept")
         body = {"spec": s.model_dump(mode="json"), "payload_b64": None}
         with plane.client() as client, echo_server(plane) as bare:
             client.whoami()
             bare_get(bare)
-            out["bare_get"] = _median_ms(lambda: bare_get(bare), n)
-            print("bare_get", out["bare_get"], flush=True)
-            out["bare_post"] = _median_ms(lambda: bare_post(bare, body), n)
-            print("bare_post", out["bare_post"], flush=True)
-            out["whoami"] = _median_ms(client.whoami, n)
-            print("whoami", out["whoami"], flush=True)
+            shown("bare_get", _median_ms(lambda: bare_get(bare), n))
+            shown("bare_post", _median_ms(lambda: bare_post(bare, body), n))
+            shown("whoami", _median_ms(client.whoami, n))
             job = client.submit(s)
-            out["get_job"] = _median_ms(lambda: client.job(job.id), n)
-            print("get_job", out["get_job"], flush=True)
-            out["status"] = _median_ms(client.status, max(5, n // 10))
-            print("status", out["status"], flush=True)
-            out["submit"] = _median_ms(lambda: client.submit(s), n)
-            print("submit", out["submit"], flush=True)
+            shown("get_job", _median_ms(lambda: client.job(job.id), n))
+            shown("status", _median_ms(client.status, max(5, n // 10)))
+            shown("submit", _median_ms(lambda: client.submit(s), n))
             client.cancel_many(all=True)
         # a driver of its own: Ray reads its token settings once per process
         address = json.loads(plane.state.address_path.read_text()).get("ray_address")
@@ -135,8 +131,7 @@ def main() -> None:
         ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, cwd=Path(__file__).resolve().parents[2])
         try:
-            out["ray_call"] = float(ran.stdout.strip().splitlines()[-1])
-            print("ray_call", out["ray_call"], flush=True)
+            shown("ray_call", float(ran.stdout.strip().splitlines()[-1]))
         except (ValueError, IndexError):
             print(ran.stderr[-2000:])
     print(json.dumps(out))

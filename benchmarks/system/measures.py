@@ -95,6 +95,26 @@ def _parallel(plane: Plane, target: str, clients: int, n: int) -> float:
     return clients * n / (max(ends) - start_at)
 
 
+BATCH = 100  # jobs in one POST /v1/jobs/batch
+
+
+def _batches(client: Client, n: int) -> float:
+    """Seconds for ``n`` jobs submitted in calls of ``BATCH`` (``Client.submit_many``)."""
+    s = spec("accept")
+    t0 = time.perf_counter()
+    for i in range(0, n, BATCH):
+        client.submit_many([s] * min(BATCH, n - i))
+    return time.perf_counter() - t0
+
+
+def _bare_batches(client: Client, n: int) -> float:
+    one = {"spec": spec("accept").model_dump(mode="json"), "payload_b64": None}
+    t0 = time.perf_counter()
+    for i in range(0, n, BATCH):
+        bare_post(client, {"jobs": [one] * min(BATCH, n - i)})
+    return time.perf_counter() - t0
+
+
 def accept(plane: Plane, n: int) -> dict:
     with plane.client() as client, echo_server(plane) as bare:
         client.whoami()
@@ -104,7 +124,15 @@ def accept(plane: Plane, n: int) -> dict:
         par = _parallel(plane, "skyport", 4, n // 2)
         par_bare = _parallel(plane, "bare", 4, n // 2)
         client.cancel_many(all=True)
+        batched = 10 * n / _batches(client, 10 * n)
+        batched_bare = 10 * n / _bare_batches(bare, 10 * n)
+        client.cancel_many(all=True)
     return {
+        "accept_batch_seq": {"unit": "jobs/s", "skyport": round(batched, 1),
+                             "baseline": round(batched_bare, 1),
+                             "ratio": round(batched / batched_bare, 3),
+                             "baseline_is": f"the same {BATCH}-job bodies to the minimal "
+                                            "endpoint, same client", "n": 10 * n},
         "accept_seq": {"unit": "jobs/s", "skyport": round(seq, 1),
                        "baseline": round(seq_bare, 1), "ratio": round(seq / seq_bare, 3),
                        "baseline_is": "minimal HTTPS+mTLS endpoint, same client", "n": n},
