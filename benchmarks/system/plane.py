@@ -54,10 +54,10 @@ def private_plane() -> Iterator[Plane]:
     # a short path: Ray's Unix sockets live below it and are limited to 107 bytes
     home = Path(tempfile.mkdtemp(prefix="spb-", dir="/tmp"))
     state = StateDir(home)
-    init_state(state, gates=GATES)
-    pki.issue_user_cert(state.pki, USER, role="user")
-    start(state)
     try:
+        init_state(state, gates=GATES)
+        pki.issue_user_cert(state.pki, USER, role="user")
+        start(state)  # a start that fails leaves no state directory behind either
         yield Plane(state)
     finally:
         try:
