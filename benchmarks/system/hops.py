@@ -7,7 +7,8 @@ Starts a private control plane and times, sequentially, from one client:
 - ``fsync``: one SQLite insert committed with ``synchronous=FULL`` in a fresh
   WAL database beside the state directory (the durable floor of one job);
 - ``core_inproc``: ``CoreService.submit`` in this process (intake, storage,
-  store), no HTTP, no Ray;
+  store), no HTTP, no Ray, in the test double whose Core loop runs on the same
+  event loop: the planning passes that each submission triggers delay it;
 - ``ray_call``: a trivial call on a Ray actor from the driver, the price of one
   hop to an actor;
 - ``bare_post``: the same POST body to the minimal HTTPS+mTLS endpoint;
