@@ -91,28 +91,6 @@ class SkyConfig(PolicyConfig):
     """Predict from the owner's last jobs with the same requested time, where there are any."""
     protect_after_s: float | None = Field(default=None, gt=0)
     """While some job has waited this long, plan with requested times (as when one is aged)."""
-    age_floor_s: float | None = Field(default=None, gt=0)
-    """With ``age_factor``: a job also ages once its wait reaches ``max(age_floor_s,
-    age_factor * the queue's mean wait)``, if that is before ``max_wait_s`` (None: off)."""
-    age_factor: float = Field(default=4.0, gt=0)
-    """How many times the queue's mean wait a job must have waited to age early."""
-    early_requested: bool = True
-    """Whether an early-aged job switches planning to requested times (as an aged one does)."""
-    age_mult: float | None = Field(default=None, gt=0)
-    """A job also ages once it has waited ``max(age_min_s, age_mult * its requested time)``,
-    if that is before ``max_wait_s`` (None: every job ages at ``max_wait_s``)."""
-    age_min_s: float = Field(default=86_400.0, gt=0)
-    """The least wait after which ``age_mult`` ages a job."""
-    age_scale_s: float | None = Field(default=None, gt=0)
-    """Scales the priority by ``(1 + wait / age_scale_s) ** age_power``; None: no scaling."""
-    age_power: float = Field(default=2.0, gt=0)
-    """How fast that scaling grows with the wait."""
-    requested_after_s: float | None = Field(default=None, gt=0)
-    """Plan with requested times only while some job has waited this long (None: once aged)."""
-    combine: str = Field(default="mean", pattern="^(mean|max)$")
-    """How a prediction combines the owner's last ``depth`` runtimes."""
-    backfill_by: str = Field(default="shortest", pattern="^(shortest|priority)$")
-    """Backfill candidates in order of planned runtime, or of the queue's priority."""
 
 
 class SkyPolicy(Policy):
@@ -130,29 +108,19 @@ class SkyPolicy(Policy):
 
     def __init__(self, config: PolicyConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        self._ages: tuple[float, Mapping[JobId, float]] = (math.nan, _NONE)
         self._memo: dict[str, tuple[tuple[Ended, ...], _OwnerFacts]] = {}
 
     def planning_view(self, snapshot: Snapshot) -> Snapshot:
         cfg = self.config
         self._pass = (snapshot, _NONE)
-        if cfg.age_mult is not None:
-            self._ages = (snapshot.now_s, self._ages_at(snapshot))
         if not cfg.predict or not snapshot.history:
             return snapshot
         means = self._means(snapshot.history)
         predicted = _predicted_queue(snapshot.queued, means)
-        guard_s = cfg.requested_after_s or min(
-            cfg.max_wait_s, cfg.protect_after_s or cfg.max_wait_s
-        )
+        guard_s = min(cfg.max_wait_s, cfg.protect_after_s or cfg.max_wait_s)
         aged_before = snapshot.now_s - guard_s
-        if cfg.early_requested and cfg.age_floor_s is not None:
-            aged_before = max(aged_before, self._aged_before(snapshot))
-        now = snapshot.now_s
-        ages = self._ages[1] if cfg.age_mult is not None else _NONE
         if cfg.plan_with == "requested" or any(
-            job.submit_s <= aged_before or ages.get(job.id, math.inf) <= now
-            for job in snapshot.queued
+            job.submit_s <= aged_before for job in snapshot.queued
         ):
             # the aging guard: the aged head's reservation is made on requested ends
             if cfg.order_on == "predicted":
@@ -179,7 +147,6 @@ class SkyPolicy(Policy):
         memo = self._memo
         depth = self.config.depth
         match = self.config.match_request
-        how = self.config.combine
 
         def facts(owner: str) -> _OwnerFacts:
             ended = history.get(owner)
@@ -191,44 +158,16 @@ class SkyPolicy(Policy):
             by_request: dict[float, float | None] = {}
             if match:
                 for requested in {e.requested_s for e in ended}:
-                    by_request[requested] = same_request_mean(ended, requested, depth, how=how)[1]
-            value = (owner_mean(ended, depth, how=how), by_request)
+                    by_request[requested] = same_request_mean(ended, requested, depth)[1]
+            value = (owner_mean(ended, depth), by_request)
             memo[owner] = (ended, value)
             return value
 
         return facts
 
-    def _ages_at(self, snapshot: Snapshot) -> dict[JobId, float]:
-        """When each queued job ages: its requested time decides (``age_mult``)."""
-        cfg = self.config
-        mult, least, most = cfg.age_mult or 0.0, cfg.age_min_s, cfg.max_wait_s
-        return {
-            job.id: job.submit_s + min(most, max(least, mult * job.est_runtime_s))
-            for job in snapshot.queued
-        }
-
-    def _aged_before(self, snapshot: Snapshot) -> float:
-        """The submit time at or before which a queued job is aged in this pass.
-
-        A job ages at ``max_wait_s`` at the latest; with ``age_floor_s`` set, earlier
-        once it has waited ``age_factor`` times the queue's mean wait (and at least
-        ``age_floor_s``): on a lightly loaded queue an outlier is served before it
-        piles up with others like it, while on an overloaded one, where every job
-        waits long, the slowdown order keeps working.
-        """
-        cfg = self.config
-        now = snapshot.now_s
-        limit_s = cfg.max_wait_s
-        floor_s = cfg.age_floor_s
-        queued = snapshot.queued
-        if floor_s is not None and floor_s < limit_s and queued:
-            mean_wait = now - sum(job.submit_s for job in queued) / len(queued)
-            limit_s = min(limit_s, max(floor_s, cfg.age_factor * mean_wait))
-        return now - limit_s
-
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         now = snapshot.now_s
-        aged_before = self._aged_before(snapshot)
+        aged_before = now - self.config.max_wait_s
         tau = self.config.tau_s
         boost = self.config.boost_s
         seen, estimates = self._pass
@@ -237,19 +176,9 @@ class SkyPolicy(Policy):
         # Sorted by submit time first, so that the stable sorts below break
         # ties by submit time; one float key per job keeps the sorts in C.
         jobs = sorted(jobs, key=_SUBMIT)
-        if self.config.age_mult is None:
-            aged = [job for job in jobs if job.submit_s <= aged_before]
-            if aged:
-                jobs = [job for job in jobs if job.submit_s > aged_before]
-        else:
-            when, ages = self._ages
-            if when != now:
-                ages = self._ages_at(snapshot)
-            aged = [job for job in jobs if ages[job.id] <= now]
-            if aged:
-                # the aged go in the order they aged
-                aged.sort(key=lambda job: ages[job.id])
-                jobs = [job for job in jobs if ages[job.id] > now]
+        aged = [job for job in jobs if job.submit_s <= aged_before]
+        if aged:
+            jobs = [job for job in jobs if job.submit_s > aged_before]
         log2 = _LOG2
         if estimates:
             ests = [estimates.get(job.id, job.est_runtime_s) for job in jobs]
@@ -260,13 +189,6 @@ class SkyPolicy(Policy):
             / ((log2.get(job.procs) or _log2(job.procs)) * (est if est > tau else tau))
             for job, est in zip(jobs, ests, strict=True)
         ]
-        scale_s = self.config.age_scale_s
-        if scale_s is not None:
-            power = self.config.age_power
-            keys = [
-                key * (1.0 + (now - job.submit_s) / scale_s) ** power
-                for key, job in zip(keys, jobs, strict=True)
-            ]
         ranked = sorted(range(len(jobs)), key=keys.__getitem__)
         return aged + [jobs[i] for i in ranked]
 
@@ -285,8 +207,6 @@ class SkyPolicy(Policy):
     def backfill_order(
         self, snapshot: Snapshot, candidates: Sequence[QueuedJob]
     ) -> Sequence[QueuedJob]:
-        if self.config.backfill_by == "priority":
-            return candidates
         # shortest planned runtime first, ties by submit time (two stable sorts in C)
         return sorted(sorted(candidates, key=_SUBMIT), key=_ESTIMATE)
 

@@ -86,17 +86,12 @@ def owner_means(
 
 
 def owner_mean(
-    ended: Sequence[Ended], depth: int = 2, trust: float = TRUST_REQUESTS_AT, how: str = "mean"
+    ended: Sequence[Ended], depth: int = 2, trust: float = TRUST_REQUESTS_AT
 ) -> float | None:
-    """One owner's entry of :func:`owner_means`; None where requested times are used.
-
-    ``how="max"`` takes the longest of the recent runtimes instead of their mean.
-    """
+    """One owner's entry of :func:`owner_means`; None where requested times are used."""
     recent = ended[-depth:]
     if not recent or all(e.runtime_s >= trust * e.requested_s for e in recent):
         return None
-    if how == "max":
-        return max(e.runtime_s for e in recent)
     return sum(e.runtime_s for e in recent) / len(recent)
 
 
@@ -105,7 +100,6 @@ def same_request_mean(
     requested_s: float,
     depth: int = 2,
     trust: float = TRUST_REQUESTS_AT,
-    how: str = "mean",
 ) -> tuple[bool, float | None]:
     """The owner's mean over their last ``depth`` ended jobs that asked for ``requested_s``.
 
@@ -118,7 +112,7 @@ def same_request_mean(
     same = [e for e in ended if e.requested_s == requested_s][-depth:]
     if not same:
         return False, None
-    return True, owner_mean(same, depth, trust, how)
+    return True, owner_mean(same, depth, trust)
 
 
 def predict(mean_s: float | None, requested_s: float) -> float:
