@@ -89,18 +89,6 @@ class SkyConfig(PolicyConfig):
     """Holds the engine plans with: predictions for queued jobs only, for all jobs, or none."""
     match_request: bool = True
     """Predict from the owner's last jobs with the same requested time, where there are any."""
-    fallback: str = Field(default="owner", pattern="^(owner|ratio|none)$")
-    """A job whose time limit the owner has not used before: predicted the owner's mean
-    runtime (``owner``), their mean share of the request times its own (``ratio``), or
-    not predicted (``none``: planned at its requested time)."""
-    long_credit: float = Field(default=0.0, ge=0)
-    """A job ages ``long_credit`` times its requested time before ``max_wait_s`` (but not
-    before ``age_min_s``): a long job started late blocks wide jobs for as long as it runs."""
-    age_min_s: float = Field(default=86_400.0, gt=0)
-    """The least wait after which ``long_credit`` ages a job."""
-    fallback_until_s: float | None = Field(default=None, gt=0)
-    """While some job has waited this long, jobs are predicted only from the owner's jobs
-    with the same time limit (the fallback is the likeliest to underpredict); None: always."""
     protect_after_s: float | None = Field(default=None, gt=0)
     """While some job has waited this long, plan with requested times (as when one is aged)."""
 
@@ -120,35 +108,19 @@ class SkyPolicy(Policy):
 
     def __init__(self, config: PolicyConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
-        # This pass's requested times (the planning view may hold predictions instead).
-        self._requested: (
-            tuple[Snapshot, Mapping[JobId, float]] | tuple[None, Mapping[JobId, float]]
-        ) = (None, _NONE)
         self._memo: dict[str, tuple[tuple[Ended, ...], _OwnerFacts]] = {}
 
     def planning_view(self, snapshot: Snapshot) -> Snapshot:
         cfg = self.config
         self._pass = (snapshot, _NONE)
-        self._requested = (snapshot, {job.id: job.est_runtime_s for job in snapshot.queued})
         if not cfg.predict or not snapshot.history:
             return snapshot
         means = self._means(snapshot.history)
-        until_s = cfg.fallback_until_s
-        use_fallback = until_s is None or not any(
-            job.submit_s <= snapshot.now_s - until_s for job in snapshot.queued
-        )
-        predicted = _predicted_queue(snapshot.queued, means, use_fallback)
+        predicted = _predicted_queue(snapshot.queued, means)
         guard_s = min(cfg.max_wait_s, cfg.protect_after_s or cfg.max_wait_s)
         aged_before = snapshot.now_s - guard_s
-        now = snapshot.now_s
-        credit = cfg.long_credit
-        if (
-            cfg.plan_with == "requested"
-            or any(job.submit_s <= aged_before for job in snapshot.queued)
-            or (
-                credit
-                and any(self._ages_at(job, job.est_runtime_s) <= now for job in snapshot.queued)
-            )
+        if cfg.plan_with == "requested" or any(
+            job.submit_s <= aged_before for job in snapshot.queued
         ):
             # the aging guard: the aged head's reservation is made on requested ends
             if cfg.order_on == "predicted":
@@ -187,25 +159,11 @@ class SkyPolicy(Policy):
             if match:
                 for requested in {e.requested_s for e in ended}:
                     by_request[requested] = same_request_mean(ended, requested, depth)[1]
-            fallback = self.config.fallback
-            if fallback == "owner":
-                mean_s = owner_mean(ended, depth)
-            elif fallback == "ratio":
-                mean_s = _share(ended, depth)
-            else:
-                mean_s = None
-            value = (mean_s, by_request)
+            value = (owner_mean(ended, depth), by_request)
             memo[owner] = (ended, value)
             return value
 
         return facts
-
-    def _ages_at(self, job: QueuedJob, requested_s: float) -> float:
-        """When ``job`` ages: ``max_wait_s`` after its submit, earlier for long jobs."""
-        cfg = self.config
-        return job.submit_s + max(
-            min(cfg.age_min_s, cfg.max_wait_s), cfg.max_wait_s - cfg.long_credit * requested_s
-        )
 
     def order(self, snapshot: Snapshot, jobs: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
         now = snapshot.now_s
@@ -218,21 +176,9 @@ class SkyPolicy(Policy):
         # Sorted by submit time first, so that the stable sorts below break
         # ties by submit time; one float key per job keeps the sorts in C.
         jobs = sorted(jobs, key=_SUBMIT)
-        if not self.config.long_credit:
-            aged = [job for job in jobs if job.submit_s <= aged_before]
-            if aged:
-                jobs = [job for job in jobs if job.submit_s > aged_before]
-        else:
-            origin, requested = self._requested
-            if origin is not snapshot and origin.now_s != now:
-                requested = {}
-            ages = {
-                job.id: self._ages_at(job, requested.get(job.id, job.est_runtime_s)) for job in jobs
-            }
-            # the aged go in the order they aged
-            aged = sorted((job for job in jobs if ages[job.id] <= now), key=lambda j: ages[j.id])
-            if aged:
-                jobs = [job for job in jobs if ages[job.id] > now]
+        aged = [job for job in jobs if job.submit_s <= aged_before]
+        if aged:
+            jobs = [job for job in jobs if job.submit_s > aged_before]
         log2 = _LOG2
         if estimates:
             ests = [estimates.get(job.id, job.est_runtime_s) for job in jobs]
@@ -246,7 +192,9 @@ class SkyPolicy(Policy):
         ranked = sorted(range(len(jobs)), key=keys.__getitem__)
         return aged + [jobs[i] for i in ranked]
 
-    def also_reserve(self, snapshot: Snapshot, waiting: Sequence[QueuedJob]) -> Sequence[QueuedJob]:
+    def also_reserve(
+        self, snapshot: Snapshot, waiting: Sequence[QueuedJob]
+    ) -> Sequence[QueuedJob]:
         count = self.config.reserve_oldest
         if not count:
             return ()
@@ -279,7 +227,7 @@ def _by_submit(job: QueuedJob) -> tuple[float, str]:
 
 
 def _predicted_queue(
-    queued: Sequence[QueuedJob], facts: Callable[[str], _OwnerFacts], use_fallback: bool = True
+    queued: Sequence[QueuedJob], facts: Callable[[str], _OwnerFacts]
 ) -> tuple[QueuedJob, ...]:
     """The queue with each job's hold replaced by its prediction where that is shorter."""
     known: dict[str, _OwnerFacts] = {}
@@ -294,10 +242,6 @@ def _predicted_queue(
         requested = job.est_runtime_s
         if by_request and requested in by_request:
             mean_s = by_request[requested]
-        elif not use_fallback:
-            mean_s = None
-        elif mean_s is not None and mean_s < 0:
-            mean_s = -mean_s * requested
         if mean_s is None or mean_s >= requested:
             append(job)
             continue
@@ -317,29 +261,12 @@ def _predicted_queue(
     return tuple(out)
 
 
-def _share(ended: Sequence[Ended], depth: int) -> float | None:
-    """Minus the owner's mean share of their request used, over their last jobs (None: trust).
-
-    Negative, so that it cannot be taken for a runtime: the caller multiplies
-    it by the job's own requested time.
-    """
-    mean_s = owner_mean(ended, depth)
-    if mean_s is None:
-        return None
-    recent = ended[-depth:]
-    return -sum(e.runtime_s / e.requested_s if e.requested_s > 0 else 1.0 for e in recent) / len(
-        recent
-    )
-
-
 def _predicted_running(job: RunningJob, facts: _OwnerFacts, now_s: float) -> RunningJob:
     """A running job's end on the same prediction as when queued, corrected once outlived."""
     mean_s, by_request = facts
     requested = job.est_runtime_s
     if requested in by_request:
         mean_s = by_request[requested]
-    elif mean_s is not None and mean_s < 0:
-        mean_s = -mean_s * requested
     est = correct(predict(mean_s, requested), now_s - job.start_s, requested)
     if est == requested:
         return job
