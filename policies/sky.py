@@ -91,19 +91,6 @@ class SkyConfig(PolicyConfig):
     """Predict from the owner's last jobs with the same requested time, where there are any."""
     protect_after_s: float | None = Field(default=None, gt=0)
     """While some job has waited this long, plan with requested times (as when one is aged)."""
-    distrust_after_s: float | None = Field(default=None, ge=0)
-    """While some job has waited this long, a queued job whose prediction does not come from
-    its owner's jobs with the same time limit is planned (backfilled) at its requested time;
-    the priority keeps the prediction."""
-    distrust_order: bool = False
-    """Under ``distrust_after_s``, distrusted jobs are also ranked on their requested time."""
-    first_after_s: float | None = Field(default=None, gt=0)
-    """The oldest job goes first (EASY's head) once it has waited this long; the top of the
-    slowdown order then holds a reservation after it."""
-    size_exp: float = Field(default=1.0, ge=0, le=4)
-    """The priority divides by ``log2(procs + 1)`` to this power (0: plain slowdown)."""
-    fallback_max_s: float | None = Field(default=None, ge=0)
-    """Predict from the owner's jobs with other time limits only for requests up to this long."""
 
 
 class SkyPolicy(Policy):
@@ -118,8 +105,6 @@ class SkyPolicy(Policy):
     # This pass's runtime for the priority of each queued job, and the
     # snapshot it belongs to (order() receives the view planning_view made).
     _pass: tuple[Snapshot | None, Mapping[JobId, float]] = (None, _NONE)
-    # The snapshot whose order put the oldest job first (first_after_s).
-    _first: Snapshot | None = None
 
     def __init__(self, config: PolicyConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -131,8 +116,7 @@ class SkyPolicy(Policy):
         if not cfg.predict or not snapshot.history:
             return snapshot
         means = self._means(snapshot.history)
-        fallback_max = cfg.fallback_max_s if cfg.fallback_max_s is not None else math.inf
-        predicted, loose = _predicted_queue(snapshot.queued, means, fallback_max)
+        predicted = _predicted_queue(snapshot.queued, means)
         guard_s = min(cfg.max_wait_s, cfg.protect_after_s or cfg.max_wait_s)
         aged_before = snapshot.now_s - guard_s
         if cfg.plan_with == "requested" or any(
@@ -146,20 +130,6 @@ class SkyPolicy(Policy):
         if cfg.plan_with == "predicted":
             now = snapshot.now_s
             running = tuple(_predicted_running(job, means(job.owner), now) for job in running)
-        if loose and cfg.distrust_after_s is not None and any(
-            job.submit_s <= snapshot.now_s - cfg.distrust_after_s for job in snapshot.queued
-        ):
-            # an old job waits: a guess from other time limits must not break its reservation
-            planned = tuple(
-                job if job.id not in loose else original
-                for job, original in zip(predicted, snapshot.queued, strict=True)
-            )
-            view = replace(snapshot, queued=planned, running=running)
-            if cfg.order_on == "predicted" and not cfg.distrust_order:
-                self._pass = (view, {job.id: job.est_runtime_s for job in predicted})
-            else:
-                self._pass = (view, {job.id: job.est_runtime_s for job in snapshot.queued})
-            return view
         view = replace(snapshot, queued=predicted, running=running)
         if cfg.order_on == "requested":
             self._pass = (view, {job.id: job.est_runtime_s for job in snapshot.queued})
@@ -210,9 +180,6 @@ class SkyPolicy(Policy):
         if aged:
             jobs = [job for job in jobs if job.submit_s > aged_before]
         log2 = _LOG2
-        if self.config.size_exp != 1.0:
-            e = self.config.size_exp
-            log2 = {p: math.log2(p + 1) ** e for p in {job.procs for job in jobs}}
         if estimates:
             ests = [estimates.get(job.id, job.est_runtime_s) for job in jobs]
         else:
@@ -223,31 +190,19 @@ class SkyPolicy(Policy):
             for job, est in zip(jobs, ests, strict=True)
         ]
         ranked = sorted(range(len(jobs)), key=keys.__getitem__)
-        first_after = self.config.first_after_s
-        self._first = None
-        if (not aged and first_after is not None and jobs
-                and jobs[0].submit_s <= now - first_after):
-            self._first = snapshot
-            return [jobs[0]] + [jobs[i] for i in ranked if i]
         return aged + [jobs[i] for i in ranked]
 
     def also_reserve(
         self, snapshot: Snapshot, waiting: Sequence[QueuedJob]
     ) -> Sequence[QueuedJob]:
         count = self.config.reserve_oldest
-        top: list[QueuedJob] = []
-        if self._first is snapshot and waiting:
-            top = [waiting[0]]
         if not count:
-            return top
+            return ()
         before = snapshot.now_s - self.config.reserve_after_s
         old = [job for job in waiting if job.submit_s <= before]
         if len(old) > count:
             old = heapq.nsmallest(count, old, key=_by_submit)
-        old = sorted(old, key=_by_submit)
-        if top and top[0] not in old:
-            old = top + old
-        return old
+        return sorted(old, key=_by_submit)
 
     def backfill_order(
         self, snapshot: Snapshot, candidates: Sequence[QueuedJob]
@@ -272,17 +227,11 @@ def _by_submit(job: QueuedJob) -> tuple[float, str]:
 
 
 def _predicted_queue(
-    queued: Sequence[QueuedJob],
-    facts: Callable[[str], _OwnerFacts],
-    fallback_max_s: float = math.inf,
-) -> tuple[tuple[QueuedJob, ...], set[JobId]]:
-    """The queue with each job's hold replaced by its prediction where that is shorter.
-
-    Also the ids of jobs predicted from their owner's jobs with other time limits.
-    """
+    queued: Sequence[QueuedJob], facts: Callable[[str], _OwnerFacts]
+) -> tuple[QueuedJob, ...]:
+    """The queue with each job's hold replaced by its prediction where that is shorter."""
     known: dict[str, _OwnerFacts] = {}
     out: list[QueuedJob] = []
-    loose: set[JobId] = set()
     append = out.append
     for job in queued:
         owner = job.owner
@@ -293,11 +242,6 @@ def _predicted_queue(
         requested = job.est_runtime_s
         if by_request and requested in by_request:
             mean_s = by_request[requested]
-        elif mean_s is not None and mean_s < requested:
-            if requested > fallback_max_s:
-                append(job)
-                continue
-            loose.add(job.id)
         if mean_s is None or mean_s >= requested:
             append(job)
             continue
@@ -314,7 +258,7 @@ def _predicted_queue(
                 job.allowed_pools,
             )
         )
-    return tuple(out), loose
+    return tuple(out)
 
 
 def _predicted_running(job: RunningJob, facts: _OwnerFacts, now_s: float) -> RunningJob:
