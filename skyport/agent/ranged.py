@@ -83,6 +83,8 @@ def download_ranges(client: AgentClient, path: str, dest: Path, size: int,
         lo, hi = bounds[i]
 
         def attempt() -> None:
+            if extents.error is not None:  # a retry after another range failed: pointless
+                raise StorageError(f"{path}: stopped, another range failed")
             start = lo + extents.done[i]
             if start >= hi:
                 return
