@@ -242,7 +242,8 @@ class AgentClient:
                 self._direct_read(path)  # asks once whether storage is reached directly
             if self._direct is False:
                 try:
-                    download_ranges(self, path, tmp, size, progress)
+                    download_ranges(self._http, lambda r: self._check(r, read=True),
+                                    self._retrying, path, tmp, size, progress)
                 except StorageError as exc:
                     log.warning("%s; fetching it again over one connection", exc)
                     tmp.unlink(missing_ok=True)

@@ -18,12 +18,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import httpx
 
 from skyport.errors import StorageError
-
-if TYPE_CHECKING:
-    from skyport.agent.client import AgentClient
 
 __all__ = ["RANGES", "SPLIT_MIN", "download_ranges"]
 
@@ -66,9 +64,15 @@ def _bounds(size: int, count: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, size)) for lo in range(0, size, step)]
 
 
-def download_ranges(client: AgentClient, path: str, dest: Path, size: int,
+def download_ranges(http: httpx.Client, check: Callable[[httpx.Response], None],
+                    retrying: Callable[[str, Callable[[], None]], None],
+                    path: str, dest: Path, size: int,
                     progress: Callable[[int], object]) -> str:
     """Fetch ``/files/<path>`` (``size`` bytes) into ``dest``; the sha256 recorded for it.
+
+    ``http`` is the agent's client of its job's routes, ``check`` turns an error
+    answer into its exception, ``retrying(what, attempt)`` retries a broken
+    connection (``AgentClient``'s).
 
     Raises ``StorageError`` when what arrived does not have that digest (the
     caller then fetches it again the plain way); a range whose connection keeps
@@ -88,9 +92,9 @@ def download_ranges(client: AgentClient, path: str, dest: Path, size: int,
             start = lo + extents.done[i]
             if start >= hi:
                 return
-            with client._http.stream("GET", f"/files/{path}",
+            with http.stream("GET", f"/files/{path}",
                                      headers={"Range": f"bytes={start}-{hi - 1}"}) as resp:
-                client._check(resp, read=True)
+                check(resp)
                 if resp.status_code != 206 or not resp.headers.get(
                         "Content-Range", "").startswith(f"bytes {start}-"):
                     raise StorageError(f"the control plane did not send bytes {start}- of "
@@ -110,7 +114,7 @@ def download_ranges(client: AgentClient, path: str, dest: Path, size: int,
                 raise StorageError(f"{path}: range {start}-{hi - 1} ended at {pos}")
 
         try:
-            client._retrying(f"GET /files/{path} bytes {lo}-{hi - 1}", attempt)
+            retrying(f"GET /files/{path} bytes {lo}-{hi - 1}", attempt)
         except BaseException as exc:
             extents.fail(exc)
             raise
