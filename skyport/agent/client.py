@@ -27,6 +27,7 @@ import httpx
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from skyport.agent.ranged import SPLIT_MIN, download_ranges
 from skyport.client.tls import NO_DELAY
 from skyport.errors import (
     ConfigError,
@@ -227,15 +228,30 @@ class AgentClient:
                           content=data)
 
     def download(self, path: str, dest: Path,
-                 progress: Callable[[int], object] = lambda n: None) -> int:
+                 progress: Callable[[int], object] = lambda n: None,
+                 size: int | None = None) -> int:
         """Stream ``/files/<path>`` to ``dest`` (atomically); the number of bytes.
 
         A broken transfer goes on from where it stopped (``Range``); the whole is
         checked against the sha256 the control plane recorded.  ``progress(n)`` is
-        told of each ``n`` new bytes.
+        told of each ``n`` new bytes.  A big file (``size`` known) from the control
+        plane comes over several connections at once (``skyport.agent.ranged``).
         """
         tmp = dest.with_name(dest.name + ".part")
         tmp.unlink(missing_ok=True)
+        if size is not None and size >= SPLIT_MIN and self.over_network:
+            if self._direct is None:
+                self._direct_read(path)  # asks once whether storage is reached directly
+            if self._direct is False:
+                try:
+                    download_ranges(self._http, lambda r: self._check(r, read=True),
+                                    self._retrying, path, tmp, size, progress)
+                except StorageError as exc:
+                    log.warning("%s; fetching it again over one connection", exc)
+                    tmp.unlink(missing_ok=True)
+                else:
+                    os.replace(tmp, dest)
+                    return size
         direct = self._direct is not False
 
         def attempt() -> int:

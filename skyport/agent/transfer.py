@@ -122,15 +122,15 @@ def stage_in(client: AgentClient, workdir: Path, report: Callable[[str], object]
     """The script and every input into ``workdir``, in parallel; (name, size) of each."""
     client.download("script.sh", workdir / "script.sh")
     listed = [f for f in client.files() if f.path.startswith("inputs/")]
-    entries = [(f.path.removeprefix("inputs/"), f.path) for f in listed]
-    for name, _ in entries:
+    entries = [(f.path.removeprefix("inputs/"), f.path, f.size) for f in listed]
+    for name, _, _ in entries:
         check_relative_path(name, "input")
     progress = Progress("staged in", sum(f.size for f in listed), report)
 
-    def one(name: str, stored: str) -> tuple[str, int]:
+    def one(name: str, stored: str, listed_size: int) -> tuple[str, int]:
         dest = workdir / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        size = client.download(stored, dest, progress.add)
+        size = client.download(stored, dest, progress.add, size=listed_size)
         log.info("staged in %s (%d bytes)", name, size)
         return name, size
 
