@@ -202,6 +202,7 @@ class CoreService:
         self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
         self.dependencies = DependencyDesk(store, storage)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
+        store.on_change.append(self.launches.job_changed)
         self.budgets = BudgetDesk(store, gates, self._dirty.set)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
                                self.started_at, lambda: {"passes": self._passes},
