@@ -11,6 +11,12 @@ from pydantic import Field, field_validator
 
 from skyport.gate import GateConfig
 
+IDLE_TIMEOUT_S = 30.0
+"""Warm reuse is on by default: a burst of small jobs of one owner and shape runs on
+the clusters its first jobs made, instead of creating (and deleting) one per job.
+Parked clusters cost nothing others need: one a queued job wants is evicted
+(``skyport.core.warm.WarmBook.settle``)."""
+
 
 class LocalGateConfig(GateConfig):
     """What the local gate hands out.
@@ -49,8 +55,9 @@ class LocalGateConfig(GateConfig):
         0.0, ge=0, allow_inf_nan=False, description="price of one node-hour of its flavor, "
         "for the planner's --max-price and --prefer=cost, budgets and cost reports (0: free)")
     idle_timeout_s: float = Field(
-        0.0, ge=0, le=86400, description="keep a finished job's cluster this long for the "
-        "next job of the same owner and shape; 0 (default): delete it at once")
+        IDLE_TIMEOUT_S, ge=0, le=86400, description="keep a finished job's cluster this long "
+        f"for the next job of the same owner and shape (default {IDLE_TIMEOUT_S:g}; a queued "
+        "job that needs its cores has it deleted sooner); 0: delete it at once")
 
     @field_validator("gpus", mode="before")
     @classmethod

@@ -67,6 +67,12 @@ class LaunchRunner:
         self._stop.set()
         for t in list(self._threads):
             t.join(timeout=self.grace_s + 10)
+        # its long-poll uses the job's client, which is closed next: on a warm node the
+        # next job's client is made at once, and a read cut off under it leaves OpenSSL
+        # errors behind that fail that client's TLS set-up (the Core ends the poll when
+        # the job ends)
+        if self._loop is not None:
+            self._loop.join(timeout=self.poll_wait_s + 5)
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():

@@ -10,13 +10,14 @@ authentication and the long-polls around it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from skyport.core.launches import LaunchRegistry
 from skyport.errors import ConflictError, PermissionDeniedError
-from skyport.models import Job
+from skyport.models import Job, JobState
 from skyport.store import JobStore
 
 
@@ -38,6 +39,12 @@ class LaunchDesk:
             raise ConflictError(f"job {job_id} is {job.state.value}: no launches")
         return job
 
+    def job_changed(self, job_id: str, state: JobState) -> None:
+        """A job that no longer holds a cluster ends its agents' launch polls now: a warm
+        node's agent waits for its poll to end before it serves the next job."""
+        if not state.has_cluster():
+            self._launch_notify(job_id)
+
     def _launch_notify(self, job_id: str) -> None:
         event = self._launch_events.pop(job_id, None)
         if event is not None:
@@ -50,11 +57,10 @@ class LaunchDesk:
             if left <= 0:
                 return
             event = self._launch_events.setdefault(job_id, asyncio.Event())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
-            except TimeoutError:
-                if self.store.get(job_id, events=False).state.is_terminal():
-                    return
+            if self.store.get(job_id, events=False).state.is_terminal():
+                return
 
     async def nodes(self, job_id: str, token: str) -> dict[str, Any]:
         job = await self._launch_job(job_id, token)

@@ -75,6 +75,7 @@ from skyport.core.messages import (
     Started,
     Tick,
     Transition,
+    Unplaced,
     Update,
     UpstreamChanged,
     WakeIdle,
@@ -221,8 +222,24 @@ class JobMachine:
             out.append(Provision(job.id, gate, tuple(self.warm.candidates(job, gate))))
         return out
 
+    def _on_Unplaced(self, ev: Unplaced, now: float) -> list[Instruction]:
+        """Jobs the scheduler could not start: onto their own parked clusters, or make room."""
+        reuses, evicted = self.warm.settle(
+            [(j, a) for j, a in ev.jobs if j.state == S.QUEUED], ev.room)
+        out: list[Instruction] = []
+        for w in evicted:
+            out += self._discard_warm(w, "its cores are wanted by a queued job")
+        for job, gate, cluster_id in reuses:
+            out.append(Transition(job.id, S.SCHEDULED,
+                                  f"planned on gate {gate}, onto its warm cluster {cluster_id}",
+                                  {"gate": gate}))
+            out.append(Provision(job.id, gate, (cluster_id,)))
+            self.warm.promise(cluster_id, job.id)
+        return out
+
     def _on_ProvisionReady(self, ev: ProvisionReady, now: float) -> list[Instruction]:
         job = ev.job
+        self.warm.unpromise(job.id)
         if job.state != S.SCHEDULED:
             return []  # cancelled meanwhile
         out: list[Instruction] = []
@@ -267,6 +284,7 @@ class JobMachine:
 
     def _on_CreateFailed(self, ev: CreateFailed, now: float) -> list[Instruction]:
         job = ev.job
+        self.warm.unpromise(job.id)
         if job.state not in (S.SCHEDULED, S.PROVISIONING):
             return []  # cancelled (or lost) meanwhile: whoever did that dropped the cluster
         out = self._let_go(job, delete=True)

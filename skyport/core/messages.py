@@ -39,6 +39,19 @@ class Planned:
 
 
 @dataclass(frozen=True)
+class Unplaced:
+    """The queued jobs the scheduler did not start this pass, in its order.
+
+    ``jobs``: each with the gates it may use (() means any).  ``room``: per gate,
+    the cores not held by a job's cluster (parked warm clusters count as room:
+    whether to reuse or evict them is the machine's decision).
+    """
+
+    jobs: tuple[tuple[Job, tuple[str, ...]], ...]
+    room: Mapping[str, int]
+
+
+@dataclass(frozen=True)
 class ProvisionReady:
     """Inputs are staged; ``usable``: each warm candidate probed, None or why not."""
 
@@ -304,7 +317,7 @@ class Reply:
 Instruction = (Transition | Update | Note | PutWarm | DropWarm | SaveCheckpoint | WriteLatest
                | PruneCheckpoint | Provision | CreateCluster | DeleteCluster | Released
                | WakeIdle | Replan | Reply)
-Event = (Started | Planned | ProvisionReady | ClusterCreated | CreateFailed | AgentHello
+Event = (Started | Planned | Unplaced | ProvisionReady | ClusterCreated | CreateFailed | AgentHello
          | Heartbeat | AgentState | AgentExited | CancelAsked | CheckpointAsked
          | CheckpointPart | RequeueAsked | CancelAfterCheckpoint | Preempted | IdleNext | Tick
          | HoldAsked | Impossible | ResultStored | OverBudget | UpstreamChanged)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from skyport.core.placement import node_prices
+from skyport.core.warm import WARM_PREFIX
 from skyport.errors import NotFoundError
 from skyport.gate import Capacity, Flavor
 from skyport.models import Job, JobState
@@ -55,6 +56,15 @@ def build_snapshot(now: float, queued: Sequence[Job], holding: Sequence[Job],
         ) + tuple(w for w in warm if w.pool in names),
         pools=tuple(pools),
     )
+
+
+def room(snapshot: Snapshot) -> dict[str, int]:
+    """Per gate, the cores that no job's cluster holds (parked warm clusters are room)."""
+    left = {p.name: p.capacity for p in snapshot.pools}
+    for r in snapshot.running:
+        if r.pool in left and not str(r.id).startswith(WARM_PREFIX):
+            left[r.pool] -= r.procs
+    return left
 
 
 def deadline_lapses_at(snapshot: Snapshot) -> float | None:

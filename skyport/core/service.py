@@ -76,11 +76,12 @@ from skyport.core.messages import (
     Started,
     Tick,
     Transition,
+    Unplaced,
     Update,
     WakeIdle,
     WriteLatest,
 )
-from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap
+from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap, room
 from skyport.core.views import CoreViews
 from skyport.core.waiters import JobWaiters
 from skyport.core.warm import MAX_WAIT_S
@@ -201,6 +202,7 @@ class CoreService:
         self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
         self.dependencies = DependencyDesk(store, storage)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
+        store.on_change.append(self.launches.job_changed)
         self.budgets = BudgetDesk(store, gates, self._dirty.set)
         self.views = CoreViews(store, storage, gates, lambda: self._plan, policy_name,
                                self.started_at, lambda: {"passes": self._passes},
@@ -892,6 +894,24 @@ class CoreService:
             except NotFoundError:
                 continue
             self._run(Planned(((job, entry.pool),)))
+        self._settle_warm(snapshot, queued, plan, lambda job: self.machine.allowed_gates(
+            job, gates, now))
+
+    def _settle_warm(self, snapshot: Snapshot, queued: list[Job], plan: SchedulePlan,
+                     allowed: Callable[[Job], tuple[str, ...]]) -> None:
+        """The jobs the plan did not start, and parked clusters: reuse them or make room."""
+        if not any(not w.assigned_job for w in self.machine.warm.rows.values()):
+            return
+        by_id = {j.id: j for j in queued}
+        order = [e.job_id for e in plan.entries if not e.start_now] + [
+            w.job_id for w in plan.waiting if w.code != IMPOSSIBLE]
+        jobs = tuple((by_id[i], allowed(by_id[i])) for i in order if i in by_id)
+        if not jobs:
+            return
+        try:
+            self._run(Unplaced(jobs, room(snapshot)))
+        except (ConflictError, NotFoundError):
+            self._dirty.set()  # a job changed while the plan was made: next pass
 
     async def reap(self) -> list[str]:
         """Delete every cluster whose job is gone, terminal, or holds another cluster."""

@@ -25,17 +25,19 @@ job's token lives in memory only, until every node has picked it up.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from skyport.models import Job, JobState
 from skyport.store import WarmCluster
 from skyport.timetable import RunningJob
 
-__all__ = ["PARKED_FROM", "WarmBook"]
+__all__ = ["PARKED_FROM", "WARM_PREFIX", "WarmBook"]
 
 S = JobState
 PARKED_FROM = (S.SUCCEEDED, S.FAILED)  # not cancelled, timed out or lost
 MAX_WAIT_S = 30.0
+WARM_PREFIX = "warm:"  # a parked cluster's id as the scheduler sees it
 
 
 @dataclass
@@ -52,6 +54,8 @@ class WarmBook:
         self.idle_timeouts: dict[str, float] = dict(idle_timeouts or {})
         self.rows: dict[str, WarmCluster] = {}
         self._handoffs: dict[str, _Handoff] = {}
+        # cluster -> the job it was offered to alone, until that job's inputs are staged
+        self.promised: dict[str, str] = {}
 
     def idle_timeout(self, gate: str | None) -> float:
         return self.idle_timeouts.get(gate or "", 0.0)
@@ -65,6 +69,7 @@ class WarmBook:
 
     def drop(self, cluster_id: str) -> WarmCluster | None:
         self._handoffs.pop(cluster_id, None)
+        self.promised.pop(cluster_id, None)
         return self.rows.pop(cluster_id, None)
 
     def park(self, job: Job, now: float) -> WarmCluster | None:
@@ -93,11 +98,20 @@ class WarmBook:
         return [
             w.cluster_id for w in sorted(self.rows.values(), key=lambda w: w.since)
             if not w.assigned_job and w.gate == gate and w.owner == job.owner
+            and self.promised.get(w.cluster_id, job.id) == job.id
             and (w.nodes, w.cpus_per_node, w.gpus_per_node, w.mem_mb) == shape
             and job.spec.flavor in (None, w.flavor)
         ]
 
+    def promise(self, cluster_id: str, job_id: str) -> None:
+        self.promised[cluster_id] = job_id
+
+    def unpromise(self, job_id: str) -> None:
+        for cluster_id in [c for c, j in self.promised.items() if j == job_id]:
+            del self.promised[cluster_id]
+
     def assign(self, cluster_id: str, job_id: str, token: str) -> WarmCluster:
+        self.promised.pop(cluster_id, None)
         w = self.put(replace(self.rows[cluster_id], assigned_job=job_id))
         self._handoffs[cluster_id] = _Handoff(job_id, token)
         return w
@@ -108,12 +122,67 @@ class WarmBook:
     def holding(self) -> list[RunningJob]:
         """Parked clusters hold their cores until reused or deleted."""
         return [
-            RunningJob(id=f"warm:{w.cluster_id}", owner=w.owner, pool=w.gate,
+            RunningJob(id=f"{WARM_PREFIX}{w.cluster_id}", owner=w.owner, pool=w.gate,
                        procs=w.nodes * w.cpus_per_node, start_s=w.since,
                        est_runtime_s=max(self.idle_timeout(w.gate), 1.0))
             for w in self.rows.values() if not w.assigned_job
         ]
 
+    def settle(self, waiting: Sequence[tuple[Job, tuple[str, ...]]], room: Mapping[str, int]
+               ) -> tuple[list[tuple[Job, str, str]], list[WarmCluster]]:
+        """Parked clusters for the jobs the scheduler could not start: reuse or evict.
+
+        The scheduler counts a parked cluster as held, so without this a queued
+        job would wait for the idle timeout: one of the same owner and shape
+        for a cluster that is its for the taking, any other for cores that
+        nobody uses.  ``waiting`` is in the scheduler's order, so an earlier job
+        is served first.  A job takes the oldest parked cluster of its owner
+        and shape on a gate it may use (``(job, gate, cluster)``); otherwise,
+        on the first gate whose cores not held by jobs (``room``) would fit it,
+        it has just enough parked clusters deleted (oldest first) and those
+        cores are then its: later jobs neither reuse nor evict them, so a
+        stream of one owner's small jobs cannot starve a wide job queued
+        before them.  A job too wide for the room left holds nothing back.
+        """
+        parked = sorted((w for w in self.rows.values() if not w.assigned_job),
+                        key=lambda w: (w.since, w.cluster_id))
+        taken: set[str] = set()
+        left = dict(room)
+        for w in parked:
+            if w.cluster_id in self.promised and w.gate in left:  # a job is on its way to it
+                taken.add(w.cluster_id)
+                left[w.gate] -= _cores(w)
+        reuses: list[tuple[Job, str, str]] = []
+        evicted: list[WarmCluster] = []
+        for job, allowed in waiting:
+            gates = [g for g in sorted(left) if not allowed or g in allowed]
+            mine = next(((g, c) for g in gates for c in self.candidates(job, g)
+                         if c not in taken), None)
+            if mine is not None:
+                gate, cluster_id = mine
+                taken.add(cluster_id)
+                left[gate] -= _cores(self.rows[cluster_id])
+                reuses.append((job, gate, cluster_id))
+                continue
+            procs = job.spec.total_cpus
+            fits = next((g for g in gates if procs <= left[g]), None)
+            if fits is None:
+                continue
+            here = [w for w in parked if w.gate == fits and w.cluster_id not in taken]
+            short = procs - (left[fits] - sum(_cores(w) for w in here))
+            for w in here:
+                if short <= 0:
+                    break
+                taken.add(w.cluster_id)
+                evicted.append(w)
+                short -= _cores(w)
+            left[fits] -= procs
+        return reuses, evicted
+
     def kept(self, gate: str) -> set[str]:
         """Cluster ids on ``gate`` that the reaper must leave alone."""
         return {w.cluster_id for w in self.rows.values() if w.gate == gate}
+
+
+def _cores(w: WarmCluster) -> int:
+    return w.nodes * w.cpus_per_node

@@ -50,6 +50,7 @@ from skyport.core.messages import (
     Started,
     Tick,
     Transition,
+    Unplaced,
     Update,
     UpstreamChanged,
     WakeIdle,
@@ -762,6 +763,82 @@ def test_a_hand_over_in_flight_at_restart_is_dropped() -> None:
                       mem_mb=None, since=T0, idle_hashes=("h",), assigned_job="b")
     out = m.handle(Started((), frozenset(), warm=(row,), gates=frozenset({"local"})), T0)
     assert DropWarm("a-0") in out and DeleteCluster("local", "a-0") in out
+
+
+def _row(cluster_id: str, owner: str = "alice", nodes: int = 2, since: float = T0
+         ) -> WarmCluster:
+    return WarmCluster(cluster_id=cluster_id, gate="local", owner=owner, from_job="x",
+                       flavor=None, price_per_hour=None, nodes=nodes, cpus_per_node=2,
+                       gpus_per_node=0, mem_mb=None, since=since, idle_hashes=(None,) * nodes)
+
+
+def _evicted(out: list[Instruction]) -> list[str]:
+    return [i.cluster_id for i in out if isinstance(i, DropWarm)]
+
+
+def test_a_job_waiting_for_the_cores_of_someone_elses_parked_cluster_evicts_it() -> None:
+    m = warm_machine()
+    m.warm.put(_row("a-0"))
+    bob = make_job(id="b", owner="bob", nodes=2)
+    out = m.handle(Unplaced(((bob, ()),), {"local": 4}), T0)
+    assert _evicted(out) == ["a-0"]
+    assert DeleteCluster("local", "a-0") in out and Replan() in out
+    assert m.warm.holding() == []
+    assert not [i for i in out if isinstance(i, Provision)]  # the scheduler starts it
+
+
+def test_a_waiting_job_of_the_same_owner_and_shape_goes_onto_the_parked_cluster() -> None:
+    m = warm_machine()
+    m.warm.put(_row("a-0"))
+    first, second = make_job(id="b", nodes=2), make_job(id="c", nodes=2)
+    out = m.handle(Unplaced(((first, ()), (second, ())), {"local": 4}), T0)
+    assert transitions(out) == [("b", S.SCHEDULED)]
+    assert only(out, Provision) == Provision("b", "local", ("a-0",))
+    assert _evicted(out) == []  # the second job finds no room: it waits
+    # while b's inputs are staged the cluster is b's alone: neither offered nor evicted
+    bob = make_job(id="d", owner="bob", nodes=2)
+    assert m.handle(Unplaced(((second, ()), (bob, ())), {"local": 4}), T0) == []
+    assert only(m.handle(Planned(((second, "local"),)), T0), Provision).warm_candidates == ()
+
+
+def test_a_job_too_wide_for_the_room_left_evicts_nothing() -> None:
+    m = warm_machine()
+    m.warm.put(_row("a-0"))
+    bob = make_job(id="b", owner="bob", nodes=3)  # 6 cores; 4 are not held by jobs
+    assert m.handle(Unplaced(((bob, ()),), {"local": 4}), T0) == []
+    other = make_job(id="c", owner="bob", nodes=2, gate_choice="cloud")
+    assert m.handle(Unplaced(((other, ("cloud",)),), {"local": 4}), T0) == []
+
+
+def test_only_as_many_parked_clusters_as_the_job_needs_are_evicted_oldest_first() -> None:
+    m = warm_machine()
+    m.warm.put(_row("old", nodes=1, since=T0 - 50))
+    m.warm.put(_row("new", nodes=1, since=T0 - 10))
+    m.warm.put(_row("newest", nodes=1, since=T0))
+    bob = make_job(id="b", owner="bob", nodes=2)  # 4 cores; 2 are free, 6 parked
+    out = m.handle(Unplaced(((bob, ()),), {"local": 8}), T0)
+    assert _evicted(out) == ["old"]
+    assert sorted(m.warm.rows) == ["new", "newest"]
+
+
+def test_a_wide_job_queued_first_keeps_the_parked_cores_from_later_small_jobs() -> None:
+    m = warm_machine()
+    m.warm.put(_row("a-0"))
+    wide = make_job(id="w", owner="bob", nodes=2)
+    mine = make_job(id="c", nodes=2)  # alice's: it could reuse a-0, but queued later
+    out = m.handle(Unplaced(((wide, ()), (mine, ())), {"local": 4}), T0)
+    assert _evicted(out) == ["a-0"] and transitions(out) == []
+
+
+def test_a_parked_cluster_offered_to_a_job_that_was_cancelled_is_offered_again() -> None:
+    m = warm_machine()
+    m.warm.put(_row("a-0"))
+    b, c = make_job(id="b", nodes=2), make_job(id="c", nodes=2)
+    m.handle(Unplaced(((b, ()),), {"local": 4}), T0)
+    gone = make_job(S.CANCELLED, id="b", nodes=2, cluster_id=None)
+    assert m.handle(ProvisionReady(gone, "local", (("a-0", None),)), T0) == []
+    assert only(m.handle(Unplaced(((c, ()),), {"local": 4}), T0), Provision).warm_candidates \
+        == ("a-0",)
 
 
 # -- holds and jobs that can never run ------------------------------------------------
