@@ -1,4 +1,6 @@
-"""Nodes in network namespaces of their own (local gate, ``network = "namespace"``).
+"""Nodes in network namespaces of their own (``network = "namespace"``): the local
+gate, the libcloud gate's local-process driver, and Open MPI there (the ray gate's
+test is in test_ray_gate.py, with its Ray cluster).
 
 Each node sees only its loopback and its interface on the cluster's bridge;
 MPI ranks on different nodes talk over the bridge; the agents reach the
@@ -25,10 +27,11 @@ import pytest
 from pydantic import ValidationError
 
 from gates.local import LocalGate, LocalGateConfig
-from gates.local.netns import ClusterNet, gate_tag
 from skyport.config import GateEntry, StateDir
 from skyport.errors import GateError
 from skyport.gate import ClusterRequest, make_gate
+from skyport.gate.netns import ClusterNet, gate_tag
+from skyport.launch.mpi import missing_mpi
 from skyport.script import build_spec, cli_directives
 
 from .test_mpi import check_hybrid
@@ -48,6 +51,7 @@ LINKS = re.compile(r"^links (\d) (.*)$", re.M)
 SCRIPT = """#!/bin/bash
 #SKYPORT --name=netns --time=00:05:00
 #SKYPORT --nodes=2 --ranks-per-node=2 --threads-per-rank=2
+#SKYPORT --mpi=mpich
 set -e
 export PATH="$PATH:/usr/sbin:/sbin"
 mpicc -fopenmp -O2 -o hybrid hybrid.c
@@ -87,13 +91,17 @@ def _leftovers(cluster_id: str) -> list[str]:
                    if "netfwd" in _cmdline(p) and f"-{cluster_id}-n" in _cmdline(p)])
 
 
-def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
-    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
-    cp = fresh_controlplane(gates=[local])
-    with cp.client() as c:
-        job = c.submit(build_spec(SCRIPT, cli_directives([("input", HYBRID_C.as_uri())])))
-        out, _ranks = check_hybrid(c, job.id)  # 4 ranks over 2 nodes, allreduce right
-        names = c.wait(job.id, timeout=60).node_names
+def netns_spec(mpi: str = "mpich"):  # type: ignore[no-untyped-def]
+    return build_spec(SCRIPT.replace("--mpi=mpich", f"--mpi={mpi}"),
+                      cli_directives([("input", HYBRID_C.as_uri())]))
+
+
+def check_on_own_networks(client, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    """The job ran the hybrid program right, its ranks on two nodes with an address of
+    their own each, every node seeing lo and sky0 only, and nothing of the cluster's
+    network (namespaces, links, forwarders) is left afterwards.  The job's output."""
+    out, _ranks = check_hybrid(client, job_id)  # 4 ranks over 2 nodes, allreduce right
+    names = client.wait(job_id, timeout=60).node_names
     addrs = {int(r): (int(n), a) for r, n, a in ADDR.findall(out)}
     assert sorted(addrs) == [0, 1, 2, 3], out
     by_node = {n: a for n, a in addrs.values()}
@@ -104,11 +112,50 @@ def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane)
         links = dict(LINKS.findall(out)).get(node, "").split()
         assert [link.split("@")[0] for link in links] == ["lo", "sky0"], out
         assert f"addrs {node} lo sky0 " in out, out
-    cluster_id = names[0].rsplit("-n", 1)[0]
+    cluster_id = _cluster_of(names[0])
     deadline = time.monotonic() + 120
     while _leftovers(cluster_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _leftovers(cluster_id) == []
+    return out
+
+
+def _cluster_of(node_name: str) -> str:
+    """The cluster id in a node name (``<id>-n<rank>``, or ``skyport-<id>-n<rank>`` for the
+    libcloud gate)."""
+    cid = node_name.rsplit("-n", 1)[0]
+    return cid.removeprefix("skyport-")
+
+
+def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
+    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
+    cp = fresh_controlplane(gates=[local])
+    with cp.client() as c:
+        check_on_own_networks(c, c.submit(netns_spec()).id)
+
+
+@pytest.mark.skipif(missing_mpi("openmpi") is not None,
+                    reason=f"Open MPI not installed: {missing_mpi('openmpi')}")
+def test_open_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
+    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
+    cp = fresh_controlplane(gates=[local])
+    with cp.client() as c:
+        check_on_own_networks(c, c.submit(netns_spec("openmpi")).id)
+
+
+def test_libcloud_local_driver_nodes_talk_over_their_own_subnet(fresh_controlplane) -> None:
+    cloud = GateEntry(name="cloud", type="libcloud", config={
+        "provider": "gates.libcloud.localdriver:LocalProcessNodeDriver",
+        "driver_args": {"network": "namespace"}, "image": "local-python",
+        "flavors": ["lp.large"], "max_nodes": 4, "poll_s": 0.2, "boot_s": 1,
+        "create_timeout_s": 60})
+    cp = fresh_controlplane(gates=[cloud])
+    with cp.client() as c:
+        job = c.submit(netns_spec())
+        check_on_own_networks(c, job.id)
+        assert c.job(job.id).gate == "cloud"
+    disks = cp.home / "gates" / "cloud" / "localdriver" / "disks"
+    assert list(disks.iterdir()) == []  # the nodes, forwarders and all, are gone
 
 
 # -- the gate alone, with a stand-in agent ------------------------------------------
