@@ -27,6 +27,7 @@ import pytest
 from pydantic import ValidationError
 
 from gates.local import LocalGate, LocalGateConfig
+from skyport import pki
 from skyport.config import GateEntry, StateDir
 from skyport.errors import GateError
 from skyport.gate import ClusterRequest, make_gate
@@ -134,11 +135,34 @@ def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane)
         check_on_own_networks(c, c.submit(netns_spec()).id)
 
 
+def _host_address() -> str | None:
+    """An IPv4 address of this machine's, not a loopback one, or None."""
+    assert IP is not None
+    for entry in json.loads(subprocess.run([IP, "-j", "-4", "addr", "show"],
+                                           capture_output=True, text=True).stdout or "[]"):
+        for a in entry.get("addr_info", []):
+            if not a["local"].startswith("127.") and not a["local"].startswith("10.77."):
+                return str(a["local"])
+    return None
+
+
 @pytest.mark.skipif(missing_mpi("openmpi") is not None,
                     reason=f"Open MPI not installed: {missing_mpi('openmpi')}")
 def test_open_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
+    """Open MPI's daemons and ranks are told to use sky0.  The control plane is on an
+    address of the host's, so each node also has that address on its loopback (where the
+    forwarder listens): an address every node has, which must carry no MPI traffic."""
+    host = _host_address()
+    if host is None:
+        pytest.skip("this machine has no IPv4 address but loopback ones")
     local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
     cp = fresh_controlplane(gates=[local])
+    cp.stop()
+    config = cp.state.load_config()
+    config.api_host = host
+    cp.state.save_config(config)
+    pki.issue_server_cert(cp.state.pki, ["localhost", host])
+    cp.start()
     with cp.client() as c:
         check_on_own_networks(c, c.submit(netns_spec("openmpi")).id)
 
