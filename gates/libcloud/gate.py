@@ -36,6 +36,7 @@ from gates.libcloud.config import (
     load_prices,
     resolve_credentials,
 )
+from gates.libcloud.localdriver import LocalProcessNodeDriver
 from gates.libcloud.userdata import render_userdata
 from skyport.agent.bootstrap import Bootstrap
 from skyport.errors import CapacityError, ConfigError, GateError
@@ -236,9 +237,9 @@ class LibcloudGate(Gate):
         created = str(time.time())
         # the local-process driver's nodes in network namespaces: a subnet per cluster,
         # the control plane their only way out, MPI on the subnet's interface
-        iface = getattr(self.driver, "node_iface", "")
-        net_args: dict[str, Any] = {}
-        if getattr(self.driver, "network", "host") == "namespace":
+        iface, net_args = "", {}
+        if isinstance(self.driver, LocalProcessNodeDriver) and self.driver.network == "namespace":
+            iface = self.driver.node_iface
             net_args = {"ex_network": req.cluster_id,
                         "ex_egress": netns.control_listen_address(req.control_url)}
         for rank in range(req.nodes):

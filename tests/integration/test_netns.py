@@ -331,3 +331,76 @@ def test_the_network_setting_is_checked(tmp_path: Path) -> None:
     assert LocalGateConfig().network == "host"  # nothing changes unless chosen
     with pytest.raises(ValidationError, match="network"):
         LocalGateConfig(network="bridge")
+
+
+# -- the libcloud local-process driver alone ------------------------------------------
+
+NODE_USERDATA = r'''#!/bin/bash
+"$SKYPORT_PYTHON" - <<'PY'
+import json, os, socket
+def talk(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"hi")
+            return s.recv(100).decode()
+    except OSError as exc:
+        return "error " + type(exc).__name__
+report = {"ns": os.readlink("/proc/self/ns/net"),
+          "ifaces": sorted(n for _, n in socket.if_nameindex()),
+          "control": talk(%(port)d), "other": talk(%(other)d)}
+json.dump(report, open("net.json.tmp", "w"))
+os.replace("net.json.tmp", "net.json")
+PY
+exec sleep 300
+'''
+
+
+def test_libcloud_local_driver_puts_each_node_on_its_networks_bridge(tmp_path: Path) -> None:
+    from libcloud.compute.types import NodeState
+
+    from gates.libcloud.localdriver import LocalProcessNodeDriver
+
+    control, _ = _echo_server()
+    other, _ = _echo_server()  # a service of the host the nodes must not reach
+    port, other_port = control.getsockname()[1], other.getsockname()[1]
+    driver = LocalProcessNodeDriver(root=str(tmp_path / "d"), network="namespace",
+                                    kill_grace_s=0.5)
+    size = next(s for s in driver.list_sizes() if s.id == "lp.small")
+    image = driver.list_images()[0]
+    userdata = NODE_USERDATA % {"port": port, "other": other_port}
+    try:
+        nodes = [driver.create_node(f"n{i}", size, image, ex_userdata=userdata,
+                                    ex_network=net, ex_egress=("127.0.0.1", port))
+                 for i, net in enumerate(["lca", "lca", "lcb"])]
+        assert [n.private_ips for n in nodes] == [["10.77.0.1"], ["10.77.0.2"], ["10.77.0.1"]]
+        reports = []
+        for n in nodes:
+            path = Path(n.extra["disk"]) / "net.json"  # the boot script's folder
+            deadline = time.monotonic() + 60
+            while not path.exists():
+                assert time.monotonic() < deadline, "the node did not report"
+                time.sleep(0.05)
+            reports.append(json.loads(path.read_text()))
+        assert len({r["ns"] for r in reports} | {os.readlink("/proc/self/ns/net")}) == 4
+        for r in reports:
+            assert r["ifaces"] == ["lo", "sky0"] and r["control"] == "echo hi", r
+            assert r["other"] == "error ConnectionRefusedError", r
+        assert len(_leftovers("lca")) == 2 + 3 + 2  # namespaces, bridge and veths, forwarders
+        # a node whose forwarder dies is cut off: an ERROR node, as the gate sees it
+        fwd = [int(x.split()[1]) for x in _leftovers("lcb") if x.startswith("pid ")]
+        assert len(fwd) == 1
+        os.kill(fwd[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while driver.list_nodes([nodes[2].id])[0].state != NodeState.ERROR:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert driver.destroy_node(nodes[0])
+        assert _leftovers("lca") != []  # its network's other node still needs the bridge
+        for n in nodes[1:]:
+            assert driver.destroy_node(n)
+        assert _leftovers("lca") == [] and _leftovers("lcb") == [] and driver.list_nodes() == []
+    finally:
+        for n in driver.list_nodes():
+            driver.destroy_node(n)
+        control.close()
+        other.close()
