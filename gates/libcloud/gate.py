@@ -36,6 +36,7 @@ from gates.libcloud.config import (
     load_prices,
     resolve_credentials,
 )
+from gates.libcloud.localdriver import LocalProcessNodeDriver
 from gates.libcloud.userdata import render_userdata
 from skyport.agent.bootstrap import Bootstrap
 from skyport.errors import CapacityError, ConfigError, GateError
@@ -49,6 +50,7 @@ from skyport.gate import (
     GateCapabilities,
     GateFeature,
     NodeInfo,
+    netns,
 )
 from skyport.gate.bootstrapcred import BootstrapVault, Exchanged
 
@@ -89,6 +91,8 @@ class LibcloudGate(Gate):
             kwargs.setdefault("root", str(gate_dir / "localdriver"))
         try:
             self.driver: NodeDriver = cls(**kwargs)
+        except ConfigError as exc:  # ours (the local driver's): names no credential
+            raise ConfigError(f"gate {name}: {exc}") from None
         except Exception as exc:  # never echo kwargs: they hold the credentials
             raise ConfigError(f"gate {name}: cannot make a {config.provider} driver: "
                               f"{type(exc).__name__}") from None
@@ -231,19 +235,26 @@ class LibcloudGate(Gate):
     def _create_nodes(self, req: ClusterRequest, size: NodeSize, flavor: Flavor) -> None:
         image = NodeImage(id=self.cfg.image, name=self.cfg.image, driver=self.driver)
         created = str(time.time())
+        # the local-process driver's nodes in network namespaces: a subnet per cluster,
+        # the control plane their only way out, MPI on the subnet's interface
+        iface, net_args = "", {}
+        if isinstance(self.driver, LocalProcessNodeDriver) and self.driver.network == "namespace":
+            iface = self.driver.node_iface
+            net_args = {"ex_network": req.cluster_id,
+                        "ex_egress": netns.control_listen_address(req.control_url)}
         for rank in range(req.nodes):
             name = f"{self.cfg.name_prefix}-{req.cluster_id}-n{rank}"
             boot = Bootstrap(control_url=req.control_url, ca_pem=req.ca_pem, token=req.token,
                              job_id=req.job_id, cluster_id=req.cluster_id, node_rank=rank,
                              node_name=name, num_nodes=req.nodes,
-                             cpus_per_node=req.cpus_per_node)
+                             cpus_per_node=req.cpus_per_node, net_iface=iface)
             if self.cfg.userdata_secret == "exchange":  # user-data outlives the exchange
                 boot = replace(boot, token="", bootstrap_credential=self.vault.issue(
                     req.token, req.job_id, rank))
             tags = {T_SCOPE: self.scope, T_GATE: self.name, T_JOB: req.job_id,
                     T_CLUSTER: req.cluster_id, T_RANK: str(rank), T_FLAVOR: flavor.name,
                     T_CREATED: created}
-            kwargs = {**self.cfg.create_args,
+            kwargs = {**self.cfg.create_args, **net_args,
                       self.cfg.userdata_arg: render_userdata(boot, self.cfg.install_command)}
             if self.cfg.tags_arg:
                 kwargs[self.cfg.tags_arg] = tags

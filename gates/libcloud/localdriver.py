@@ -14,24 +14,39 @@ earlier one::
 
     <root>/nodes/<node id>.json     the record: name, size, image, tags, pid
     <root>/disks/<node id>/         the node's "disk": user-data, console.log,
-                                    var/ (what the script sees as SKYPORT_NODE_ROOT)
+                                    var/ (what the script sees as SKYPORT_NODE_ROOT),
+                                    netfwd.out (its forwarder's, with namespaces)
+
+With ``network="namespace"`` (a driver argument; needs root and iproute2) each
+node boots in a network namespace of its own (``skyport.gate.netns``): the
+nodes created with the same ``ex_network`` share a private bridge, as the VMs
+of one cloud subnet do, each with the address ``10.77.x.y`` on ``sky0``
+(``node_iface``, its ``private_ips``); the host's network is out of reach but
+for ``ex_egress``, one ``(host, port)`` the node's forwarder connects it to
+(the libcloud gate gives its control plane's).  The namespace, the node's end
+of the bridge and its forwarder go with the node; the bridge with the
+network's last node.
 
 States: ``RUNNING`` while the node's session leader runs, ``STOPPED`` once it
-has exited (a VM whose OS halted: it still exists until destroyed), and a
+has exited (a VM whose OS halted: it still exists until destroyed),
+``ERROR`` when its network forwarder is gone (a VM cut off), and a
 destroyed node is gone from ``list_nodes`` (real clouds show it
 ``TERMINATED`` for a while; callers ignore those).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +54,9 @@ from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, Nod
 from libcloud.compute.types import NodeState
 
 from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
+from skyport.errors import ConfigError
+from skyport.gate import netns
+from skyport.gate.detach import DetachError, detach
 from skyport.gate.environment import agent_environment
 
 __all__ = ["LOCAL_IMAGE", "LocalProcessNodeDriver"]
@@ -52,14 +70,8 @@ _SIZES: dict[str, tuple[int, int, float]] = {
     "lp.xlarge": (8, 16384, 0.08),
 }
 
-# started through a short-lived intermediate so the node is nobody's child
-_DETACH = (
-    "import subprocess, sys\n"
-    "log = open(sys.argv[1], 'ab')\n"
-    "p = subprocess.Popen(['bash', sys.argv[2]], cwd=sys.argv[3], stdin=subprocess.DEVNULL,"
-    " stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
-    "print(p.pid)\n"
-)
+_NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+_WHO = "libcloud local-process driver"
 
 
 class LocalProcessNodeDriver(NodeDriver):
@@ -68,6 +80,8 @@ class LocalProcessNodeDriver(NodeDriver):
     ``key``/``secret`` are accepted like any driver's credentials and kept on
     the driver object only (tests check that they never reach a node).
     ``root`` is the state folder (default: a folder under the temp dir).
+    ``network`` is ``"host"`` (default: nodes share this machine's network) or
+    ``"namespace"`` (see the module docstring).
     """
 
     type = "skyport-local-process"
@@ -76,12 +90,22 @@ class LocalProcessNodeDriver(NodeDriver):
     features = {"create_node": []}  # noqa: RUF012 (libcloud's class attribute)
 
     def __init__(self, key: str = "local", secret: str | None = None,
-                 root: str | None = None, kill_grace_s: float = 3.0, **_: Any) -> None:
+                 root: str | None = None, kill_grace_s: float = 3.0, network: str = "host",
+                 **_: Any) -> None:
         super().__init__(key=key, secret=secret)
+        if network not in ("host", "namespace"):
+            raise ConfigError(f"{_WHO}: network {network!r} is not one of 'host', 'namespace'")
+        if network == "namespace":
+            netns.require(_WHO)
+        self.network = network
+        self.node_iface = netns.IFACE if network == "namespace" else ""
         self.root: Path = Path(root or Path(tempfile.gettempdir()) / "skyport-localdriver")
         (self.root / "nodes").mkdir(parents=True, exist_ok=True)
         (self.root / "disks").mkdir(parents=True, exist_ok=True)
         self.kill_grace_s = kill_grace_s
+        with self._locked():  # what a driver that died midway left of its networks
+            netns.reap(str(self.root), {r["network"] for r in self._records()
+                                        if r.get("network")})
 
     # -- catalog ------------------------------------------------------------------
 
@@ -103,12 +127,16 @@ class LocalProcessNodeDriver(NodeDriver):
     def create_node(self, name: str, size: NodeSize, image: NodeImage,
                     location: NodeLocation | None = None, auth: Any = None,
                     ex_userdata: str | None = None,
-                    ex_metadata: dict[str, str] | None = None) -> Node:
-        """Boot a node: run ``ex_userdata`` with bash in a session of its own."""
+                    ex_metadata: dict[str, str] | None = None, ex_network: str = "default",
+                    ex_egress: tuple[str, int] | None = None) -> Node:
+        """Boot a node: run ``ex_userdata`` with bash in a session of its own (in a network
+        namespace on ``ex_network``'s bridge, with ``network="namespace"``)."""
         if size.id not in _SIZES:
             raise ValueError(f"unknown size {size.id!r} (known: {', '.join(_SIZES)})")
         if image.id != LOCAL_IMAGE:
             raise ValueError(f"unknown image {image.id!r} (known: {LOCAL_IMAGE})")
+        if not _NETWORK_RE.match(ex_network):
+            raise ValueError(f"ex_network {ex_network!r} must be 1-128 of a-z, 0-9, '-'")
         node_id = "lp-" + secrets.token_hex(6)
         disk = self.root / "disks" / node_id
         (disk / "var").mkdir(parents=True, mode=0o700)
@@ -121,17 +149,24 @@ class LocalProcessNodeDriver(NodeDriver):
             "tags": dict(ex_metadata or {}), "created_at": time.time(),
             "pid": None, "start_time": None,
         }
+        ns_path = ""
+        if self.network == "namespace":
+            path = self.root / "nodes" / f"{node_id}.json"
+            try:
+                record = self._attach(record, ex_network, ex_egress)
+            except Exception:  # nothing of the node is left: no VM was made
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    self._detach_net(json.loads(path.read_text()))
+                path.unlink(missing_ok=True)
+                shutil.rmtree(disk, ignore_errors=True)
+                raise
+            ns_path = self._net(record).ns_path(record["net_index"])
         self._put(record)  # first: a crash while booting leaves a node that can be destroyed
-        starter = subprocess.run(
-            [sys.executable, "-c", _DETACH, str(disk / "console.log"), str(script), str(disk)],
-            stdin=subprocess.DEVNULL, capture_output=True, env=_vm_env(disk), timeout=60,
-            check=False)
-        try:
-            pid = int(starter.stdout.decode().strip())
-        except ValueError:
-            self._put({**record, "pid": None})
-            raise RuntimeError(f"node {name} did not boot: "
-                               f"{starter.stderr.decode(errors='replace')[-300:]}") from None
+        try:  # nobody's child: the node outlives the driver's process as a VM would
+            pid = detach(["bash", str(script)], disk / "console.log", netns=ns_path, cwd=disk,
+                         env=_vm_env(disk))
+        except DetachError as exc:
+            raise RuntimeError(f"node {name} did not boot: {str(exc)[-300:]}") from None
         stat = proc_stat(pid)
         record.update(pid=pid, start_time=stat.start_time if stat else None)
         self._put(record)
@@ -155,9 +190,12 @@ class LocalProcessNodeDriver(NodeDriver):
             record = json.loads(path.read_text())
         except FileNotFoundError:
             return True
-        if record.get("pid") and not kill_sessions([(record["pid"], record["start_time"])],
-                                                   grace_s=self.kill_grace_s):
+        leaders = [(record[k], record.get(t)) for k, t in (("pid", "start_time"),
+                                                           ("fwd_pid", "fwd_start_time"))
+                   if record.get(k)]
+        if leaders and not kill_sessions(leaders, grace_s=self.kill_grace_s):
             return False
+        self._detach_net(record)
         path.unlink(missing_ok=True)
         shutil.rmtree(self.root / "disks" / str(node.id), ignore_errors=True)
         return True
@@ -166,6 +204,59 @@ class LocalProcessNodeDriver(NodeDriver):
         return False
 
     # -- internals ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Network changes of every driver instance on ``root``, one at a time."""
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _records(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted((self.root / "nodes").glob("*.json")):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                out.append(json.loads(path.read_text()))
+        return out
+
+    def _net(self, record: dict[str, Any]) -> netns.ClusterNet:
+        return netns.ClusterNet(str(self.root), record["network"], record["net_index"] + 1,
+                                who=_WHO)
+
+    def _attach(self, record: dict[str, Any], network: str,
+                egress: tuple[str, int] | None) -> dict[str, Any]:
+        """The node's namespace on its network's bridge, and its forwarder to ``egress``."""
+        with self._locked():
+            used = {r["net_index"] for r in self._records() if r.get("network") == network}
+            index = min(set(range(len(used) + 1)) - used)
+            record = {**record, "network": network, "net_index": index,
+                      "address": netns.node_address(index)}
+            self._put(record)  # before anything is made: destroy_node finds it all
+            net = self._net(record)
+            if not net.has_bridge():
+                net.add_bridge()
+            net.add_node(index, egress or ("127.0.0.1", 0))
+        if egress is not None:
+            disk = self.root / "disks" / record["id"]
+            pid, start = netns.start_forwarder(disk / "netfwd.out", egress,
+                                               [net.ns_path(index)], env=_vm_env(disk))
+            record = {**record, "fwd_pid": pid, "fwd_start_time": start}
+        return record
+
+    def _detach_net(self, record: dict[str, Any]) -> None:
+        """Remove the node's namespace and veth, and its network's bridge if it was the last."""
+        if record.get("network") is None or record.get("net_index") is None:
+            return
+        with self._locked():
+            net = self._net(record)
+            net.remove_node(record["net_index"])
+            others = [r for r in self._records()
+                      if r.get("network") == record["network"] and r["id"] != record["id"]]
+            if not others:
+                net.remove_bridge()
 
     def _put(self, record: dict[str, Any]) -> None:
         path = self.root / "nodes" / f"{record['id']}.json"
@@ -181,11 +272,16 @@ class LocalProcessNodeDriver(NodeDriver):
         else:
             state = NodeState.RUNNING if is_alive(pid, record.get("start_time")) \
                 else NodeState.STOPPED
+            if state == NodeState.RUNNING and record.get("fwd_pid") and \
+                    not is_alive(record["fwd_pid"], record.get("fwd_start_time")):
+                state = NodeState.ERROR  # cut off from the control plane
         size = _SIZES.get(record["size"], (0, 0, 0.0))
         return Node(id=record["id"], name=record["name"], state=state,
-                    public_ips=[], private_ips=["127.0.0.1"], driver=self,
+                    public_ips=[], private_ips=[record.get("address") or "127.0.0.1"],
+                    driver=self,
                     extra={"tags": dict(record["tags"]), "pid": pid, "size": record["size"],
                            "image": record["image"], "cpus": size[0],
+                           "network": record.get("network"),
                            "disk": str(self.root / "disks" / record["id"])},
                     created_at=None)
 

@@ -48,7 +48,7 @@ class LocalGateConfig(GateConfig):
         "host", description="'host' (default): nodes share this machine's network; "
         "'namespace' (needs root and iproute2): each node gets a network namespace of its "
         "own on a private bridge with its cluster's other nodes, and reaches only the "
-        "control plane, through a forwarder (gates.local.netns)")
+        "control plane, through a forwarder (skyport.gate.netns)")
     kill_grace_s: float = Field(3.0, ge=0, le=60)
     boot_s: float = Field(1.0, ge=0)
     price_per_hour: float = Field(

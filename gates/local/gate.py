@@ -26,7 +26,6 @@ import fcntl
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gates.local import netfwd, netns
 from gates.local.config import LocalGateConfig, detect_gpus, host_cpus, host_mem_mb
 from gates.local.payloadusers import (
     PayloadUser,
@@ -60,7 +58,9 @@ from skyport.gate import (
     Gate,
     GateCapabilities,
     NodeInfo,
+    netns,
 )
+from skyport.gate.detach import DetachError, detach
 
 __all__ = ["BOOTSTRAP_NAME", "FLAVOR", "LocalGate"]
 
@@ -277,19 +277,13 @@ class LocalGate(Gate):
                   ).write(bootstrap)
         netns_path = self._net(record).ns_path(node.rank) if record.network == "namespace" \
             else ""
-        # Started through a short-lived intermediate, so the agent is nobody's child:
-        # Ray kills a worker's child processes when the worker exits, and a node
-        # must outlive the gate actor the way a VM outlives its control plane.
-        starter = subprocess.run(
-            [sys.executable, "-c", _DETACH, str(workdir / "agent.out"), netns_path,
-             *self.agent_command, "--bootstrap", str(bootstrap)],
-            cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, env=self.agent_env(req),
-            timeout=60, check=False)
-        try:
-            pid = int(starter.stdout.decode().strip())
-        except ValueError as exc:
+        try:  # detached: a node outlives the gate actor the way a VM outlives its control plane
+            pid = detach([*self.agent_command, "--bootstrap", str(bootstrap)],
+                         workdir / "agent.out", netns=netns_path, cwd=workdir,
+                         env=self.agent_env(req))
+        except DetachError as exc:
             raise GateError(f"gate {self.name}: the agent of {node.name} did not start: "
-                            f"{starter.stderr.decode(errors='replace')[-500:]}") from exc
+                            f"{exc}") from exc
         stat = proc_stat(pid)
         return replace(node, pid=pid, start_time=stat.start_time if stat else None)
 
@@ -314,33 +308,16 @@ class LocalGate(Gate):
 
     def _start_network(self, req: ClusterRequest, record: ClusterRecord) -> ClusterRecord:
         """The cluster's namespaces and bridge, and the forwarder that is their only way
-        to the control plane (``gates.local.netns``)."""
+        to the control plane (``skyport.gate.netns``)."""
         net = self._net(record)
         control = netns.control_listen_address(req.control_url)
         net.create(control)
         out = self.workdir_root / record.cluster_id / "netfwd.out"
         out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        starter = subprocess.run(
-            [sys.executable, "-c", _DETACH, str(out), "", sys.executable, netfwd.__file__,
-             control[0], str(control[1]), *(net.ns_path(n.rank) for n in record.nodes)],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
-            env=self.agent_env(req))
-        try:
-            pid = int(starter.stdout.decode().strip())
-        except ValueError as exc:
-            raise GateError(f"the network forwarder did not start: "
-                            f"{starter.stderr.decode(errors='replace')[-500:]}") from exc
-        stat = proc_stat(pid)
-        record = replace(record, forwarder_pid=pid,
-                         forwarder_start_time=stat.start_time if stat else None)
-        deadline = time.monotonic() + 30
-        while b"ready" not in out.read_bytes():
-            if not is_alive(pid, record.forwarder_start_time) or time.monotonic() > deadline:
-                _sigkill_session(pid, record.forwarder_start_time)
-                raise GateError("the network forwarder failed: " +
-                                out.read_bytes().decode(errors="replace")[-500:])
-            time.sleep(0.05)
-        return record
+        pid, start_time = netns.start_forwarder(out, control,
+                                                [net.ns_path(n.rank) for n in record.nodes],
+                                                env=self.agent_env(req))
+        return replace(record, forwarder_pid=pid, forwarder_start_time=start_time)
 
     def _info(self, record: ClusterRecord) -> ClusterInfo:
         nodes = tuple(
@@ -367,21 +344,6 @@ class LocalGate(Gate):
                            flavor=record.flavor, state=state, nodes=nodes,
                            created_at=record.created_at,
                            price_per_hour=self.cfg.price_per_hour * len(nodes), reason=reason)
-
-
-# argv: the output file, a network namespace to enter ('' for none: setns(2), so that a
-# missing command fails here as it does without one), then the command
-_DETACH = (
-    "import ctypes, os, subprocess, sys\n"
-    "out = open(os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), 'ab')\n"
-    "if sys.argv[2]:\n"
-    "    fd = os.open(sys.argv[2], os.O_RDONLY)\n"
-    "    if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:\n"
-    "        sys.exit('cannot enter ' + sys.argv[2] + ': ' + os.strerror(ctypes.get_errno()))\n"
-    "p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=out,"
-    " stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
-    "print(p.pid)\n"
-)
 
 
 def _sigkill_session(leader: int, start_time: int | None) -> bool:

@@ -44,6 +44,12 @@ class RayGateConfig(GateConfig):
         None, description="node working directories on each Ray node; default "
         "<the node's temp dir>/skyport-ray")
     kill_grace_s: float = Field(3.0, ge=0, le=60)
+    network: Literal["host", "namespace"] = Field(
+        "host", description="'host' (default): agents and payloads use their Ray node's "
+        "network; 'namespace' (needs root and iproute2; valid only when every Ray node is on "
+        "the gate's host, i.e. a multi-node Ray cluster emulated on one machine, and refused "
+        "otherwise): each node gets a network namespace of its own on a private bridge with "
+        "its cluster's other nodes, and reaches only the control plane (skyport.gate.netns)")
     call_timeout_s: float = Field(30.0, gt=0, le=600,
                                   description="limit on one call to a node actor")
 

@@ -10,6 +10,11 @@ brings the machines for a placement group that does not fit; one that is
 still not placed after ``ready_timeout_s`` is removed and the create fails
 with ``CapacityError``.
 
+With ``network = "namespace"`` (the emulation: every Ray node on the gate's
+host) the gate makes the cluster's network namespaces, bridge and forwarder
+(``skyport.gate.netns``) on its host before the agents start, and each node
+actor starts its agent inside its node's namespace.
+
 Names, so that a restarted control plane finds what an earlier one made::
 
     placement group   skyport-<gate>-<cluster id>          (detached)
@@ -48,6 +53,7 @@ from gates.ray.config import RayGateConfig
 from gates.ray.node import NodeActor, kill_agent_task, node_workdir
 from gates.ray.records import ClusterRecord, NodeRecord, RecordStore
 from skyport.agent.bootstrap import Bootstrap
+from skyport.agent.procfs import is_alive, kill_sessions
 from skyport.errors import CapacityError, ConfigError, GateError
 from skyport.gate import CLUSTER_ID_RE as _CLUSTER_ID_RE
 from skyport.gate import (
@@ -60,6 +66,7 @@ from skyport.gate import (
     GateCapabilities,
     GateFeature,
     NodeInfo,
+    netns,
 )
 
 __all__ = ["FLAVOR", "RayGate"]
@@ -90,6 +97,17 @@ class RayGate(Gate):
         self._lock = threading.Lock()
         self._creating: set[str] = set()  # creates in progress in this process
         self.prefix = f"skyport-{name}-"
+        self._who = f"ray gate {name}"
+        if config.network == "namespace":
+            netns.require(self._who)
+            hosts = self._hosts()
+            if len(hosts) > 1:
+                raise ConfigError(
+                    f'gate {name}: network = "namespace" is valid only when every Ray node is '
+                    f"on this host (a Ray cluster emulated on one machine); the Ray nodes are "
+                    f"on {', '.join(sorted(hosts))}: use network = \"host\"")
+        with self._lock:  # what a gate that died midway left of its clusters' networks
+            netns.reap(str(self.dir), {r.cluster_id for r in self._records.all()})
 
     def _connect(self) -> None:
         if not ray.is_initialized():
@@ -107,6 +125,10 @@ class RayGate(Gate):
 
     def _nodes(self) -> list[dict[str, float]]:
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def _hosts(self) -> set[str]:
+        """The addresses of the live Ray nodes."""
+        return {str(n.get("NodeManagerAddress")) for n in ray.nodes() if n.get("Alive")}
 
     def _node_shape(self) -> tuple[int, int, int]:
         """(cpus, mem_mb, gpus) of the largest Ray node, or the configured worker shape."""
@@ -156,13 +178,16 @@ class RayGate(Gate):
             strategy = self._strategy(request)
             record = ClusterRecord(
                 cluster_id=cid, job_id=request.job_id, owner=request.owner, flavor=FLAVOR,
-                created_at=time.time(), strategy=strategy,
+                created_at=time.time(), strategy=strategy, network=self.cfg.network,
                 nodes=tuple(NodeRecord(rank=r, name=f"{cid}-n{r}")
                             for r in range(request.nodes)))
             self._records.put(record)
             self._creating.add(cid)
         try:
             pg = self._place(request, strategy)
+            if record.network == "namespace":
+                record = self._start_network(request, record)
+                self._records.put(record)
             record = self._start_agents(request, record, pg)
             record = replace(record, state="running")
             self._records.put(record)
@@ -201,6 +226,8 @@ class RayGate(Gate):
                 details={"host": f.get("host", rec.host), "ray_node_id":
                          f.get("node_id", rec.node_id), "pid": f.get("pid", rec.pid),
                          "workdir": f.get("workdir", rec.workdir), "gpus": f.get("gpus", []),
+                         **({"address": netns.node_address(rank)}
+                            if record is not None and record.network == "namespace" else {}),
                          "placement_group": self.prefix + cluster_id, "strategy": strategy}))
         pg_state = (pg or {}).get("state", "REMOVED")
         ray_nodes = sorted({n.details["ray_node_id"] for n in nodes if n.details["ray_node_id"]})
@@ -215,6 +242,10 @@ class RayGate(Gate):
             state, reason = "failed", f"placement group is {pg_state.lower()}"
         elif dead or not nodes:
             state, reason = "failed", "node(s) not running: " + ", ".join(dead)
+        elif record is not None and record.forwarder_pid is not None and \
+                not is_alive(record.forwarder_pid, record.forwarder_start_time):
+            # the nodes' only way to the control plane is gone: as good as cut off
+            state, reason = "failed", "the nodes' network forwarder is not running"
         else:
             state = "running"
             reason = (f"placement group {self.prefix + cluster_id} ({strategy}) on "
@@ -288,10 +319,13 @@ class RayGate(Gate):
             boot = Bootstrap(control_url=req.control_url, ca_pem=req.ca_pem, token=req.token,
                              job_id=req.job_id, cluster_id=req.cluster_id, node_rank=node.rank,
                              node_name=node.name, num_nodes=req.nodes,
-                             cpus_per_node=req.cpus_per_node)
+                             cpus_per_node=req.cpus_per_node,
+                             net_iface=netns.IFACE if record.network == "namespace" else "")
             workdir = node_workdir(self.cfg.workdir_root, self.name, req.cluster_id, node.name)
+            ns_path = self._net(record).ns_path(node.rank) if record.network == "namespace" \
+                else ""
             starts.append(actor.start.remote(boot, str(workdir), req.gpus_per_node > 0,
-                                             self.agent_env(req)))
+                                             self.agent_env(req), ns_path))
         # actors start in their bundles at once: one wait for all of them
         infos = ray.get(starts, timeout=self.cfg.call_timeout_s + 60)
         for info in infos:
@@ -334,6 +368,8 @@ class RayGate(Gate):
         if failed:
             raise GateError(f"gate {self.name}: the agents of {', '.join(failed)} could not be "
                             "killed; try again")
+        if record is not None and record.network == "namespace":
+            self._stop_network(record)
         entry = self._pg_entry(cluster_id)
         if entry is not None:
             pg = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(entry["placement_group_id"])))
@@ -356,6 +392,41 @@ class RayGate(Gate):
                     time.monotonic() < settle:
                 time.sleep(0.05)
         self._records.remove(cluster_id)
+
+    def _net(self, record: ClusterRecord) -> netns.ClusterNet:
+        return netns.ClusterNet(str(self.dir), record.cluster_id, len(record.nodes),
+                                who=self._who)
+
+    def _start_network(self, req: ClusterRequest, record: ClusterRecord) -> ClusterRecord:
+        """The cluster's namespaces, bridge and forwarder, on this host (where, with
+        ``network = "namespace"``, every Ray node is)."""
+        hosts = self._hosts()
+        if len(hosts) > 1:  # an autoscaler may have added a machine since the gate started
+            raise GateError(f'gate {self.name}: network = "namespace" needs every Ray node on '
+                            f"this host; the Ray nodes are on {', '.join(sorted(hosts))}")
+        net = self._net(record)
+        control = netns.control_listen_address(req.control_url)
+        net.create(control)
+        try:
+            out = self.dir / "netfwd" / f"{record.cluster_id}.out"
+            out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            out.unlink(missing_ok=True)
+            pid, start_time = netns.start_forwarder(
+                out, control, [net.ns_path(n.rank) for n in record.nodes],
+                env=self.agent_env(req))
+        except Exception:
+            net.destroy()
+            raise
+        return replace(record, forwarder_pid=pid, forwarder_start_time=start_time)
+
+    def _stop_network(self, record: ClusterRecord) -> None:
+        if record.forwarder_pid is not None and not kill_sessions(
+                [(record.forwarder_pid, record.forwarder_start_time)],
+                grace_s=self.cfg.kill_grace_s):
+            raise GateError(f"gate {self.name}: the network forwarder of cluster "
+                            f"{record.cluster_id} survived SIGKILL; try again")
+        self._net(record).destroy()
+        (self.dir / "netfwd" / f"{record.cluster_id}.out").unlink(missing_ok=True)
 
     def _pg_entry(self, cluster_id: str) -> dict[str, Any] | None:
         for entry in placement_group_table().values():

@@ -2,7 +2,8 @@
 
 It runs on the Ray node its bundle was placed on, writes the agent's 0600
 bootstrap file there and starts ``python -m skyport.agent`` in a session of
-its own, through a short-lived intermediate process: Ray kills a worker's
+its own (in the node's network namespace, with ``network = "namespace"``),
+through a short-lived intermediate process (``skyport.gate.detach``): Ray kills a worker's
 children when the worker exits, and an agent must not die with its actor
 (nor with the control plane).  ``stop`` kills the agent's whole session.
 The actor never keeps the job token: it passes straight through to the file.
@@ -14,7 +15,6 @@ import contextlib
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,17 +24,11 @@ import ray
 
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
+from skyport.gate.detach import DetachError, detach
 
 __all__ = ["BOOTSTRAP_NAME", "NodeActor", "kill_agent", "node_workdir"]
 
 BOOTSTRAP_NAME = ".skyport-bootstrap.json"
-_DETACH = (
-    "import subprocess, sys\n"
-    "out = open(sys.argv[1], 'ab')\n"
-    "p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out,"
-    " stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)\n"
-    "print(p.pid)\n"
-)
 
 
 def node_workdir(root: str | None, gate: str, cluster_id: str, node_name: str) -> Path:
@@ -53,27 +47,28 @@ class NodeActor:
         self.workdir: Path | None = None
 
     def start(self, boot: Bootstrap, workdir: str, gpus_from_ray: bool,
-              env: dict[str, str]) -> dict[str, Any]:
+              env: dict[str, str], netns_path: str = "") -> dict[str, Any]:
         """Write the bootstrap file and start the agent with ``env`` (the gate runner's
-        allow-listed agent environment, never this worker's); idempotent."""
+        allow-listed agent environment, never this worker's), in the network namespace
+        ``netns_path`` when given (made by the gate, on its host); idempotent."""
         if self.pid is not None:
             return self.info()
+        if netns_path and not os.path.exists(netns_path):
+            raise RuntimeError(
+                f"network namespace {netns_path} is not on this Ray node "
+                f"({socket.gethostname()}): network = \"namespace\" is valid only when every "
+                "Ray node is on the gate's host")
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True, mode=0o700)
         gpus = tuple(str(g) for g in ray.get_gpu_ids()) if gpus_from_ray else boot.gpus
         path = wd / BOOTSTRAP_NAME
         Bootstrap(**{**boot.__dict__, "workdir": str(wd), "gpus": gpus}).write(path)
-        starter = subprocess.run(
-            [sys.executable, "-c", _DETACH, str(wd / "agent.out"), sys.executable, "-m",
-             "skyport.agent", "--bootstrap", str(path)],
-            cwd=wd, stdin=subprocess.DEVNULL, capture_output=True, env=env,
-            timeout=60, check=False)
         try:
-            pid = int(starter.stdout.decode().strip())
-        except ValueError:
+            pid = detach([sys.executable, "-m", "skyport.agent", "--bootstrap", str(path)],
+                         wd / "agent.out", netns=netns_path, cwd=wd, env=env)
+        except DetachError as exc:
             path.unlink(missing_ok=True)
-            raise RuntimeError("the agent did not start: "
-                               + starter.stderr.decode(errors="replace")[-500:]) from None
+            raise RuntimeError(f"the agent did not start: {exc}") from None
         stat = proc_stat(pid)
         self.pid, self.start_time, self.workdir = pid, stat.start_time if stat else None, wd
         self.meta["gpus"] = list(gpus)

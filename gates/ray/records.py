@@ -38,6 +38,9 @@ class ClusterRecord:
     strategy: str
     nodes: tuple[NodeRecord, ...]
     state: str = "creating"  # "creating" until every agent has started, then "running"
+    network: str = "host"  # or "namespace" (skyport.gate.netns)
+    forwarder_pid: int | None = None
+    forwarder_start_time: int | None = None
 
     def with_node(self, node: NodeRecord) -> ClusterRecord:
         return replace(self, nodes=tuple(node if n.rank == node.rank else n

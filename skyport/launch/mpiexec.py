@@ -41,13 +41,18 @@ from skyport.launch.bcast import (
 from skyport.launch.layout import propagated_names
 from skyport.launch.mpi import missing_mpi, mpich_mpiexec, openmpi_mpirun
 
-__all__ = ["build_command", "main", "write_shims"]
+__all__ = ["build_command", "main", "openmpi_iface_args", "write_shims"]
 
 
 OPENMPI_NET_ARGS = "--mca pml ob1 --mca btl self,tcp --mca coll ^han"
 """Open MPI's transports unless ``$SKYPORT_OPENMPI_ARGS`` says otherwise: TCP between
 ranks, because its shared-memory transport crashes when two "hosts" (nodes of
 the local gate) are in fact one machine."""
+
+
+def openmpi_iface_args(iface: str) -> list[str]:
+    """Open MPI's arguments that keep its daemons and ranks on ``iface``."""
+    return ["--mca", "btl_tcp_if_include", iface, "--mca", "oob_tcp_if_include", iface]
 
 
 def build_command(mpi: str, nodes: Sequence[str], ranks_per_node: int, cmd: Sequence[str], *,
@@ -81,6 +86,10 @@ def build_command(mpi: str, nodes: Sequence[str], ranks_per_node: int, cmd: Sequ
                 "--mca", "plm_rsh_no_tree_spawn", "1", "--host", hosts, "-np", str(total),
                 "--map-by", f"ppr:{ranks_per_node}:node", "--bind-to", "none", "--wdir", "/",
                 *env.get("SKYPORT_OPENMPI_ARGS", OPENMPI_NET_ARGS).split()]
+        if env.get("SKYPORT_NET_IFACE"):
+            # nodes in network namespaces of their own: the daemons' wire-up (oob) and
+            # the ranks' TCP transport must use the interface the nodes share
+            argv += openmpi_iface_args(env["SKYPORT_NET_IFACE"])
         for name in names:
             argv += ["-x", name]
         return argv + rank, out_env

@@ -1,4 +1,6 @@
-"""Nodes in network namespaces of their own (local gate, ``network = "namespace"``).
+"""Nodes in network namespaces of their own (``network = "namespace"``): the local
+gate, the libcloud gate's local-process driver, and Open MPI there (the ray gate's
+test is in test_ray_gate.py, with its Ray cluster).
 
 Each node sees only its loopback and its interface on the cluster's bridge;
 MPI ranks on different nodes talk over the bridge; the agents reach the
@@ -25,10 +27,12 @@ import pytest
 from pydantic import ValidationError
 
 from gates.local import LocalGate, LocalGateConfig
-from gates.local.netns import ClusterNet, gate_tag
+from skyport import pki
 from skyport.config import GateEntry, StateDir
 from skyport.errors import GateError
 from skyport.gate import ClusterRequest, make_gate
+from skyport.gate.netns import ClusterNet, gate_tag
+from skyport.launch.mpi import missing_mpi
 from skyport.script import build_spec, cli_directives
 
 from .test_mpi import check_hybrid
@@ -48,6 +52,7 @@ LINKS = re.compile(r"^links (\d) (.*)$", re.M)
 SCRIPT = """#!/bin/bash
 #SKYPORT --name=netns --time=00:05:00
 #SKYPORT --nodes=2 --ranks-per-node=2 --threads-per-rank=2
+#SKYPORT --mpi=mpich
 set -e
 export PATH="$PATH:/usr/sbin:/sbin"
 mpicc -fopenmp -O2 -o hybrid hybrid.c
@@ -87,13 +92,17 @@ def _leftovers(cluster_id: str) -> list[str]:
                    if "netfwd" in _cmdline(p) and f"-{cluster_id}-n" in _cmdline(p)])
 
 
-def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
-    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
-    cp = fresh_controlplane(gates=[local])
-    with cp.client() as c:
-        job = c.submit(build_spec(SCRIPT, cli_directives([("input", HYBRID_C.as_uri())])))
-        out, _ranks = check_hybrid(c, job.id)  # 4 ranks over 2 nodes, allreduce right
-        names = c.wait(job.id, timeout=60).node_names
+def netns_spec(mpi: str = "mpich"):  # type: ignore[no-untyped-def]
+    return build_spec(SCRIPT.replace("--mpi=mpich", f"--mpi={mpi}"),
+                      cli_directives([("input", HYBRID_C.as_uri())]))
+
+
+def check_on_own_networks(client, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    """The job ran the hybrid program right, its ranks on two nodes with an address of
+    their own each, every node seeing lo and sky0 only, and nothing of the cluster's
+    network (namespaces, links, forwarders) is left afterwards.  The job's output."""
+    out, _ranks = check_hybrid(client, job_id)  # 4 ranks over 2 nodes, allreduce right
+    names = client.wait(job_id, timeout=60).node_names
     addrs = {int(r): (int(n), a) for r, n, a in ADDR.findall(out)}
     assert sorted(addrs) == [0, 1, 2, 3], out
     by_node = {n: a for n, a in addrs.values()}
@@ -104,11 +113,73 @@ def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane)
         links = dict(LINKS.findall(out)).get(node, "").split()
         assert [link.split("@")[0] for link in links] == ["lo", "sky0"], out
         assert f"addrs {node} lo sky0 " in out, out
-    cluster_id = names[0].rsplit("-n", 1)[0]
+    cluster_id = _cluster_of(names[0])
     deadline = time.monotonic() + 120
     while _leftovers(cluster_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _leftovers(cluster_id) == []
+    return out
+
+
+def _cluster_of(node_name: str) -> str:
+    """The cluster id in a node name (``<id>-n<rank>``, or ``skyport-<id>-n<rank>`` for the
+    libcloud gate)."""
+    cid = node_name.rsplit("-n", 1)[0]
+    return cid.removeprefix("skyport-")
+
+
+def test_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
+    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
+    cp = fresh_controlplane(gates=[local])
+    with cp.client() as c:
+        check_on_own_networks(c, c.submit(netns_spec()).id)
+
+
+def _host_address() -> str | None:
+    """An IPv4 address of this machine's, not a loopback one, or None."""
+    assert IP is not None
+    for entry in json.loads(subprocess.run([IP, "-j", "-4", "addr", "show"],
+                                           capture_output=True, text=True).stdout or "[]"):
+        for a in entry.get("addr_info", []):
+            if not a["local"].startswith("127.") and not a["local"].startswith("10.77."):
+                return str(a["local"])
+    return None
+
+
+@pytest.mark.skipif(missing_mpi("openmpi") is not None,
+                    reason=f"Open MPI not installed: {missing_mpi('openmpi')}")
+def test_open_mpi_ranks_talk_over_each_nodes_own_bridge_interface(fresh_controlplane) -> None:
+    """Open MPI's daemons and ranks are told to use sky0.  The control plane is on an
+    address of the host's, so each node also has that address on its loopback (where the
+    forwarder listens): an address every node has, which must carry no MPI traffic."""
+    host = _host_address()
+    if host is None:
+        pytest.skip("this machine has no IPv4 address but loopback ones")
+    local = GateEntry(name="local", type="local", config={"cpus": 8, "network": "namespace"})
+    cp = fresh_controlplane(gates=[local])
+    cp.stop()
+    config = cp.state.load_config()
+    config.api_host = host
+    cp.state.save_config(config)
+    pki.issue_server_cert(cp.state.pki, ["localhost", host])
+    cp.start()
+    with cp.client() as c:
+        check_on_own_networks(c, c.submit(netns_spec("openmpi")).id)
+
+
+def test_libcloud_local_driver_nodes_talk_over_their_own_subnet(fresh_controlplane) -> None:
+    cloud = GateEntry(name="cloud", type="libcloud", config={
+        "provider": "gates.libcloud.localdriver:LocalProcessNodeDriver",
+        "driver_args": {"network": "namespace"}, "image": "local-python",
+        "flavors": ["lp.large"], "max_nodes": 4, "poll_s": 0.2, "boot_s": 1,
+        "create_timeout_s": 60})
+    cp = fresh_controlplane(gates=[cloud])
+    with cp.client() as c:
+        job = c.submit(netns_spec())
+        check_on_own_networks(c, job.id)
+        assert c.job(job.id).gate == "cloud"
+    disks = cp.home / "gates" / "cloud" / "localdriver" / "disks"
+    assert list(disks.iterdir()) == []  # the nodes, forwarders and all, are gone
 
 
 # -- the gate alone, with a stand-in agent ------------------------------------------
@@ -260,3 +331,76 @@ def test_the_network_setting_is_checked(tmp_path: Path) -> None:
     assert LocalGateConfig().network == "host"  # nothing changes unless chosen
     with pytest.raises(ValidationError, match="network"):
         LocalGateConfig(network="bridge")
+
+
+# -- the libcloud local-process driver alone ------------------------------------------
+
+NODE_USERDATA = r'''#!/bin/bash
+"$SKYPORT_PYTHON" - <<'PY'
+import json, os, socket
+def talk(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"hi")
+            return s.recv(100).decode()
+    except OSError as exc:
+        return "error " + type(exc).__name__
+report = {"ns": os.readlink("/proc/self/ns/net"),
+          "ifaces": sorted(n for _, n in socket.if_nameindex()),
+          "control": talk(%(port)d), "other": talk(%(other)d)}
+json.dump(report, open("net.json.tmp", "w"))
+os.replace("net.json.tmp", "net.json")
+PY
+exec sleep 300
+'''
+
+
+def test_libcloud_local_driver_puts_each_node_on_its_networks_bridge(tmp_path: Path) -> None:
+    from libcloud.compute.types import NodeState
+
+    from gates.libcloud.localdriver import LocalProcessNodeDriver
+
+    control, _ = _echo_server()
+    other, _ = _echo_server()  # a service of the host the nodes must not reach
+    port, other_port = control.getsockname()[1], other.getsockname()[1]
+    driver = LocalProcessNodeDriver(root=str(tmp_path / "d"), network="namespace",
+                                    kill_grace_s=0.5)
+    size = next(s for s in driver.list_sizes() if s.id == "lp.small")
+    image = driver.list_images()[0]
+    userdata = NODE_USERDATA % {"port": port, "other": other_port}
+    try:
+        nodes = [driver.create_node(f"n{i}", size, image, ex_userdata=userdata,
+                                    ex_network=net, ex_egress=("127.0.0.1", port))
+                 for i, net in enumerate(["lca", "lca", "lcb"])]
+        assert [n.private_ips for n in nodes] == [["10.77.0.1"], ["10.77.0.2"], ["10.77.0.1"]]
+        reports = []
+        for n in nodes:
+            path = Path(n.extra["disk"]) / "net.json"  # the boot script's folder
+            deadline = time.monotonic() + 60
+            while not path.exists():
+                assert time.monotonic() < deadline, "the node did not report"
+                time.sleep(0.05)
+            reports.append(json.loads(path.read_text()))
+        assert len({r["ns"] for r in reports} | {os.readlink("/proc/self/ns/net")}) == 4
+        for r in reports:
+            assert r["ifaces"] == ["lo", "sky0"] and r["control"] == "echo hi", r
+            assert r["other"] == "error ConnectionRefusedError", r
+        assert len(_leftovers("lca")) == 2 + 3 + 2  # namespaces, bridge and veths, forwarders
+        # a node whose forwarder dies is cut off: an ERROR node, as the gate sees it
+        fwd = [int(x.split()[1]) for x in _leftovers("lcb") if x.startswith("pid ")]
+        assert len(fwd) == 1
+        os.kill(fwd[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while driver.list_nodes([nodes[2].id])[0].state != NodeState.ERROR:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert driver.destroy_node(nodes[0])
+        assert _leftovers("lca") != []  # its network's other node still needs the bridge
+        for n in nodes[1:]:
+            assert driver.destroy_node(n)
+        assert _leftovers("lca") == [] and _leftovers("lcb") == [] and driver.list_nodes() == []
+    finally:
+        for n in driver.list_nodes():
+            driver.destroy_node(n)
+        control.close()
+        other.close()

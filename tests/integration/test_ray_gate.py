@@ -109,6 +109,26 @@ def test_hybrid_job_runs_strict_spread_on_two_ray_nodes(ray_controlplane: StateD
     print(f"2-node ray cluster: provisioning to agents in {ready_s:.2f} s")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_hybrid_job_on_ray_nodes_each_in_a_network_namespace_of_its_own(
+    ray_cluster: Any,
+) -> None:
+    from .test_netns import IP, check_on_own_networks, netns_spec
+
+    if IP is None:
+        pytest.skip("network namespaces need iproute2 (no `ip`)")
+    config = {**_gate_config(ray_cluster), "network": "namespace"}
+    with joined_controlplane(ray_cluster.address, GATE, config) as state, \
+            connect(state.root, "admin") as admin:
+        job = admin.submit(netns_spec())
+        cid = _wait_for("a cluster id", lambda: admin.job(job.id).cluster_id, timeout=120)
+        check_on_own_networks(admin, job.id)  # and nothing of the network is left
+        done = admin.job(job.id)
+        assert done.gate == GATE and len(set(done.node_names)) == 2
+    _wait_for("the placement group's removal",
+              lambda: (_group(cid) or {}).get("state", "REMOVED") == "REMOVED")
+
+
 def test_cancel_kills_agents_and_removes_the_placement_group(
     ray_controlplane: StateDir,
 ) -> None:

@@ -59,3 +59,18 @@ def test_nodes_with_a_network_of_their_own_make_mpich_bind_its_interface() -> No
                             launcher="/bin/mpiexec")
     assert argv[argv.index("-iface") + 1] == "sky0"
     assert argv.index("-iface") < argv.index("/py")  # Hydra's option, not the rank's
+
+
+def test_nodes_with_a_network_of_their_own_make_open_mpi_use_its_interface() -> None:
+    def mca(argv: list[str]) -> dict[str, str]:
+        return {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv[:-2]) if a == "--mca"}
+
+    for extra in ({}, {"SKYPORT_OPENMPI_ARGS": "--mca btl self,tcp"}):  # the user's transports
+        argv, _ = build_command("openmpi", ["a", "b"], 2, ["./hybrid"],
+                                env={"SKYPORT_NET_IFACE": "sky0", **extra}, rsh="/r",
+                                python="/py", launcher="/o/bin/mpirun")
+        got = mca(argv[:argv.index("/py")])  # mpirun's options, not the rank's
+        assert got["btl_tcp_if_include"] == got["oob_tcp_if_include"] == "sky0", argv
+    argv, _ = build_command("openmpi", ["a"], 1, ["x"], env={}, rsh="/r", python="/py",
+                            launcher="/o/bin/mpirun")
+    assert "btl_tcp_if_include" not in argv and "oob_tcp_if_include" not in argv

@@ -1,4 +1,4 @@
-"""Names and addresses of the local gate's per-node network namespaces (pure parts)."""
+"""Names and addresses of the nodes' network namespaces (pure parts; skyport.gate.netns)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from gates.local import netns
 from skyport.agent.bootstrap import Bootstrap
 from skyport.agent.main import payload_env
 from skyport.errors import ConfigError, GateError
+from skyport.gate import netns
 from skyport.models import JobSpec
 
 
@@ -21,7 +21,7 @@ def test_node_addresses_are_distinct_and_in_the_private_subnet() -> None:
 
 
 def test_names_fit_linux_limits_and_belong_to_their_gate(monkeypatch) -> None:
-    monkeypatch.setattr(netns, "require", lambda: "/sbin/ip")
+    monkeypatch.setattr(netns, "require", lambda *a: "/sbin/ip")
     cid = "c" * 128  # the longest cluster id a gate accepts
     a = netns.ClusterNet("/gates/a", cid, 1024)
     b = netns.ClusterNet("/gates/b", cid, 1024)
@@ -58,3 +58,31 @@ def test_the_payload_learns_its_nodes_interface_only_when_it_has_one() -> None:
     boot = Bootstrap(control_url="https://x", ca_pem="", token="t", job_id="j",
                      net_iface="sky0")
     assert payload_env(boot, spec, {})["SKYPORT_NET_IFACE"] == "sky0"
+
+
+def test_the_libcloud_local_driver_refuses_namespaces_it_cannot_make(monkeypatch,
+                                                                       tmp_path) -> None:
+    from gates.libcloud.localdriver import LocalProcessNodeDriver
+    from skyport.config import StateDir
+    from skyport.gate import make_gate
+
+    with pytest.raises(ConfigError, match="network 'bridge' is not one of 'host', 'namespace'"):
+        LocalProcessNodeDriver(root=str(tmp_path / "d"), network="bridge")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    config = {"provider": "gates.libcloud.localdriver:LocalProcessNodeDriver",
+              "driver_args": {"network": "namespace"}, "image": "local-python",
+              "flavors": ["lp.small"]}
+    with pytest.raises(ConfigError, match='gate cloud: libcloud local-process driver: '
+                                          'network = "namespace" needs root'):
+        make_gate("cloud", "libcloud", config, StateDir(tmp_path / "home"))
+    assert LocalProcessNodeDriver(root=str(tmp_path / "d")).node_iface == ""  # host: as before
+
+
+def test_the_ray_gate_network_setting_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from gates.ray.config import RayGateConfig
+
+    assert RayGateConfig().network == "host"
+    with pytest.raises(ValidationError, match="network"):
+        RayGateConfig(network="bridge")

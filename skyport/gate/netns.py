@@ -1,23 +1,26 @@
-"""Network namespaces for the local gate's nodes (``network = "namespace"``).
+"""Network namespaces for nodes that share one host (``network = "namespace"``).
 
-Each node of a cluster gets a network namespace of its own, joined to the
+The local gate, the libcloud gate's local-process driver and the ray gate
+(when all its Ray nodes are on one host) use it the same way.  Each node of a
+cluster gets a network namespace of its own, joined to the
 cluster's other nodes by a private bridge: node ``r`` has the interface
 ``IFACE`` with address ``10.77.x.y`` (``node_address``), so MPI traffic
 between two nodes crosses real interfaces, as between two hosts.  The bridge
 has no address on the host side and the namespaces no route out: a node
-reaches the control plane only through a forwarder (``gates.local.netfwd``),
-one per cluster, which listens on the control plane's address *inside* each
+reaches the control plane only through a forwarder (``skyport.gate.netfwd``),
+one per cluster (or node), which listens on the control plane's address *inside* each
 namespace and connects to it from the host's namespace.  Nothing else of the
 host's network is reachable from a node, and nothing of the host's
 interfaces is touched.
 
-Names are derived from the gate directory and the cluster id, so a
-restarted gate finds (``reap``) what a crashed one left behind:
+Names are derived from a scope (the gate's or driver's directory) and the
+cluster id, so a restarted gate finds (``reap``) what a crashed one left
+behind:
 
-- namespaces ``skyport-<gate tag>-<cluster id>-n<rank>``;
+- namespaces ``skyport-<scope tag>-<cluster id>-n<rank>``;
 - the bridge ``sk<hash>b`` and the host ends of the veths ``sk<hash>v<rank>``
   (interface names are at most 15 characters), each with the alias
-  ``skyport <gate tag> <cluster id>``.
+  ``skyport <scope tag> <cluster id>``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,19 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from skyport.agent.procfs import is_alive, kill_sessions, proc_stat
 from skyport.errors import ConfigError, GateError
+from skyport.gate import netfwd
+from skyport.gate.detach import DetachError, detach
 
-__all__ = ["IFACE", "ClusterNet", "control_listen_address", "node_address", "reap", "require"]
+__all__ = ["IFACE", "ClusterNet", "control_listen_address", "node_address", "reap", "require",
+           "start_forwarder"]
 
 IFACE = "sky0"
 """The node's end of its veth, inside its namespace (the same name on every node)."""
@@ -43,20 +53,32 @@ _NS_DIR = "/run/netns"
 _SYS_NET = "/sys/class/net"
 
 
-def require() -> str:
-    """The ``ip`` executable; ConfigError when namespaces cannot be made here."""
+def require(who: str = "local gate") -> str:
+    """The ``ip`` executable; ConfigError (naming ``who``) when namespaces cannot be made."""
     if os.geteuid() != 0:
-        raise ConfigError('local gate: network = "namespace" needs root (network namespaces, '
+        raise ConfigError(f'{who}: network = "namespace" needs root (network namespaces, '
                           'veths and a bridge are created per cluster); use network = "host"')
-    exe = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
+    exe = _ip_exe()
     if exe is None:
-        raise ConfigError('local gate: network = "namespace" needs iproute2 (no "ip" on PATH); '
+        raise ConfigError(f'{who}: network = "namespace" needs iproute2 (no "ip" on PATH); '
                           'install it or use network = "host"')
     return exe
 
 
+def _ip_exe() -> str | None:
+    return shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
+
+
 def gate_tag(gate_dir: str) -> str:
     return hashlib.sha256(str(gate_dir).encode()).hexdigest()[:8]
+
+
+def check_control(control: tuple[str, int]) -> None:
+    """GateError when the control plane's address is in the nodes' own subnet."""
+    host = ipaddress.ip_address(control[0])
+    if host in _SUBNET:
+        raise GateError(f"the control plane's address {host} is in {_SUBNET}, the "
+                        "nodes' own subnet: give the agents another control URL")
 
 
 def node_address(rank: int) -> str:
@@ -82,8 +104,9 @@ def control_listen_address(control_url: str) -> tuple[str, int]:
 class ClusterNet:
     """The namespaces, veths and bridge of one cluster."""
 
-    def __init__(self, gate_dir: str, cluster_id: str, nodes: int) -> None:
-        self.ip = require()
+    def __init__(self, gate_dir: str, cluster_id: str, nodes: int,
+                 who: str = "local gate") -> None:
+        self.ip = require(who)
         self.tag = gate_tag(gate_dir)
         self.cluster_id = cluster_id
         self.nodes = nodes
@@ -104,27 +127,10 @@ class ClusterNet:
     def create(self, control: tuple[str, int]) -> None:
         """Make the bridge and every node's namespace; on failure, remove what was made."""
         try:
-            self._ip("link", "add", self.bridge, "type", "bridge")
-            self._ip("link", "set", self.bridge, "alias", self.alias)
-            self._ip("link", "set", self.bridge, "up")
-            host = ipaddress.ip_address(control[0])
-            if host in _SUBNET:
-                raise GateError(f"the control plane's address {host} is in {_SUBNET}, the "
-                                "nodes' own subnet: give the agents another control URL")
+            check_control(control)
+            self.add_bridge()
             for rank in range(self.nodes):
-                ns, veth = self.namespace(rank), self.veth(rank)
-                self._ip("netns", "add", ns)
-                self._ip("link", "add", veth, "type", "veth", "peer", "name", IFACE,
-                         "netns", ns)
-                self._ip("link", "set", veth, "alias", self.alias)
-                self._ip("link", "set", veth, "master", self.bridge, "up")
-                self._ip("-n", ns, "addr", "add", f"{node_address(rank)}/{_SUBNET.prefixlen}",
-                         "dev", IFACE)
-                self._ip("-n", ns, "link", "set", "lo", "up")
-                self._ip("-n", ns, "link", "set", IFACE, "up")
-                if not host.is_loopback:  # the forwarder listens on it, inside
-                    self._ip("-n", ns, "addr", "add", f"{host}/{host.max_prefixlen}",
-                             "dev", "lo")
+                self.add_node(rank, control)
         except Exception:
             self.destroy()
             raise
@@ -132,8 +138,39 @@ class ClusterNet:
     def destroy(self) -> None:
         """Remove the namespaces, veths and bridge (those that exist)."""
         for rank in range(self.nodes):
-            _quiet(self.ip, "netns", "delete", self.namespace(rank))
-            _quiet(self.ip, "link", "delete", self.veth(rank))
+            self.remove_node(rank)
+        self.remove_bridge()
+
+    def has_bridge(self) -> bool:
+        return os.path.exists(os.path.join(_SYS_NET, self.bridge))
+
+    def add_bridge(self) -> None:
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("link", "set", self.bridge, "alias", self.alias)
+        self._ip("link", "set", self.bridge, "up")
+
+    def add_node(self, rank: int, control: tuple[str, int]) -> None:
+        """Node ``rank``'s namespace on the (existing) bridge; its address
+        ``node_address(rank)``, and the control plane's address on its loopback."""
+        check_control(control)
+        host = ipaddress.ip_address(control[0])
+        ns, veth = self.namespace(rank), self.veth(rank)
+        self._ip("netns", "add", ns)
+        self._ip("link", "add", veth, "type", "veth", "peer", "name", IFACE, "netns", ns)
+        self._ip("link", "set", veth, "alias", self.alias)
+        self._ip("link", "set", veth, "master", self.bridge, "up")
+        self._ip("-n", ns, "addr", "add", f"{node_address(rank)}/{_SUBNET.prefixlen}",
+                 "dev", IFACE)
+        self._ip("-n", ns, "link", "set", "lo", "up")
+        self._ip("-n", ns, "link", "set", IFACE, "up")
+        if not host.is_loopback:  # the forwarder listens on it, inside
+            self._ip("-n", ns, "addr", "add", f"{host}/{host.max_prefixlen}", "dev", "lo")
+
+    def remove_node(self, rank: int) -> None:
+        _quiet(self.ip, "netns", "delete", self.namespace(rank))
+        _quiet(self.ip, "link", "delete", self.veth(rank))
+
+    def remove_bridge(self) -> None:
         _quiet(self.ip, "link", "delete", self.bridge)
 
     def _ip(self, *args: str) -> None:
@@ -148,7 +185,7 @@ def reap(gate_dir: str, keep: Iterable[str]) -> list[str]:
     behind by a gate that died midway); the ids of the clusters they belonged to."""
     if os.geteuid() != 0:
         return []
-    exe = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
+    exe = _ip_exe()
     if exe is None:
         return []
     keep = set(keep)
@@ -179,3 +216,26 @@ def reap(gate_dir: str, keep: Iterable[str]) -> list[str]:
 def _quiet(exe: str, *args: str) -> None:
     subprocess.run([exe, *args], capture_output=True, timeout=30, check=False,
                    stdin=subprocess.DEVNULL)
+
+
+def start_forwarder(out: Path, control: tuple[str, int], ns_paths: list[str],
+                    env: Mapping[str, str] | None = None,
+                    timeout_s: float = 30.0) -> tuple[int, int | None]:
+    """Start ``skyport.gate.netfwd`` for ``control`` inside ``ns_paths``, detached in a
+    session of its own, and wait until it listens; (pid, start time).  It is the nodes'
+    only way to the control plane: whoever starts it kills it with the nodes."""
+    try:
+        pid = detach([sys.executable, netfwd.__file__, control[0], str(control[1]),
+                      *ns_paths], out, env=env)
+    except DetachError as exc:
+        raise GateError(f"the network forwarder did not start: {exc}") from exc
+    stat = proc_stat(pid)
+    start_time = stat.start_time if stat else None
+    deadline = time.monotonic() + timeout_s
+    while b"ready" not in out.read_bytes():
+        if not is_alive(pid, start_time) or time.monotonic() > deadline:
+            kill_sessions([(pid, start_time)], grace_s=0)
+            raise GateError("the network forwarder failed: " +
+                            out.read_bytes().decode(errors="replace")[-500:])
+        time.sleep(0.05)
+    return pid, start_time
