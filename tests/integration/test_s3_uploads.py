@@ -73,7 +73,7 @@ def _left_open(agent: AgentClient, path: str = "outputs/out.bin") -> str:
     return plan.upload_id
 
 
-@pytest.mark.parametrize("end", ["success", "failure", "cancel", "requeue"])
+@pytest.mark.parametrize("end", ["success", "failure", "cancel", "lost node"])
 def test_an_ended_attempts_uploads_are_aborted(
         end: str, prefix: str, s3_bucket: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
     options = s3_bucket[1]
@@ -88,9 +88,14 @@ def test_an_ended_attempts_uploads_are_aborted(
         elif end == "cancel":
             cp.client().cancel(job_id)
             cp.wait_state(job_id, JobState.CANCELLED)
-        else:  # the attempt lost (node lost, preempted, requeued): the job waits again
-            cp.client().requeue(job_id)
-            cp.wait_state(job_id, JobState.QUEUED, JobState.SCHEDULED, JobState.PROVISIONING)
+        else:  # the attempt is lost with its node: the job is requeued, or fails
+            first = cp.store.token_hash(job_id)
+            # its cluster vanishes (every node gone): the Core's liveness check sees it
+            cp.gate.delete_cluster(cp.store.get(job_id, events=False).cluster_id or "")
+            deadline = time.monotonic() + 30
+            while cp.store.token_hash(job_id) == first:
+                assert time.monotonic() < deadline, "the lost node went unnoticed"
+                time.sleep(0.05)
         _until_gone(options, prefix, mine)
         # the other job's attempt is live: its upload stays, and it can still finish it
         assert theirs in _open_ids(options, prefix)
