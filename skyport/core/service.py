@@ -40,7 +40,6 @@ from skyport.core.dependencies import DEPENDENCY, DependencyDesk
 from skyport.core.intake import JobIntake
 from skyport.core.launch_calls import LaunchDesk
 from skyport.core.machine import JobMachine, MachineSettings
-from skyport.core.uploads import UploadDesk
 from skyport.core.messages import (
     AgentExited,
     AgentHello,
@@ -83,6 +82,7 @@ from skyport.core.messages import (
     WriteLatest,
 )
 from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap, room
+from skyport.core.uploads import UploadDesk
 from skyport.core.views import CoreViews
 from skyport.core.waiters import JobWaiters
 from skyport.core.warm import MAX_WAIT_S
