@@ -841,6 +841,8 @@ class CoreService:
                     last_reap = now
                     self._reap_soon = False
                     await self.reap()
+                    if self.uploads.any_left():  # an abort the store refused earlier
+                        self._spawn(asyncio.to_thread(self.uploads.retry))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -66,12 +66,20 @@ class UploadDesk:
                 gone += 1
         return gone
 
+    def any_left(self) -> bool:
+        """Whether some recorded upload belongs to an attempt that is over (no storage call)."""
+        return any(self.store.token_hash(job_id) != token_hash
+                   for _, job_id, _, token_hash in self.store.open_uploads())
+
+    def retry(self) -> int:
+        """Abort again what the store refused to abort when its attempt ended."""
+        return sum(self.attempt_over(job_id) for job_id in
+                   sorted({u[1] for u in self.store.open_uploads()}))
+
     def sweep(self) -> int:
         """At start-up: abort what attempts that are over left open; how many went."""
-        gone = 0
         recorded = self.store.open_uploads()
-        for job_id in sorted({u[1] for u in recorded}):
-            gone += self.attempt_over(job_id)
+        gone = self.retry()
         known = {u[0] for u in recorded}
         try:
             listed = self.direct.open_uploads()
