@@ -727,8 +727,9 @@ class CoreService:
         self.uploads.opened(job_id, tokens.hash_token(token), path, upload_id)
 
     async def direct_upload_closed(self, job_id: str, token: str, upload_id: str) -> None:
-        await self.agent_auth(job_id, token)
-        self.uploads.closed(job_id, upload_id)
+        """Forget an upload its attempt completed: only the attempt that opened it may,
+        even if it ended meanwhile (the file is stored; the answer should not fail)."""
+        self.uploads.closed(job_id, tokens.hash_token(token), upload_id)
 
     async def agent_checkpoint_request(self, job_id: str, token: str,
                                        reason: str) -> dict[str, Any]:

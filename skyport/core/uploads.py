@@ -43,9 +43,10 @@ class UploadDesk:
             raise ValidationError("upload_id", upload_id, "the id of an open upload")
         self.store.add_upload(upload_id, job_id, full, token_hash)
 
-    def closed(self, job_id: str, upload_id: str) -> None:
-        """The upload was completed or aborted by its attempt: nothing left to abort."""
-        if any(u[0] == upload_id for u in self.store.open_uploads(job_id)):
+    def closed(self, job_id: str, token_hash: str, upload_id: str) -> None:
+        """The upload was completed by the attempt that opened it: nothing left to abort."""
+        if any(u[0] == upload_id and u[3] == token_hash
+               for u in self.store.open_uploads(job_id)):
             self.store.drop_upload(upload_id)
 
     def has_any(self, job_id: str) -> bool:
