@@ -193,13 +193,45 @@ class DirectAccess:
     def abort_write(self, job_id: str, rel: str, upload_id: str) -> None:
         path, bucket, key = self._key(job_id, rel)
         if upload_id:
-            try:
-                self.storage.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
-                                        UploadId=upload_id)
-            except (OSError, ValueError):
-                pass
+            self.abort_upload(path, upload_id)
         else:
             self._remove(path + _TMP_SUFFIX)
+
+    def abort_upload(self, path: str, upload_id: str) -> bool:
+        """Abort one multipart upload at a full storage path; False if the store refused.
+
+        An upload already completed or aborted counts as gone (True).
+        """
+        bucket, key, _ = self.storage.fs.split_path(path)
+        try:
+            self.storage.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
+                                    UploadId=upload_id)
+        except FileNotFoundError:  # NoSuchUpload: nothing left to abort
+            return True
+        except (OSError, ValueError) as exc:
+            if "NoSuchUpload" in str(exc):
+                return True
+            return False
+        return True
+
+    def open_uploads(self) -> list[tuple[str, str, str]]:
+        """``(job_id, path, upload_id)`` of every multipart upload open under the jobs' prefix."""
+        if not self.available:
+            return []
+        bucket, prefix, _ = self.storage.fs.split_path(f"{self.storage.root}/jobs/")
+        prefix = prefix.rstrip("/") + "/"
+        out: list[tuple[str, str, str]] = []
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            got = self.storage.fs.call_s3("list_multipart_uploads", **params)
+            for u in got.get("Uploads", []):
+                job_id = str(u["Key"])[len(prefix):].split("/", 1)[0]
+                if job_id:
+                    out.append((job_id, f"{bucket}/{u['Key']}", str(u["UploadId"])))
+            if not got.get("IsTruncated"):
+                return out
+            params["KeyMarker"] = got.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = got.get("NextUploadIdMarker", "")
 
     def _size_of(self, path: str) -> tuple[int, str | None]:
         """(size, ETag) of what is stored at ``path``; (-1, None) if nothing is."""

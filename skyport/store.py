@@ -104,6 +104,16 @@ CREATE TABLE IF NOT EXISTS dependencies (
     PRIMARY KEY (job_id, upstream, kind)
 );
 CREATE INDEX IF NOT EXISTS dependencies_upstream ON dependencies(upstream);
+-- multipart uploads the Core opened on object storage for an attempt (skyport.direct),
+-- kept until completed or aborted: an attempt that ends leaves none open (they cost
+-- storage), even across a restart; token_hash names the attempt that opened it
+CREATE TABLE IF NOT EXISTS open_uploads (
+    upload_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    token_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS open_uploads_job ON open_uploads(job_id);
 """
 
 _UPDATABLE = {
@@ -427,6 +437,27 @@ class JobStore:
             "INSERT INTO events (job_id, n, time, state, reason) VALUES (?, ?, ?, ?, ?)",
             (job_id, n, _ts(now), state.value, reason),
         )
+
+    # -- open multipart uploads (skyport.core.uploads) ----------------------------
+
+    def add_upload(self, upload_id: str, job_id: str, path: str, token_hash: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO open_uploads (upload_id, job_id, path,"
+                       " token_hash) VALUES (?, ?, ?, ?)", (upload_id, job_id, path, token_hash))
+
+    def drop_upload(self, upload_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM open_uploads WHERE upload_id = ?", (upload_id,))
+
+    def open_uploads(self, job_id: str | None = None) -> builtins.list[tuple[str, str, str, str]]:
+        """``(upload_id, job_id, path, token_hash)`` of the recorded uploads (of one job)."""
+        with self._lock:
+            if job_id is None:
+                rows = self._db.execute("SELECT * FROM open_uploads").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM open_uploads WHERE job_id = ?",
+                                        (job_id,)).fetchall()
+        return [(r["upload_id"], r["job_id"], r["path"], r["token_hash"]) for r in rows]
 
     # -- warm clusters (skyport.core.warm) ------------------------------------
 

@@ -316,6 +316,24 @@ class AgentResultStored(Command):
 
 
 @dataclass(frozen=True)
+class DirectUploadOpened(Command):
+    """A multipart upload opened for the live attempt: recorded, so it is aborted if left."""
+    handler = "direct_upload_opened"
+    job_id: str
+    token: str = dataclasses.field(repr=False)
+    path: str
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class DirectUploadClosed(Command):
+    handler = "direct_upload_closed"
+    job_id: str
+    token: str = dataclasses.field(repr=False)
+    upload_id: str
+
+
+@dataclass(frozen=True)
 class AgentCheckpointRequest(Command):
     handler = "agent_checkpoint_request"
     job_id: str

@@ -82,6 +82,7 @@ from skyport.core.messages import (
     WriteLatest,
 )
 from skyport.core.planning import build_snapshot, deadline_lapses_at, pool_of, reap, room
+from skyport.core.uploads import UploadDesk
 from skyport.core.views import CoreViews
 from skyport.core.waiters import JobWaiters
 from skyport.core.warm import MAX_WAIT_S
@@ -201,6 +202,7 @@ class CoreService:
         self._idle_events: dict[str, asyncio.Event] = {}
         self.intake = JobIntake(store, storage, gates, inputs, limits=limits)
         self.dependencies = DependencyDesk(store, storage)
+        self.uploads = UploadDesk(store, storage)
         self.launches = LaunchDesk(store, self.agent_auth, self._node_names)
         store.on_change.append(self.launches.job_changed)
         self.budgets = BudgetDesk(store, gates, self._dirty.set)
@@ -245,6 +247,7 @@ class CoreService:
         """Decide, persist, and start the I/O the decision asks for; the (first) reply."""
         instructions, reply = self._decide(*events)
         instructions += self._settle_dependants(instructions)
+        self._abort_left_uploads(instructions)
         for i in instructions:
             if isinstance(i, DeleteCluster):
                 self._spawn(self._delete(i.gate, i.cluster_id))
@@ -263,6 +266,14 @@ class CoreService:
             elif isinstance(i, PruneCheckpoint):
                 self._prune(i.job_id, i.version)
         return reply
+
+    def _abort_left_uploads(self, instructions: list[Instruction]) -> None:
+        """Each attempt that just ended (its token changed): its open uploads, aborted."""
+        ended = {i.job_id for i in instructions if isinstance(i, (Transition, Update))
+                 and "token_hash" in i.fields}
+        for job_id in ended:
+            if self.uploads.has_any(job_id):
+                self._spawn(asyncio.to_thread(self.uploads.attempt_over, job_id))
 
     def _settle_dependants(self, instructions: list[Instruction]) -> list[Instruction]:
         """The queued jobs waiting on the jobs that just ended: cancelled if now never met.
@@ -389,6 +400,7 @@ class CoreService:
         adopted = [j.id for j in jobs if j.state.has_cluster() and j.state not in setting_up
                    and j.id in alive]
         await self.reap()
+        self._spawn(asyncio.to_thread(self.uploads.sweep))
         self._loop_task = asyncio.create_task(self._loop())
         self._dirty.set()
         return {"requeued": requeued, "adopted": adopted}
@@ -707,6 +719,18 @@ class CoreService:
         job = await self.agent_auth(job_id, token)
         self._run(ResultStored(job, path, sha256))
 
+    async def direct_upload_opened(self, job_id: str, token: str, path: str,
+                                   upload_id: str) -> None:
+        """Record a multipart upload opened for the live attempt (no await in between:
+        an attempt that ends after this aborts it, one that ended before refuses)."""
+        await self.agent_auth(job_id, token)
+        self.uploads.opened(job_id, tokens.hash_token(token), path, upload_id)
+
+    async def direct_upload_closed(self, job_id: str, token: str, upload_id: str) -> None:
+        """Forget an upload its attempt completed: only the attempt that opened it may,
+        even if it ended meanwhile (the file is stored; the answer should not fail)."""
+        self.uploads.closed(job_id, tokens.hash_token(token), upload_id)
+
     async def agent_checkpoint_request(self, job_id: str, token: str,
                                        reason: str) -> dict[str, Any]:
         job = await self.agent_auth(job_id, token)
@@ -818,6 +842,8 @@ class CoreService:
                     last_reap = now
                     self._reap_soon = False
                     await self.reap()
+                    if self.uploads.any_left():  # an abort the store refused earlier
+                        self._spawn(asyncio.to_thread(self.uploads.retry))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -322,3 +322,16 @@ def test_a_commit_is_on_disk_when_it_returns(store: JobStore) -> None:
     # power cut take back commits already acknowledged; FULL (2) syncs each one
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_open_uploads_survive_a_reopen(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    store.add_upload("u1", "job-a", "bucket/sp/jobs/job-a/outputs/x", "hash-1")
+    store.add_upload("u2", "job-b", "bucket/sp/jobs/job-b/outputs/y", "hash-2")
+    store.close()
+    store = JobStore(tmp_path / "jobs.db")
+    assert store.open_uploads("job-a") == [("u1", "job-a", "bucket/sp/jobs/job-a/outputs/x",
+                                            "hash-1")]
+    store.drop_upload("u1")
+    assert [u[0] for u in store.open_uploads()] == ["u2"]
+    store.close()

@@ -55,6 +55,13 @@ def add_direct_routes(r: APIRouter, core: CorePort, direct: DirectAccess,
         if not direct.available:
             return DirectWriteAnswer()
         got = await anyio.to_thread.run_sync(direct.start_write, job_id, body.path, body.size)
+        if got.upload_id:
+            try:  # recorded before the agent can use it: aborted if the attempt leaves it
+                await core.execute(c.DirectUploadOpened(job_id, token, body.path, got.upload_id))
+            except BaseException:
+                await anyio.to_thread.run_sync(direct.abort_write, job_id, body.path,
+                                               got.upload_id)
+                raise
         return DirectWriteAnswer(upload_id=got.upload_id, part_size=got.part_size,
                                  urls=list(got.urls), expires_in=got.expires_in)
 
@@ -65,6 +72,8 @@ def add_direct_routes(r: APIRouter, core: CorePort, direct: DirectAccess,
         size, digest = await anyio.to_thread.run_sync(
             direct.complete_write, job_id, body.path, body.upload_id, list(body.etags),
             body.size, body.sha256)
+        if body.upload_id:
+            await core.execute(c.DirectUploadClosed(job_id, token, body.upload_id))
         if is_result_path(body.path):
             await core.execute(c.AgentResultStored(job_id, token, body.path, digest))
         return SizeAnswer(size=size, sha256=digest)
