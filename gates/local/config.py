@@ -11,11 +11,13 @@ from pydantic import Field, field_validator
 
 from skyport.gate import GateConfig
 
-IDLE_TIMEOUT_S = 30.0
-"""Warm reuse is on by default: a burst of small jobs of one owner and shape runs on
-the clusters its first jobs made, instead of creating (and deleting) one per job.
-Parked clusters cost nothing others need: one a queued job wants is evicted
-(``skyport.core.warm.WarmBook.settle``)."""
+IDLE_TIMEOUT_S = 0.0
+"""Warm reuse is off by default (set ``idle_timeout_s``, e.g. 30, to turn it on): with
+it a burst of small jobs of one owner and shape runs on the clusters its first jobs
+made, and a parked cluster a queued job needs is evicted
+(``skyport.core.warm.WarmBook.settle``).  On by default, the full test suite showed
+notebook-server jobs failing when they landed on a reused node, not yet understood,
+so the default stays off until that is."""
 
 
 class LocalGateConfig(GateConfig):
