@@ -120,6 +120,19 @@ def processes_of_job(job_id: str) -> list[int]:
     return found
 
 
+def processes_left(job_id: str, timeout: float = 30) -> list[int]:
+    """The job's processes still alive after up to ``timeout`` s (``[]`` once all are gone).
+
+    A job's end is committed before its cluster's delete has finished: a failed or
+    lost attempt's nodes are torn down right after, as Slurm's COMPLETING does, so a
+    client that hears of the end at once may still see the last processes go.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := processes_of_job(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def until_job(client, job_id: str, check, what: str, timeout: float = 120):  # type: ignore[no-untyped-def]
     """The job once ``check(job)`` holds; fails naming ``what`` and where the job stands."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from benchmarks.checkpoint_overhead import wait_running as _running
 from skyport.models import JobState
 from skyport.script import build_spec
 
-from .conftest import ControlPlane, processes_of_job
+from .conftest import ControlPlane, processes_left
 
 pytestmark = [pytest.mark.integration]
 
@@ -65,7 +65,7 @@ def test_counter_survives_kill_node_and_preemption(admin) -> None:
     assert len(reasons) == 2 and "node lost" in reasons[0] and "preempted" in reasons[1]
     for e in done.events:
         print(e.time.strftime("%H:%M:%S.%f")[:-3], e.state.value, e.reason)
-    assert processes_of_job(job.id) == []
+    assert processes_left(job.id) == []
 
 
 def _starts(out: str) -> list[int]:
@@ -106,7 +106,7 @@ def test_mpi_counter_survives_kill_node_and_preemption(admin) -> None:
 
     assert base.state == JobState.SUCCEEDED and base.restarts == 0, base.events
     assert _starts(admin.logs(base.id).data.decode()) == [0]
-    assert processes_of_job(done.id) == [] and processes_of_job(base.id) == []
+    assert processes_left(done.id) == [] and processes_left(base.id) == []
 
 
 @pytest.mark.timeout(90)
@@ -123,7 +123,7 @@ def test_max_restarts_one_with_two_kills_fails_listing_both(admin) -> None:
     assert "gave up after 1 restart(s)" in done.reason
     assert "attempt 1: node lost" in done.reason and "attempt 2: node lost" in done.reason
     assert "n0" in done.reason and "n1" in done.reason  # which node, each time
-    assert processes_of_job(job.id) == []
+    assert processes_left(job.id) == []
 
 
 @pytest.mark.timeout(90)
