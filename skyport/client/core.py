@@ -449,6 +449,16 @@ class Client:
             ) from exc
         return LogChunk(response.content, size, state)
 
+    def log_tail(self, job_id: str, stream: str = "stderr", limit: int = 2000) -> str:
+        """The last ``limit`` bytes of a job's log, as text (a failed job's why, in its words)."""
+        if limit <= 0:
+            raise ValidationError("limit", limit, "a byte count > 0")
+        first = self.logs(job_id, stream)
+        data = first.data
+        if first.size > len(data) or len(data) > limit:
+            data = self.logs(job_id, stream, offset=max(0, first.size - limit)).data
+        return data[-limit:].decode(errors="replace")
+
     def files(self, job_id: str) -> list[StoredFile]:
         """Every file under the job's storage prefix (inputs, outputs, logs, ...)."""
         data: list[FileEntry] = self.call("GET", f"/v1/jobs/{_seg(job_id)}/files",

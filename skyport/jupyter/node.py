@@ -13,17 +13,28 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from skyport.relay.payload import relay_listen, secret
 
-__all__ = ["ENV_SECRET", "HUB_RELAY", "pointed_at"]
+__all__ = ["ENV_SECRET", "HUB_RELAY", "pick_node_port", "pointed_at"]
 
 ENV_SECRET = "jupyter-env"
 HUB_RELAY = "hub"
 _HUB_URLS = ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL")
+# The server's port on the node is chosen before the node exists, so it must be one
+# nothing there takes by itself: above Ray's worker ports (10002-19999) and below
+# Linux's ephemeral range (32768-60999), where every outgoing connection and every
+# bind to port 0 lands -- a port drawn from there was at times already taken.
+_NODE_PORTS = (20000, 32767)
+
+
+def pick_node_port() -> int:
+    """A port for a notebook server on its node (``--port-retries=0``: the relay needs it)."""
+    return random.randint(*_NODE_PORTS)
 
 
 def pointed_at(url: str, port: int) -> str:

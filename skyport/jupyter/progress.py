@@ -23,8 +23,11 @@ _STEPS: dict[JobState, tuple[int, str]] = {
 }
 
 
-def failure_message(job: Job) -> str:
-    return f"Sky Port job {job.id} is {job.state.value}: {job.reason or 'no reason given'}"
+def failure_message(job: Job, stderr_tail: str = "") -> str:
+    """Why a server's job ended, with the last lines its server wrote, when there are any."""
+    text = f"Sky Port job {job.id} is {job.state.value}: {job.reason or 'no reason given'}"
+    said = [line.strip() for line in stderr_tail.splitlines() if line.strip()][-3:]
+    return text + (f"; the server said: {' | '.join(said)[-400:]}" if said else "")
 
 
 def progress_for(job: Job, event: Event) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +18,9 @@ import httpx
 
 from skyport.client.core import Client
 from skyport.errors import JobFailedError, NotFoundError, SkyportError
-from skyport.jupyter.node import ENV_SECRET
+from skyport.jupyter.node import ENV_SECRET, pick_node_port
 from skyport.jupyter.options import server_spec
+from skyport.jupyter.progress import failure_message
 from skyport.models import JobState
 from skyport.protocol import Empty, SecretBody
 from skyport.relay.forwarder import Forwarder
@@ -33,7 +33,7 @@ def run_notebook(client: Client, options: dict[str, Any], *, on_url: Callable[[s
                  keep: bool = False) -> None:
     """Submit, forward, call ``on_url(job_id, url)`` once the server answers; until the job
     ends or Ctrl-C (the job is then cancelled unless ``keep``)."""
-    port = random.randint(20000, 60000)
+    port = pick_node_port()
     token = secrets.token_hex(24)
     argv = ["jupyter-server", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
             "--ServerApp.open_browser=False"]
@@ -74,7 +74,10 @@ async def _serve(client: Client, on_url: Callable[[str, str], None], fwd: Forwar
             while not runner.done():
                 job = await asyncio.to_thread(client.job, job_id)
                 if job.state.is_terminal():
-                    raise JobFailedError(f"job {job_id} is {job.state.value}: {job.reason}",
+                    said = ""
+                    with contextlib.suppress(SkyportError):
+                        said = await asyncio.to_thread(client.log_tail, job_id)
+                    raise JobFailedError(failure_message(job, said),
                                          job_id=job_id, state=job.state.value,
                                          exit_code=job.exit_code)
                 if job.state == JobState.RUNNING:

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from traitlets import Dict, Float, Integer, Unicode, default
 
 from skyport.client.core import Client, connect
 from skyport.errors import ConflictError, NotFoundError, SkyportError
-from skyport.jupyter.node import ENV_SECRET, HUB_RELAY
+from skyport.jupyter.node import ENV_SECRET, HUB_RELAY, pick_node_port
 from skyport.jupyter.options import form_to_options, options_form_html, server_spec
 from skyport.jupyter.progress import failure_message, progress_for
 from skyport.models import Job, JobState
@@ -168,7 +167,7 @@ class SkyPortSpawner(Spawner):
     # -- start ----------------------------------------------------------------------------
 
     async def start(self) -> str:
-        self.node_port = random.randint(20000, 60000)
+        self.node_port = pick_node_port()
         self.ip, self.port = "127.0.0.1", self.node_port  # where get_env() says it serves
         try:
             spec = self._spec(self.user_options, self.node_port)
@@ -242,7 +241,10 @@ class SkyPortSpawner(Spawner):
             while True:
                 job = await self._job()
                 if job.state.is_terminal():
-                    raise web.HTTPError(500, failure_message(job), reason="job ended")
+                    said = ""
+                    with contextlib.suppress(SkyportError):
+                        said = await asyncio.to_thread(self._client().log_tail, job.id)
+                    raise web.HTTPError(500, failure_message(job, said), reason="job ended")
                 if job.state == JobState.RUNNING:
                     with contextlib.suppress(httpx.HTTPError):
                         answer = await http.get(url + "api")

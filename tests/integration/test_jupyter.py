@@ -385,6 +385,18 @@ def test_named_cpu_and_gpu_servers_run_side_by_side_and_the_idle_culler_ends_the
     alice.close()
 
 
+def _end_cli(proc: subprocess.Popen, cp) -> None:  # noqa: ANN001
+    """A test's last word on ``skyport jupyter``: its process and, had the test failed
+    before Ctrl-C, the job it left (else it would hold its cores for the rest of the run)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    with cp.client("alice") as alice:
+        for job in alice.jobs():
+            if job.name == "jupyter" and not job.state.is_terminal():
+                alice.cancel(job.id)
+
+
 def test_skyport_jupyter_serves_one_users_notebook_through_the_relay(controlplane) -> None:
     cmd = [sys.executable, "-m", "skyport", "--home", str(controlplane.home), "--user", "alice",
            "jupyter", "--cpus", "1", "--time", "00:10:00", "--gate", "local"]
@@ -414,9 +426,7 @@ def test_skyport_jupyter_serves_one_users_notebook_through_the_relay(controlplan
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/api/status", timeout=10)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        _end_cli(proc, controlplane)
 
 
 def _run_cell(base: str, token: str, code: str) -> str:
@@ -468,8 +478,7 @@ def test_the_example_notebook_runs_mpi_across_both_nodes_of_its_server(controlpl
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            _end_cli(proc, controlplane)
     with controlplane.client("alice") as alice:  # Ctrl-C cancelled it: nothing of it is left
         [job] = [j for j in alice.jobs() if j.name == "jupyter" and j.nodes == 2][-1:]
         assert alice.wait(job.id, timeout=120).state == JobState.CANCELLED
@@ -531,6 +540,4 @@ def test_a_server_in_a_node_with_its_own_network_is_reached_only_through_the_rel
                 time.sleep(0.5)
             assert str(ended.cluster_id) not in listed, listed
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        _end_cli(proc, cp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +21,7 @@ from tornado import web  # noqa: E402
 
 from skyport.client.testing import TestControlPlane  # noqa: E402
 from skyport.errors import ControlPlaneError, NotFoundError  # noqa: E402
-from skyport.jupyter.node import pointed_at  # noqa: E402
+from skyport.jupyter.node import pick_node_port, pointed_at  # noqa: E402
 from skyport.jupyter.options import (  # noqa: E402
     form_to_options,
     options_form_html,
@@ -114,7 +115,9 @@ def test_a_failed_job_ends_progress_and_start_at_once_with_its_reason(cp) -> Non
     s = _spawner(lambda: client)
     job = client.submit(server_spec({}, name="nb", argv=["sleep", "1"]))
     s.load_state({"job_id": job.id})
-    cp.run(job.id, exit_code=3)
+    said = b"".join(f"[I] starting line {i}\n".encode() for i in range(200))
+    cp.run(job.id, exit_code=3,
+           stderr=said + b"[C] ERROR | Port 23456 is already in use\n\n")
     assert client.job(job.id).state == JobState.FAILED
 
     async def collect() -> list[dict]:
@@ -127,6 +130,19 @@ def test_a_failed_job_ends_progress_and_start_at_once_with_its_reason(cp) -> Non
     with pytest.raises(web.HTTPError) as info:
         _run(asyncio.wait_for(s._wait_ready(), 30))
     assert "FAILED" in info.value.log_message
+    # the user reads why in the server's own last words, not only "exit code 3"
+    assert info.value.log_message.endswith("Port 23456 is already in use"), \
+        info.value.log_message
+    assert "starting line 197 | [I] starting line 199" not in info.value.log_message
+    assert "starting line 198 | [I] starting line 199 | [C] ERROR" in info.value.log_message
+
+
+def test_a_notebook_servers_port_is_outside_the_ephemeral_and_ray_worker_ranges() -> None:
+    low, high = (int(x) for x in
+                 Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {pick_node_port() for _ in range(2000)}
+    assert len(ports) > 1000  # drawn, so two servers started together rarely meet
+    assert all(19999 < p < low for p in ports), (min(ports), max(ports), low, high)
 
 
 @pytest.mark.parametrize("options, field", [
